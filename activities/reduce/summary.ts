@@ -1,0 +1,425 @@
+/**
+ * The reduce step's merge: turns the per-image-set ExportToSpreadsheet tables of an experiment into
+ * one `summary.csv` (one row per image set) plus bounded-memory aggregates for the report.
+ *
+ * Memory: rows are streamed to `out` as soon as each set is measured (in input order), so memory
+ * does not grow with the number of object rows. What is kept per set is small (key, plate/well/site
+ * and one count per object); distributions are reservoir samples of fixed size. 100,000 sets stay
+ * well within a worker's memory.
+ *
+ * Column set (documented choice): CSV needs its header before the first row, and a cheap pre-pass
+ * over every set's headers would double the S3 reads. The columns are therefore fixed by the FIRST
+ * `done` set (its `Count_*` columns and the chosen means of its object tables) plus the caller's
+ * `extraColumns`. Later sets fill the columns they have and leave the rest empty; measurements that
+ * only later sets have still feed the report's distributions but do not appear in summary.csv
+ * (ask for them via `extraColumns` when known). Failed sets that arrive before the first done set
+ * are held back (up to `maxRowsBeforeColumnsKnown`) and written once the columns are known.
+ */
+import { once } from 'node:events';
+import { posix } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import type { Writable } from 'node:stream';
+import { stringify } from 'csv-stringify';
+import { Reservoir, seededRandom, type DistributionSummary } from './reservoir';
+import { CsvError, readImageTable, readObjectTable } from './tables';
+
+export interface ImageSetTable {
+  /** File name as written by the engine, e.g. `Nuclei.csv` (a path is fine: only the base name counts). */
+  name: string;
+  open: () => Promise<NodeJS.ReadableStream>;
+}
+
+export interface ImageSetResult {
+  key: string;
+  status: 'done' | 'failed';
+  metadata: Record<string, string>;
+  error?: string;
+  tables: ImageSetTable[];
+}
+
+export interface MergeOptions {
+  /** Receives summary.csv; it is ended when the merge completes (destroyed if the merge fails). */
+  out: Writable;
+  /** Metadata keys of the experiment (e.g. `Plate`, `Well`, `Site`), one `Metadata_<k>` column each. */
+  metadataKeys: string[];
+  /** Only these object tables (e.g. `['Nuclei', 'Cells']`); default: every object table present. */
+  objectNames?: string[];
+  /**
+   * Columns to add after the ones the first done set defines. `Count_<Object>`; `Mean_<Object>_<Measurement>`
+   * (mean over the object table's column `<Measurement>`); anything else is copied from Image.csv's first row.
+   */
+  extraColumns?: string[];
+  /** Image sets read at once (their table downloads overlap); rows are still written in input order. Default 4. */
+  concurrency?: number;
+  /** Reservoir capacity per distribution. Default 10,000. */
+  sampleSize?: number;
+  /** Seed of the sampling PRNG, so a report is reproducible. Default 1. */
+  seed?: number;
+  /** Failed sets held back while no done set has fixed the columns yet. Default 1,000. */
+  maxRowsBeforeColumnsKnown?: number;
+  /** Failed sets listed with their error in the stats (the rest are only counted). Default 1,000. */
+  maxListedFailures?: number;
+}
+
+export interface PerSetCounts {
+  key: string;
+  status: 'done' | 'failed';
+  plate?: string;
+  well?: string;
+  site?: string;
+  /** Object name → number of objects in this set (empty for failed sets). */
+  counts: Record<string, number>;
+}
+
+export interface DistributionSeries extends DistributionSummary {
+  object: string;
+  /** Object-table column, e.g. `AreaShape_Area` or `Intensity_MeanIntensity_DNA`. */
+  measurement: string;
+  /** Set for intensity measurements: the channel (image) name. */
+  channel?: string;
+}
+
+export interface ReduceStats {
+  /** Data rows written to summary.csv (one per image set). */
+  rows: number;
+  setsDone: number;
+  setsFailed: number;
+  /** Done sets whose tables were missing or unreadable (noted in their Error cell). */
+  setsWithTableProblems: number;
+  /** Objects per object name, over all sets. */
+  objectTotals: Record<string, number>;
+  /** Sum of objectTotals (note: Nuclei, Cells and Cytoplasm often count the same cells). */
+  objectsTotal: number;
+  /** summary.csv's header. */
+  columns: string[];
+  /** One entry per image set in input order. */
+  perSet: PerSetCounts[];
+  /** Failed sets with their (truncated) error, at most maxListedFailures. */
+  failures: { key: string; error: string }[];
+  failuresNotListed: number;
+  /** Object areas and mean intensities per channel, one series per object and measurement. */
+  distributions: DistributionSeries[];
+}
+
+const AREA = 'AreaShape_Area';
+const MEAN_INTENSITY_PREFIX = 'Intensity_MeanIntensity_';
+const FIXED_COLUMNS = ['ImageSet_Key', 'Status', 'Error'] as const;
+const MAX_ERROR_CHARS = 2000;
+
+/** Measurements summarised by default: area and per-channel mean intensity (not MeanIntensityEdge_). */
+function isDefaultMeasurement(column: string): boolean {
+  return column === AREA || column.startsWith(MEAN_INTENSITY_PREFIX);
+}
+
+/** Area first, then intensities by channel name: a stable, readable order. */
+function compareMeasurements(a: string, b: string): number {
+  if (a === b) return 0;
+  if (a === AREA) return -1;
+  if (b === AREA) return 1;
+  return a.localeCompare(b);
+}
+
+interface SetMeasurement {
+  input: ImageSetResult;
+  /** Failed set's error, or table problems of a done set. */
+  error: string;
+  /** Output column → value (Count_*, Mean_*, raw Image.csv columns). */
+  cells: Map<string, number | string>;
+  counts: Record<string, number>;
+  imageMetadata: Map<string, string>;
+  /** Columns this set would define if it were the first done set, in summary order. */
+  definedColumns: string[];
+  /** `object\tmeasurement` → finite values, for the report's reservoirs. */
+  distributionValues: Map<string, number[]>;
+  hasTableProblems: boolean;
+}
+
+/** The table's object name (`Nuclei` for `sets/x/Nuclei.csv`), or undefined for non-CSV files. */
+function tableObjectName(name: string): string | undefined {
+  const base = posix.basename(name.replace(/\\/g, '/'));
+  return /\.csv$/i.test(base) ? base.slice(0, -4) : undefined;
+}
+
+function metadataColumn(key: string): string {
+  return key.startsWith('Metadata_') ? key : `Metadata_${key}`;
+}
+
+function truncate(text: string, max = MAX_ERROR_CHARS): string {
+  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+}
+
+/** Case-insensitive lookup of `Plate`/`Well`/`Site` in the set's metadata, then Image.csv's Metadata_ columns. */
+function findMetadata(name: string, metadata: Record<string, string>, imageMetadata: Map<string, string>): string | undefined {
+  const wanted = [name.toLowerCase(), `metadata_${name.toLowerCase()}`];
+  for (const [key, value] of Object.entries(metadata)) if (wanted.includes(key.toLowerCase()) && value !== '') return value;
+  for (const [key, value] of imageMetadata) if (wanted.includes(key.toLowerCase()) && value !== '') return value;
+  return undefined;
+}
+
+class ExtraColumnPlan {
+  /** Object name → measurement columns requested as `Mean_<Object>_<Measurement>`. */
+  private readonly meanRequests: { column: string; rest: string }[];
+  private readonly imageColumns: Set<string>;
+
+  constructor(readonly columns: string[]) {
+    this.meanRequests = columns.filter((c) => c.startsWith('Mean_')).map((column) => ({ column, rest: column.slice('Mean_'.length) }));
+    this.imageColumns = new Set(columns.filter((c) => !c.startsWith('Mean_') && !c.startsWith('Count_')));
+  }
+
+  /** Requested measurements of this object table; `Mean_Cells_Big_X` is tried as object `Cells` too, harmlessly. */
+  measurementsFor(objectName: string): Set<string> {
+    const prefix = `${objectName}_`;
+    return new Set(this.meanRequests.filter((r) => r.rest.startsWith(prefix)).map((r) => r.rest.slice(prefix.length)));
+  }
+
+  wantsImageColumn(column: string): boolean {
+    return column.startsWith('Metadata_') || this.imageColumns.has(column);
+  }
+
+  isImageColumn(column: string): boolean {
+    return this.imageColumns.has(column);
+  }
+}
+
+async function measureImageSet(input: ImageSetResult, plan: ExtraColumnPlan, objectFilter: Set<string> | undefined): Promise<SetMeasurement> {
+  const measurement: SetMeasurement = {
+    input,
+    error: input.status === 'failed' ? (input.error ?? 'failed (no error recorded)') : '',
+    cells: new Map(),
+    counts: {},
+    imageMetadata: new Map(),
+    definedColumns: [],
+    distributionValues: new Map(),
+    hasTableProblems: false,
+  };
+  if (input.status !== 'done') return measurement;
+
+  const problems: string[] = [];
+  const imageCountColumns: string[] = [];
+  const objectMeanColumns = new Map<string, string[]>();
+  const objectRowCounts = new Map<string, number>();
+  let sawImageTable = false;
+
+  for (const table of input.tables) {
+    const objectName = tableObjectName(table.name);
+    if (objectName === undefined || objectName === 'Experiment') continue; // Experiment.csv is key/value, not per object
+    try {
+      if (objectName === 'Image') {
+        sawImageTable = true;
+        const image = await readImageTable(await table.open(), (column) => plan.wantsImageColumn(column));
+        for (const [column, count] of image.counts) {
+          const counted = column.slice('Count_'.length);
+          if (objectFilter && !objectFilter.has(counted)) continue;
+          measurement.counts[counted] = count;
+          measurement.cells.set(column, count);
+          imageCountColumns.push(column);
+        }
+        for (const [column, value] of image.values) {
+          if (column.startsWith('Metadata_')) measurement.imageMetadata.set(column, value);
+          if (plan.isImageColumn(column)) measurement.cells.set(column, value);
+        }
+        continue;
+      }
+      if (objectFilter && !objectFilter.has(objectName)) continue;
+      const requested = plan.measurementsFor(objectName);
+      const summary = await readObjectTable(
+        await table.open(),
+        (column) => isDefaultMeasurement(column) || requested.has(column),
+        isDefaultMeasurement,
+      );
+      objectRowCounts.set(objectName, summary.rows);
+      const defaults: string[] = [];
+      for (const [column, { sum, n }] of summary.sums) {
+        const outColumn = `Mean_${objectName}_${column}`;
+        if (n > 0) measurement.cells.set(outColumn, sum / n);
+        if (isDefaultMeasurement(column)) defaults.push(column);
+      }
+      defaults.sort(compareMeasurements);
+      objectMeanColumns.set(objectName, defaults.map((column) => `Mean_${objectName}_${column}`));
+      for (const [column, values] of summary.values) measurement.distributionValues.set(`${objectName}\t${column}`, values);
+    } catch (error) {
+      // A malformed CSV is this set's problem, noted in its row; I/O errors propagate so the activity retries.
+      if (!(error instanceof CsvError)) throw error;
+      problems.push(`${table.name}: ${error.message}`);
+    }
+  }
+
+  if (!sawImageTable) problems.push('Image.csv missing');
+  // Objects without a Count_ column in Image.csv (or without Image.csv) are counted from their table.
+  const fallbackCountColumns: string[] = [];
+  for (const [objectName, rows] of [...objectRowCounts].sort(([a], [b]) => a.localeCompare(b))) {
+    if (measurement.counts[objectName] !== undefined) continue;
+    measurement.counts[objectName] = rows;
+    measurement.cells.set(`Count_${objectName}`, rows);
+    fallbackCountColumns.push(`Count_${objectName}`);
+  }
+  measurement.definedColumns = [
+    ...imageCountColumns,
+    ...fallbackCountColumns,
+    ...[...objectMeanColumns.keys()].sort((a, b) => a.localeCompare(b)).flatMap((name) => objectMeanColumns.get(name) ?? []),
+  ];
+  if (problems.length > 0) {
+    measurement.hasTableProblems = true;
+    measurement.error = truncate(problems.join('; '));
+  }
+  return measurement;
+}
+
+/** Maps `source` through `fn` with up to `concurrency` calls in flight, yielding results in input order. */
+async function* mapInOrder<T, R>(source: AsyncIterable<T>, concurrency: number, fn: (item: T) => Promise<R>): AsyncGenerator<R> {
+  const iterator = source[Symbol.asyncIterator]();
+  const inFlight: Promise<R>[] = [];
+  let exhausted = false;
+  try {
+    for (;;) {
+      while (!exhausted && inFlight.length < concurrency) {
+        const next = await iterator.next();
+        if (next.done) {
+          exhausted = true;
+          break;
+        }
+        const pending = fn(next.value);
+        pending.catch(() => undefined); // awaited (and rethrown) in order below; avoid an unhandled rejection meanwhile
+        inFlight.push(pending);
+      }
+      const head = inFlight.shift();
+      if (head === undefined) return;
+      yield await head;
+    }
+  } finally {
+    if (!exhausted) await iterator.return?.();
+  }
+}
+
+export async function mergeImageSetTables(input: AsyncIterable<ImageSetResult> | Iterable<ImageSetResult>, options: MergeOptions): Promise<ReduceStats> {
+  const concurrency = options.concurrency ?? 4;
+  const sampleSize = options.sampleSize ?? 10_000;
+  const maxHeldBack = options.maxRowsBeforeColumnsKnown ?? 1_000;
+  const maxListedFailures = options.maxListedFailures ?? 1_000;
+  if (!Number.isInteger(concurrency) || concurrency < 1) throw new RangeError(`concurrency must be a positive integer, got ${concurrency}`);
+
+  const plan = new ExtraColumnPlan(options.extraColumns ?? []);
+  const objectFilter = options.objectNames ? new Set(options.objectNames) : undefined;
+  const random = seededRandom(options.seed ?? 1);
+  const reservoirs = new Map<string, Reservoir>();
+  const baseColumns = [...FIXED_COLUMNS, ...options.metadataKeys.map(metadataColumn)];
+
+  const stats: ReduceStats = {
+    rows: 0,
+    setsDone: 0,
+    setsFailed: 0,
+    setsWithTableProblems: 0,
+    objectTotals: {},
+    objectsTotal: 0,
+    columns: [],
+    perSet: [],
+    failures: [],
+    failuresNotListed: 0,
+    distributions: [],
+  };
+
+  const csv = stringify({ header: false });
+  const written = pipeline(csv, options.out);
+  written.catch(() => undefined); // awaited at the end; errors also surface through csv's own 'error'
+
+  let columns: string[] | undefined;
+  const heldBack: SetMeasurement[] = [];
+
+  const writeRecord = async (record: (string | number)[]): Promise<void> => {
+    if (!csv.write(record)) await once(csv, 'drain');
+  };
+  const fixColumns = async (defined: string[]): Promise<string[]> => {
+    const fixed = [...new Set([...baseColumns, ...defined, ...plan.columns])];
+    columns = fixed;
+    stats.columns = fixed;
+    await writeRecord(fixed);
+    return fixed;
+  };
+  const writeRow = async (m: SetMeasurement, header: string[]): Promise<void> => {
+    const byColumn = new Map<string, string | number>([
+      ['ImageSet_Key', m.input.key],
+      ['Status', m.input.status],
+      ['Error', m.error],
+    ]);
+    for (const key of options.metadataKeys) {
+      const column = metadataColumn(key);
+      byColumn.set(column, m.input.metadata[key] ?? m.imageMetadata.get(column) ?? '');
+    }
+    for (const [column, value] of m.cells) if (!byColumn.has(column)) byColumn.set(column, value);
+    await writeRecord(header.map((column) => byColumn.get(column) ?? ''));
+    stats.rows += 1;
+  };
+
+  const commit = async (m: SetMeasurement): Promise<void> => {
+    const { input } = m;
+    if (input.status === 'done') {
+      stats.setsDone += 1;
+      if (m.hasTableProblems) stats.setsWithTableProblems += 1;
+    } else {
+      stats.setsFailed += 1;
+      if (stats.failures.length < maxListedFailures) stats.failures.push({ key: input.key, error: truncate(m.error) });
+      else stats.failuresNotListed += 1;
+    }
+    for (const [objectName, count] of Object.entries(m.counts)) {
+      stats.objectTotals[objectName] = (stats.objectTotals[objectName] ?? 0) + count;
+      stats.objectsTotal += count;
+    }
+    stats.perSet.push({
+      key: input.key,
+      status: input.status,
+      plate: findMetadata('Plate', input.metadata, m.imageMetadata),
+      well: findMetadata('Well', input.metadata, m.imageMetadata),
+      site: findMetadata('Site', input.metadata, m.imageMetadata),
+      counts: m.counts,
+    });
+    for (const [series, values] of m.distributionValues) {
+      let reservoir = reservoirs.get(series);
+      if (!reservoir) {
+        reservoir = new Reservoir(sampleSize, random);
+        reservoirs.set(series, reservoir);
+      }
+      for (const value of values) reservoir.add(value);
+    }
+
+    let header = columns;
+    if (header === undefined) {
+      if (input.status === 'done') {
+        header = await fixColumns(m.definedColumns);
+      } else if (heldBack.length < maxHeldBack) {
+        heldBack.push(m);
+        return;
+      } else {
+        header = await fixColumns([]); // no done set in sight: settle for the fixed, metadata and extra columns
+      }
+      for (const held of heldBack.splice(0)) await writeRow(held, header);
+    }
+    await writeRow(m, header);
+  };
+
+  try {
+    for await (const measurement of mapInOrder(toAsync(input), concurrency, (set) => measureImageSet(set, plan, objectFilter))) {
+      await commit(measurement);
+    }
+    if (columns === undefined) {
+      const header = await fixColumns([]);
+      for (const held of heldBack.splice(0)) await writeRow(held, header);
+    }
+    csv.end();
+    await written;
+  } catch (error) {
+    csv.destroy(error instanceof Error ? error : new Error(String(error)));
+    throw error;
+  }
+
+  stats.distributions = [...reservoirs].map(([series, reservoir]) => {
+    const [object, measurement] = series.split('\t') as [string, string];
+    const channel = measurement.startsWith(MEAN_INTENSITY_PREFIX) ? measurement.slice(MEAN_INTENSITY_PREFIX.length) : undefined;
+    return { object, measurement, ...(channel !== undefined ? { channel } : {}), ...reservoir.summary() };
+  });
+  stats.distributions.sort((a, b) => a.object.localeCompare(b.object) || compareMeasurements(a.measurement, b.measurement));
+  return stats;
+}
+
+async function* toAsync<T>(items: AsyncIterable<T> | Iterable<T>): AsyncGenerator<T> {
+  yield* items;
+}
