@@ -1,0 +1,487 @@
+/**
+ * The local stack as a library: bring Temporal, MariaDB and MinIO up on 127.0.0.1 (reusing whatever
+ * is already running and healthy), stop and start single services for fault drills, and report the
+ * connection settings as CPFLOW_* environment variables.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import execa from 'execa';
+import mariadb, { type Connection } from 'mariadb';
+import { currentUserName, ensureInstalled, type Binaries, type Logger } from './install';
+import {
+  findFreePort,
+  isPortAnswering,
+  isPortFree,
+  isProcessAlive,
+  spawnDetached,
+  stopProcess,
+  waitUntilReady,
+  withLock,
+} from './processes';
+import {
+  readState,
+  SERVICE_NAMES,
+  StackError,
+  stackPaths,
+  writeState,
+  type ServiceName,
+  type StackPaths,
+  type StackState,
+} from './state';
+
+export { SERVICE_NAMES, StackError, isServiceName, type ServiceName } from './state';
+
+export const TEMPORAL_NAMESPACE = 'default';
+export const DATABASE_NAME = 'cpflow';
+export const DATABASE_USER = 'cpflow';
+export const S3_REGION = 'us-east-1';
+
+/** Custom search attributes the workflows set; registered when the dev server starts. */
+export const TEMPORAL_SEARCH_ATTRIBUTES = {
+  CpflowExperimentId: 'Keyword',
+  CpflowProject: 'Keyword',
+  CpflowStatus: 'Keyword',
+  CpflowImageSetCount: 'Int',
+} as const;
+
+/** Connection settings of a running stack, keyed by the environment variable names cpflow reads. */
+export interface StackEnv {
+  CPFLOW_TEMPORAL_ADDRESS: string;
+  CPFLOW_TEMPORAL_NAMESPACE: string;
+  CPFLOW_TEMPORAL_UI_URL: string;
+  CPFLOW_DB_HOST: string;
+  CPFLOW_DB_PORT: string;
+  CPFLOW_DB_USER: string;
+  CPFLOW_DB_PASSWORD: string;
+  CPFLOW_DB_NAME: string;
+  CPFLOW_S3_ENDPOINT: string;
+  CPFLOW_S3_REGION: string;
+  CPFLOW_S3_ACCESS_KEY: string;
+  CPFLOW_S3_SECRET_KEY: string;
+  CPFLOW_TEMPORAL_CLI: string;
+  CPFLOW_TEMPORAL_TEST_SERVER: string;
+  /** Present only when CellProfiler has been installed with `npm run stack -- install-cellprofiler`. */
+  CPFLOW_CELLPROFILER?: string;
+}
+
+export interface ServiceStatus {
+  name: ServiceName;
+  running: boolean;
+  pid: number | null;
+  ports: Record<string, number>;
+  logFile: string;
+}
+
+const HOST = '127.0.0.1';
+const READY_TIMEOUT_MS: Record<ServiceName, number> = { temporal: 60_000, mariadb: 60_000, minio: 60_000 };
+
+/** The string we expect in /proc/<pid>/cmdline, to tell our daemon from a recycled pid. */
+function expectedCommand(name: ServiceName): string {
+  return name === 'mariadb' ? 'mariadbd' : name;
+}
+
+function logFileOf(paths: StackPaths, name: ServiceName): string {
+  return path.join(paths.logsDir, `${name}.log`);
+}
+
+function pidOf(state: StackState, name: ServiceName): number | null {
+  return state[name].pid;
+}
+
+function mainPortOf(state: StackState, name: ServiceName): number {
+  return state[name].port;
+}
+
+function portsOf(state: StackState, name: ServiceName): Record<string, number> {
+  switch (name) {
+    case 'temporal':
+      return { grpc: state.temporal.port, ui: state.temporal.uiPort, http: state.temporal.httpPort, metrics: state.temporal.metricsPort };
+    case 'mariadb':
+      return { sql: state.mariadb.port };
+    case 'minio':
+      return { s3: state.minio.port, console: state.minio.consolePort };
+  }
+}
+
+function generateSecret(bytes: number): string {
+  return crypto.randomBytes(bytes).toString('hex');
+}
+
+async function isServiceRunning(state: StackState, name: ServiceName): Promise<boolean> {
+  return isProcessAlive(pidOf(state, name), expectedCommand(name)) && (await isPortAnswering(mainPortOf(state, name)));
+}
+
+/**
+ * Keep each remembered port if the service holding it is ours and running, or if it is free;
+ * otherwise pick a new one. A brand-new state gets fresh ports and credentials.
+ */
+async function planState(previous: StackState | undefined, binaries: Binaries): Promise<StackState> {
+  const taken = new Set<number>();
+  const keepOrPick = async (remembered: number | undefined, ownedAndRunning: boolean): Promise<number> => {
+    if (remembered !== undefined && !taken.has(remembered) && (ownedAndRunning || (await isPortFree(remembered)))) {
+      taken.add(remembered);
+      return remembered;
+    }
+    const port = await findFreePort(taken);
+    taken.add(port);
+    return port;
+  };
+  const running = async (name: ServiceName) => (previous === undefined ? false : isServiceRunning(previous, name));
+  const [temporalRunning, mariadbRunning, minioRunning] = await Promise.all([running('temporal'), running('mariadb'), running('minio')]);
+  return {
+    version: 1,
+    binaries,
+    temporal: {
+      port: await keepOrPick(previous?.temporal.port, temporalRunning),
+      uiPort: await keepOrPick(previous?.temporal.uiPort, temporalRunning),
+      httpPort: await keepOrPick(previous?.temporal.httpPort, temporalRunning),
+      metricsPort: await keepOrPick(previous?.temporal.metricsPort, temporalRunning),
+      pid: temporalRunning ? (previous?.temporal.pid ?? null) : null,
+    },
+    mariadb: {
+      port: await keepOrPick(previous?.mariadb.port, mariadbRunning),
+      pid: mariadbRunning ? (previous?.mariadb.pid ?? null) : null,
+      password: previous?.mariadb.password ?? generateSecret(16),
+    },
+    minio: {
+      port: await keepOrPick(previous?.minio.port, minioRunning),
+      consolePort: await keepOrPick(previous?.minio.consolePort, minioRunning),
+      pid: minioRunning ? (previous?.minio.pid ?? null) : null,
+      accessKey: previous?.minio.accessKey ?? `cpflow${generateSecret(6)}`,
+      secretKey: previous?.minio.secretKey ?? generateSecret(20),
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temporal
+
+async function temporalIsServing(state: StackState): Promise<boolean> {
+  const result = await execa(
+    state.binaries.temporal,
+    ['operator', 'cluster', 'health', '--address', `${HOST}:${state.temporal.port}`, '--command-timeout', '2s'],
+    { reject: false, timeout: 5000, stdin: 'ignore' },
+  );
+  return result.exitCode === 0 && result.stdout.includes('SERVING');
+}
+
+async function startTemporal(paths: StackPaths, state: StackState): Promise<number> {
+  fs.mkdirSync(paths.temporalDir, { recursive: true });
+  const searchAttributeArgs = Object.entries(TEMPORAL_SEARCH_ATTRIBUTES).flatMap(([key, type]) => ['--search-attribute', `${key}=${type}`]);
+  const logFile = logFileOf(paths, 'temporal');
+  const pid = spawnDetached(
+    state.binaries.temporal,
+    [
+      'server',
+      'start-dev',
+      '--ip',
+      HOST,
+      '--port',
+      String(state.temporal.port),
+      '--ui-port',
+      String(state.temporal.uiPort),
+      // Pinned rather than left random so a restart keeps every port and nothing collides.
+      '--http-port',
+      String(state.temporal.httpPort),
+      '--metrics-port',
+      String(state.temporal.metricsPort),
+      '--db-filename',
+      paths.temporalDb,
+      '--namespace',
+      TEMPORAL_NAMESPACE,
+      ...searchAttributeArgs,
+    ],
+    logFile,
+  );
+  await waitUntilReady({
+    service: 'Temporal',
+    logFile,
+    timeoutMs: READY_TIMEOUT_MS.temporal,
+    pid,
+    expectedCommand: expectedCommand('temporal'),
+    probe: async () => (await isPortAnswering(state.temporal.port)) && (await temporalIsServing(state)),
+  });
+  return pid;
+}
+
+// ---------------------------------------------------------------------------------------------
+// MariaDB
+
+function mariadbIsInitialised(paths: StackPaths): boolean {
+  return fs.existsSync(path.join(paths.mariadbDataDir, 'mysql'));
+}
+
+async function initialiseMariadbDataDir(paths: StackPaths, state: StackState): Promise<void> {
+  fs.mkdirSync(paths.mariadbDataDir, { recursive: true });
+  const logFile = path.join(paths.logsDir, 'mariadb-install-db.log');
+  const result = await execa(
+    state.binaries.mariadbInstallDb,
+    ['--no-defaults', `--datadir=${paths.mariadbDataDir}`, `--user=${currentUserName()}`, '--skip-test-db'],
+    { all: true, reject: false, stdin: 'ignore' },
+  );
+  fs.mkdirSync(paths.logsDir, { recursive: true });
+  fs.writeFileSync(logFile, result.all ?? '');
+  if (result.exitCode !== 0) {
+    // Remove the half-made datadir so the next attempt starts clean instead of failing differently.
+    fs.rmSync(paths.mariadbDataDir, { recursive: true, force: true });
+    throw new StackError(`mariadb-install-db failed (exit ${result.exitCode}); see ${logFile}`);
+  }
+}
+
+/** Root over the Unix socket: mariadb-install-db gives the OS user that ran it socket authentication. */
+function connectAsRoot(paths: StackPaths): Promise<Connection> {
+  return mariadb.createConnection({ socketPath: paths.mariadbSocket, user: currentUserName(), connectTimeout: 2000 });
+}
+
+async function mariadbAcceptsRoot(paths: StackPaths): Promise<boolean> {
+  try {
+    const connection = await connectAsRoot(paths);
+    await connection.end();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Create the cpflow database and user (idempotent; also resets the password to the one in the state). */
+async function provisionDatabase(paths: StackPaths, state: StackState): Promise<void> {
+  const connection = await connectAsRoot(paths);
+  try {
+    await connection.query(`CREATE DATABASE IF NOT EXISTS \`${DATABASE_NAME}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci`);
+    const password = connection.escape(state.mariadb.password);
+    for (const host of ['127.0.0.1', 'localhost']) {
+      const account = `'${DATABASE_USER}'@'${host}'`;
+      await connection.query(`CREATE USER IF NOT EXISTS ${account} IDENTIFIED BY ${password}`);
+      await connection.query(`ALTER USER ${account} IDENTIFIED BY ${password}`);
+      await connection.query(`GRANT ALL PRIVILEGES ON \`${DATABASE_NAME}\`.* TO ${account}`);
+      // Tests create throw-away databases named cpflow_<something>; let the same user own them.
+      await connection.query(`GRANT ALL PRIVILEGES ON \`${DATABASE_NAME}\\_%\`.* TO ${account}`);
+    }
+  } finally {
+    await connection.end();
+  }
+}
+
+async function startMariadb(paths: StackPaths, state: StackState): Promise<number> {
+  if (!mariadbIsInitialised(paths)) await initialiseMariadbDataDir(paths, state);
+  const logFile = logFileOf(paths, 'mariadb');
+  const pid = spawnDetached(
+    state.binaries.mariadbd,
+    [
+      // --no-defaults: ignore /etc/mysql so the system's configuration cannot change our private server.
+      '--no-defaults',
+      `--datadir=${paths.mariadbDataDir}`,
+      `--socket=${paths.mariadbSocket}`,
+      `--pid-file=${paths.mariadbPidFile}`,
+      `--log-error=${logFile}`,
+      `--port=${state.mariadb.port}`,
+      `--bind-address=${HOST}`,
+      `--user=${currentUserName()}`,
+      '--skip-name-resolve',
+      '--max-connections=500',
+      // Debian's my.cnf sets utf8mb4, which --no-defaults skips; the server default would be latin1.
+      '--character-set-server=utf8mb4',
+      '--collation-server=utf8mb4_unicode_ci',
+      // Flush the redo log once a second instead of per commit: a killed mariadbd loses nothing
+      // (the OS still has the writes), only an OS crash could, which is fine for a local stack.
+      '--innodb-flush-log-at-trx-commit=2',
+    ],
+    logFile,
+  );
+  await waitUntilReady({
+    service: 'MariaDB',
+    logFile,
+    timeoutMs: READY_TIMEOUT_MS.mariadb,
+    pid,
+    expectedCommand: expectedCommand('mariadb'),
+    probe: async () => (await isPortAnswering(state.mariadb.port)) && (await mariadbAcceptsRoot(paths)),
+  });
+  await provisionDatabase(paths, state);
+  return pid;
+}
+
+// ---------------------------------------------------------------------------------------------
+// MinIO
+
+async function minioIsLive(state: StackState): Promise<boolean> {
+  try {
+    const response = await fetch(`http://${HOST}:${state.minio.port}/minio/health/live`, { signal: AbortSignal.timeout(2000) });
+    return response.status === 200;
+  } catch {
+    return false;
+  }
+}
+
+async function startMinio(paths: StackPaths, state: StackState): Promise<number> {
+  fs.mkdirSync(paths.minioDataDir, { recursive: true });
+  const logFile = logFileOf(paths, 'minio');
+  const pid = spawnDetached(
+    state.binaries.minio,
+    ['server', paths.minioDataDir, '--address', `${HOST}:${state.minio.port}`, '--console-address', `${HOST}:${state.minio.consolePort}`, '--quiet'],
+    logFile,
+    {
+      ...process.env,
+      MINIO_ROOT_USER: state.minio.accessKey,
+      MINIO_ROOT_PASSWORD: state.minio.secretKey,
+      // No phoning home for updates from a local development server.
+      MINIO_UPDATE: 'off',
+    },
+  );
+  await waitUntilReady({
+    service: 'MinIO',
+    logFile,
+    timeoutMs: READY_TIMEOUT_MS.minio,
+    pid,
+    expectedCommand: expectedCommand('minio'),
+    probe: () => minioIsLive(state),
+  });
+  return pid;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orchestration
+
+const starters: Record<ServiceName, (paths: StackPaths, state: StackState) => Promise<number>> = {
+  temporal: startTemporal,
+  mariadb: startMariadb,
+  minio: startMinio,
+};
+
+const displayName: Record<ServiceName, string> = { temporal: 'Temporal', mariadb: 'MariaDB', minio: 'MinIO' };
+
+function makeLogger(quiet: boolean | undefined): Logger {
+  return quiet ? () => undefined : (line: string) => process.stderr.write(`[stack] ${line}\n`);
+}
+
+/** Start `name` unless it is already running and answering; records the pid in the state file. */
+async function ensureServiceRunning(paths: StackPaths, state: StackState, name: ServiceName, log: Logger): Promise<void> {
+  if (await isServiceRunning(state, name)) return;
+  const stalePid = pidOf(state, name);
+  if (isProcessAlive(stalePid, expectedCommand(name)) && stalePid !== null) {
+    // Alive but not answering on its port: a hung daemon; replace it.
+    log(`${displayName[name]} (pid ${stalePid}) is not answering; restarting it`);
+    await stopProcess(stalePid, expectedCommand(name));
+  }
+  const started = Date.now();
+  log(`starting ${displayName[name]}…`);
+  const pid = await starters[name](paths, state);
+  state[name].pid = pid;
+  writeState(paths, state);
+  log(`${displayName[name]} is up (pid ${pid}, port ${mainPortOf(state, name)}) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+}
+
+async function prepareState(paths: StackPaths, log: Logger): Promise<StackState> {
+  const previous = readState(paths);
+  const binaries = await ensureInstalled(paths, log, previous?.binaries);
+  const state = await planState(previous, binaries);
+  writeState(paths, state);
+  return state;
+}
+
+function envFromState(paths: StackPaths, state: StackState): StackEnv {
+  const env: StackEnv = {
+    CPFLOW_TEMPORAL_ADDRESS: `${HOST}:${state.temporal.port}`,
+    CPFLOW_TEMPORAL_NAMESPACE: TEMPORAL_NAMESPACE,
+    CPFLOW_TEMPORAL_UI_URL: `http://${HOST}:${state.temporal.uiPort}`,
+    CPFLOW_DB_HOST: HOST,
+    CPFLOW_DB_PORT: String(state.mariadb.port),
+    CPFLOW_DB_USER: DATABASE_USER,
+    CPFLOW_DB_PASSWORD: state.mariadb.password,
+    CPFLOW_DB_NAME: DATABASE_NAME,
+    CPFLOW_S3_ENDPOINT: `http://${HOST}:${state.minio.port}`,
+    CPFLOW_S3_REGION: S3_REGION,
+    CPFLOW_S3_ACCESS_KEY: state.minio.accessKey,
+    CPFLOW_S3_SECRET_KEY: state.minio.secretKey,
+    CPFLOW_TEMPORAL_CLI: state.binaries.temporal,
+    CPFLOW_TEMPORAL_TEST_SERVER: state.binaries.temporalTestServer,
+  };
+  if (fs.existsSync(paths.cellprofilerExecutable)) env.CPFLOW_CELLPROFILER = paths.cellprofilerExecutable;
+  return env;
+}
+
+/**
+ * Install what is missing, start every service that is not running, and return the connection
+ * settings. Safe to call from several processes at once (they take turns through a lock).
+ */
+export async function ensureStackUp(opts: { quiet?: boolean } = {}): Promise<StackEnv> {
+  const paths = stackPaths();
+  const log = makeLogger(opts.quiet);
+  return withLock(paths.lockDir, 'stack operation', async () => {
+    const state = await prepareState(paths, log);
+    // Independent daemons: start them side by side to shorten a cold start.
+    await Promise.all(SERVICE_NAMES.map((name) => ensureServiceRunning(paths, state, name, log)));
+    writeState(paths, state);
+    return envFromState(paths, state);
+  });
+}
+
+/** Connection settings from the state file, without checking that the services run. */
+export async function stackEnv(): Promise<StackEnv> {
+  const paths = stackPaths();
+  const state = readState(paths);
+  if (state === undefined) throw new StackError(`no local stack in ${paths.root}; run "npm run stack -- up" first`);
+  return envFromState(paths, state);
+}
+
+/** Start one service with the ports, data and credentials it had before (for fault drills). */
+export async function startService(name: ServiceName, opts: { quiet?: boolean } = {}): Promise<void> {
+  const paths = stackPaths();
+  const log = makeLogger(opts.quiet);
+  await withLock(paths.lockDir, 'stack operation', async () => {
+    const state = await prepareState(paths, log);
+    await ensureServiceRunning(paths, state, name, log);
+  });
+}
+
+/** Stop one service (SIGTERM, SIGKILL after a grace period), keeping its data, ports and credentials. */
+export async function stopService(name: ServiceName, opts: { quiet?: boolean; graceMs?: number } = {}): Promise<void> {
+  const paths = stackPaths();
+  const log = makeLogger(opts.quiet);
+  await withLock(paths.lockDir, 'stack operation', async () => {
+    const state = readState(paths);
+    if (state === undefined) return;
+    await stopOne(paths, state, name, log, opts.graceMs);
+  });
+}
+
+async function stopOne(paths: StackPaths, state: StackState, name: ServiceName, log: Logger, graceMs?: number): Promise<void> {
+  const pid = pidOf(state, name);
+  if (pid !== null && isProcessAlive(pid, expectedCommand(name))) {
+    log(`stopping ${displayName[name]} (pid ${pid})…`);
+    await stopProcess(pid, expectedCommand(name), graceMs);
+  }
+  state[name].pid = null;
+  writeState(paths, state);
+}
+
+/** Stop every service; with `wipe`, also delete their data and the state file (installs are kept). */
+export async function stopStack(opts: { wipe?: boolean; quiet?: boolean } = {}): Promise<void> {
+  const paths = stackPaths();
+  const log = makeLogger(opts.quiet);
+  await withLock(paths.lockDir, 'stack operation', async () => {
+    const state = readState(paths);
+    if (state !== undefined) await Promise.all(SERVICE_NAMES.map((name) => stopOne(paths, state, name, log)));
+    if (opts.wipe) {
+      for (const directory of [paths.temporalDir, paths.mariadbDir, paths.minioDir]) fs.rmSync(directory, { recursive: true, force: true });
+      fs.rmSync(paths.stateFile, { force: true });
+      log(`wiped data under ${paths.root} (installed binaries kept)`);
+    }
+  });
+}
+
+export async function stackStatus(): Promise<ServiceStatus[]> {
+  const paths = stackPaths();
+  const state = readState(paths);
+  return Promise.all(
+    SERVICE_NAMES.map(async (name) => ({
+      name,
+      running: state !== undefined && (await isServiceRunning(state, name)),
+      pid: state?.[name].pid ?? null,
+      ports: state !== undefined ? portsOf(state, name) : {},
+      logFile: logFileOf(paths, name),
+    })),
+  );
+}
+
+export { stackPaths, cacheDir } from './state';
