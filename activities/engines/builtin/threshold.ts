@@ -14,7 +14,7 @@ function range(values: ArrayLike<number>): { min: number; max: number } {
   return { min, max };
 }
 
-/** Otsu's threshold: the cut that maximises the between-class variance. */
+/** Otsu's threshold: the cut between histogram bins that maximises the between-class variance. */
 export function otsuThreshold(values: ArrayLike<number>, bins = 256): number {
   if (values.length === 0) return 0;
   const { min, max } = range(values);
@@ -48,7 +48,8 @@ export function otsuThreshold(values: ArrayLike<number>, bins = 256): number {
       bestBin = b;
     }
   }
-  return binCentre(bestBin);
+  // The upper edge of the last background bin, so every value binned as background lies at or below it.
+  return min + (bestBin + 1) / scale;
 }
 
 /**
