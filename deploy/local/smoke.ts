@@ -1,7 +1,8 @@
 /**
  * `npx tsx deploy/local/smoke.ts [--write-marker X | --expect-marker X]`: checks the running local
  * stack with the same clients cpflow uses, through the settings `stack env` prints:
- *  - MariaDB: log in as the cpflow user over TCP, create a table, write or read a marker row;
+ *  - MariaDB: log in as the cpflow user over TCP, create a table in its own database
+ *    cpflow_stack_smoke (so the application schema in `cpflow` stays untouched), write or read a marker row;
  *  - MinIO: create a bucket, put and read back an object;
  *  - Temporal: the default namespace answers and the Cpflow* search attributes are registered.
  * With --expect-marker it fails unless a marker written earlier survived (data kept across restarts).
@@ -17,9 +18,11 @@ async function checkDatabase(env: Awaited<ReturnType<typeof stackEnv>>, writeMar
     port: Number(env.CPFLOW_DB_PORT),
     user: env.CPFLOW_DB_USER,
     password: env.CPFLOW_DB_PASSWORD,
-    database: env.CPFLOW_DB_NAME,
   });
   try {
+    // The cpflow user may own databases named cpflow_*; keep smoke data out of the application schema.
+    await connection.query(`CREATE DATABASE IF NOT EXISTS \`${env.CPFLOW_DB_NAME}_stack_smoke\``);
+    await connection.query(`USE \`${env.CPFLOW_DB_NAME}_stack_smoke\``);
     await connection.query('CREATE TABLE IF NOT EXISTS stack_smoke (marker VARCHAR(64) PRIMARY KEY, written_at DATETIME NOT NULL)');
     if (writeMarker !== undefined) await connection.query('INSERT IGNORE INTO stack_smoke VALUES (?, NOW())', [writeMarker]);
     const rows: Array<{ marker: string }> = await connection.query('SELECT marker FROM stack_smoke');

@@ -1,0 +1,489 @@
+/**
+ * Installs CellProfiler 5 headless into `<cacheDir>/cellprofiler-venv`, pinned to one build.
+ *
+ * How (worked out by reading the wheels' METADATA and installing into a scratch venv on Python 3.11):
+ * 1. `cellprofiler-library-nightly` and `cellprofiler-core-nightly` at CELLPROFILER_BUILD together
+ *    with every runtime dependency, all pinned (RUNTIME_PINS is the complete working set, so pip
+ *    resolves nothing on its own and every install is the same).
+ * 2. `cellprofiler-nightly==CELLPROFILER_BUILD --no-deps`: its hard requirements wxPython (GUI) and
+ *    mysqlclient (ExportToDatabase with MySQL) do not build here and are not needed headless; its
+ *    other requirements are in RUNTIME_PINS. `pip check` then reports exactly those two as missing.
+ * 3. Verification: `cellprofiler --version` and a real headless run of a tiny pipeline on a
+ *    synthetic image with four blobs (`Count_Nuclei` must be 4).
+ *
+ * Python 3.11 notes (upstream tests 3.9 only):
+ * - scipy must stay < 1.11 (cellprofiler-core/library require it); 1.10.1 is the last such release and
+ *   has cp311 wheels.
+ * - scikit-image 0.25+ needs scipy ≥ 1.11, so 0.24.0 is the newest that fits.
+ * - numpy < 2 is required; 1.26.4 has cp311 wheels.
+ * - docutils is pinned to 0.15.2 as cellprofiler-nightly asks (it is pure Python and imports fine).
+ * Headless runs need no JVM as long as the engine passes `-e imageio_reader`: the Bio-Formats reader
+ * would start Java through scyjava/jgo and download ome:formats-gpl from a Maven repository this
+ * machine cannot reach. scyjava/jpype1 are still installed because cellprofiler_core imports them.
+ *
+ * A marker file written last (`cpflow-cellprofiler.json`, holding the pins) says the venv is complete;
+ * a venv without a matching marker is rebuilt. pip's cache (~/.cache/pip) is kept so a rebuild is
+ * quick.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import execa from 'execa';
+import { z } from 'zod';
+
+/** The one CellProfiler build cpflow runs (PyPI nightly of CellProfiler 5). */
+export const CELLPROFILER_BUILD = '5.0.0.dev784';
+
+/**
+ * Every package of the working venv except cellprofiler-nightly itself (pip freeze of a verified
+ * install on Python 3.11.7, 2026-11). Changing any pin changes the marker and rebuilds the venv.
+ */
+export const RUNTIME_PINS: readonly string[] = [
+  `cellprofiler-library-nightly==${CELLPROFILER_BUILD}`,
+  `cellprofiler-core-nightly==${CELLPROFILER_BUILD}`,
+  `centriole-nightly==${CELLPROFILER_BUILD}`,
+  'annotated-types==0.8.0',
+  'boto3==1.44.5',
+  'botocore==1.44.5',
+  'certifi==2026.10.18',
+  'cffi==2.1.1',
+  'charset-normalizer==3.5.2',
+  'cjdk==0.5.0',
+  'click==8.5.1',
+  'cloudpickle==3.1.2',
+  'contourpy==1.3.3',
+  'cryptography==50.0.2',
+  'cycler==0.12.1',
+  'deprecation==2.1.0',
+  'docutils==0.15.2',
+  'donfig==0.8.1.post1',
+  'fonttools==4.68.0',
+  'fsspec==2026.9.0',
+  'future==1.0.0',
+  'google-api-core==2.44.0',
+  'google-auth==2.62.2',
+  'google-cloud-core==2.8.0',
+  'google-cloud-storage==2.10.0',
+  'google-crc32c==1.9.0',
+  'google-resumable-media==2.11.0',
+  'googleapis-common-protos==1.76.0',
+  'h5py==3.16.0',
+  'idna==3.20',
+  'imageio==2.38.1',
+  'importlib-metadata==10.2.0',
+  'jgo==3.2.0',
+  'Jinja2==3.1.6',
+  'jmespath==1.1.0',
+  'joblib==1.6.0',
+  'jpype1==1.7.1',
+  'kiwisolver==1.5.1',
+  'lazy-importer==0.1.0',
+  'lazy-loader==0.6',
+  'lxml==6.1.3',
+  'mahotas==1.4.19',
+  'MarkupSafe==3.0.4',
+  'matplotlib==3.11.2',
+  'narwhals==2.29.0',
+  'networkx==3.6.1',
+  'numcodecs==0.16.6',
+  'numpy==1.26.4',
+  'opentelemetry-api==1.45.2',
+  'packaging==26.3',
+  'pillow==11.3.0',
+  'progressbar2==4.6.0',
+  'proto-plus==1.29.0',
+  'protobuf==7.36.2',
+  'psutil==7.2.2',
+  'pyasn1==0.6.5',
+  'pyasn1-modules==0.4.2',
+  'pycparser==3.12',
+  'pydantic==2.14.3',
+  'pydantic-core==2.50.4',
+  'pyparsing==3.3.3',
+  'python-dateutil==2.9.0.post0',
+  'python-utils==4.2.0',
+  'PyYAML==6.0.3',
+  'pyzmq==27.3.0',
+  'rapidfuzz==3.14.6',
+  'requests==2.34.2',
+  's3transfer==0.19.3',
+  'scikit-image==0.24.0',
+  'scikit-learn==1.9.1',
+  'scipy==1.10.1',
+  'scyjava==1.12.5',
+  'semver==3.1.1',
+  'sentry-sdk==2.8.0',
+  'six==1.17.0',
+  'threadpoolctl==3.8.0',
+  'tifffile==2026.3.3',
+  'tomli-w==1.2.0',
+  'typing-inspection==0.4.5',
+  'typing-extensions==4.16.0',
+  'urllib3==2.8.0',
+  'zarr==3.1.5',
+  'zipp==4.1.2',
+];
+
+/** Requirements of cellprofiler-nightly deliberately left out (GUI / MySQL export only). */
+const EXPECTED_MISSING = ['mysqlclient', 'wxpython'];
+
+const MARKER_FILE = 'cpflow-cellprofiler.json';
+const markerSchema = z.object({
+  build: z.string(),
+  pinsSha256: z.string(),
+  python: z.string(),
+  version: z.string(),
+  installedAt: z.string(),
+});
+type Marker = z.infer<typeof markerSchema>;
+
+export function cellProfilerVenv(cacheDir: string): string {
+  return path.join(cacheDir, 'cellprofiler-venv');
+}
+
+function executableIn(venv: string): string {
+  return path.join(venv, 'bin', 'cellprofiler');
+}
+
+function pinsSha256(): string {
+  return createHash('sha256')
+    .update([`cellprofiler-nightly==${CELLPROFILER_BUILD}`, ...RUNTIME_PINS].join('\n'))
+    .digest('hex');
+}
+
+function readMarker(venv: string): Marker | undefined {
+  try {
+    const parsed = markerSchema.safeParse(JSON.parse(fs.readFileSync(path.join(venv, MARKER_FILE), 'utf8')));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Path of the installed `cellprofiler` if the venv is complete and built from the current pins
+ * (its marker is written only after a verified run), else undefined. Cheap: no process is started.
+ */
+export function cellProfilerExecutable(cacheDir: string): string | undefined {
+  const venv = cellProfilerVenv(cacheDir);
+  const marker = readMarker(venv);
+  const executable = executableIn(venv);
+  if (!marker || marker.pinsSha256 !== pinsSha256()) return undefined;
+  if (!fs.existsSync(executable) || !fs.existsSync(path.join(venv, 'bin', 'python'))) return undefined;
+  return executable;
+}
+
+export interface CellProfilerInstall {
+  executable: string;
+  /** Exact `cellprofiler --version` output. */
+  version: string;
+  /** Wall time of this call (near zero when the venv was reused). */
+  seconds: number;
+}
+
+/** Installs (or reuses) the pinned headless CellProfiler. Safe to call from several processes at once. */
+export async function installCellProfiler(
+  cacheDir: string,
+  log: (line: string) => void = () => undefined,
+): Promise<CellProfilerInstall> {
+  const started = Date.now();
+  const elapsed = () => (Date.now() - started) / 1000;
+  await fs.promises.mkdir(cacheDir, { recursive: true });
+  const venv = cellProfilerVenv(cacheDir);
+
+  const ready = cellProfilerExecutable(cacheDir);
+  if (ready) {
+    const version = await cellProfilerVersion(ready);
+    log(`CellProfiler ${version} already installed in ${venv}`);
+    return { executable: ready, version, seconds: elapsed() };
+  }
+
+  const release = await acquireLock(`${venv}.lock`, log);
+  try {
+    // Another process may have finished the install while we waited.
+    const installedMeanwhile = cellProfilerExecutable(cacheDir);
+    if (installedMeanwhile) {
+      return { executable: installedMeanwhile, version: await cellProfilerVersion(installedMeanwhile), seconds: elapsed() };
+    }
+
+    const python = process.env.CPFLOW_PYTHON?.trim() || 'python3';
+    const pythonVersion = await checkPython(python);
+    log(`installing CellProfiler ${CELLPROFILER_BUILD} with ${python} (Python ${pythonVersion}) into ${venv}`);
+    await fs.promises.rm(venv, { recursive: true, force: true });
+    await run(python, ['-m', 'venv', venv], log);
+    const pip = [path.join(venv, 'bin', 'python'), '-m', 'pip'];
+    const pipFlags = ['--disable-pip-version-check', '--no-input', '--progress-bar', 'off'];
+    await run(pip[0], [...pip.slice(1), 'install', ...pipFlags, ...RUNTIME_PINS], log);
+    await run(pip[0], [...pip.slice(1), 'install', ...pipFlags, '--no-deps', `cellprofiler-nightly==${CELLPROFILER_BUILD}`], log);
+    await checkOnlyExpectedMissing(pip, log);
+
+    const executable = executableIn(venv);
+    const version = await cellProfilerVersion(executable);
+    if (version !== CELLPROFILER_BUILD) {
+      throw new Error(`installed CellProfiler reports version ${version}, expected ${CELLPROFILER_BUILD}`);
+    }
+    await verifyHeadlessRun(venv, executable, log);
+
+    const marker: Marker = {
+      build: CELLPROFILER_BUILD,
+      pinsSha256: pinsSha256(),
+      python: pythonVersion,
+      version,
+      installedAt: new Date().toISOString(),
+    };
+    await fs.promises.writeFile(path.join(venv, MARKER_FILE), `${JSON.stringify(marker, null, 2)}\n`);
+    log(`CellProfiler ${version} installed and verified in ${elapsed().toFixed(0)} s`);
+    return { executable, version, seconds: elapsed() };
+  } finally {
+    await release();
+  }
+}
+
+async function run(file: string, args: string[], log: (line: string) => void): Promise<void> {
+  const child = execa(file, args, { all: true, reject: false, stdin: 'ignore', env: { ...process.env, MPLBACKEND: 'Agg' } });
+  const lastLines: string[] = [];
+  child.all?.setEncoding('utf8');
+  let partial = '';
+  child.all?.on('data', (chunk: string) => {
+    const lines = (partial + chunk).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      if (line.trim() === '') continue;
+      lastLines.push(line);
+      if (lastLines.length > 30) lastLines.shift();
+      log(line);
+    }
+  });
+  const result = await child;
+  if (result.exitCode !== 0) {
+    throw new Error(`\`${path.basename(file)} ${args.slice(0, 4).join(' ')} …\` failed (exit ${result.exitCode}):\n${lastLines.join('\n')}`);
+  }
+}
+
+async function checkPython(python: string): Promise<string> {
+  const result = await execa(python, ['-c', 'import sys; print("%d.%d.%d" % sys.version_info[:3])'], { reject: false });
+  if (result.exitCode !== 0) throw new Error(`cannot run ${python} (set CPFLOW_PYTHON to a Python 3.9–3.11 interpreter)`);
+  const version = result.stdout.trim();
+  const [major, minor] = version.split('.').map(Number);
+  // scipy 1.10.1 (required < 1.11) has wheels for 3.8–3.11 only.
+  if (major !== 3 || minor < 9 || minor > 11) {
+    throw new Error(`${python} is Python ${version}; the pinned CellProfiler build needs Python 3.9–3.11 (set CPFLOW_PYTHON)`);
+  }
+  return version;
+}
+
+async function checkOnlyExpectedMissing(pip: string[], log: (line: string) => void): Promise<void> {
+  const result = await execa(pip[0], [...pip.slice(1), 'check'], { reject: false });
+  const problems = result.stdout
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '' && !l.startsWith('No broken requirements'));
+  const unexpected = problems.filter(
+    (line) => !EXPECTED_MISSING.some((name) => new RegExp(`requires ${name}\\b.*not installed`, 'i').test(line)),
+  );
+  if (unexpected.length > 0) throw new Error(`pip check found unexpected problems:\n${unexpected.join('\n')}`);
+  log(`pip check: only ${EXPECTED_MISSING.join(' and ')} missing, as intended (GUI / MySQL export only)`);
+}
+
+export async function cellProfilerVersion(executable: string): Promise<string> {
+  const result = await execa(executable, ['--version'], { reject: false, env: { ...process.env, MPLBACKEND: 'Agg' } });
+  const version = result.stdout.trim().split('\n').pop()?.trim() ?? '';
+  if (result.exitCode !== 0 || version === '') {
+    throw new Error(`\`${executable} --version\` failed (exit ${result.exitCode}): ${result.stderr.split('\n').slice(-10).join('\n')}`);
+  }
+  return version;
+}
+
+/**
+ * A real headless run: four bright discs on a dark 128×128 image, a pipeline that identifies them
+ * and exports Image.csv. Proves the image reader, segmentation and export work without a display
+ * or a JVM.
+ */
+async function verifyHeadlessRun(venv: string, executable: string, log: (line: string) => void): Promise<void> {
+  const dir = await fs.promises.mkdtemp(path.join(venv, '.verify-'));
+  try {
+    const image = path.join(dir, 'blobs_DNA.tif');
+    const makeImage = [
+      'import numpy as np, tifffile, sys',
+      'yy, xx = np.mgrid[0:128, 0:128]',
+      'img = np.full((128, 128), 10, np.uint8)',
+      'for cy, cx in [(32, 32), (32, 96), (96, 32), (96, 96)]:',
+      '    img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = 200',
+      'tifffile.imwrite(sys.argv[1], img)',
+    ].join('\n');
+    await run(path.join(venv, 'bin', 'python'), ['-c', makeImage, image], log);
+    const pipeline = path.join(dir, 'verify.cppipe');
+    await fs.promises.writeFile(pipeline, VERIFY_PIPELINE);
+    const fileList = path.join(dir, 'files.txt');
+    await fs.promises.writeFile(fileList, `${image}\n`);
+    const out = path.join(dir, 'out');
+    const done = path.join(dir, 'done.txt');
+    await fs.promises.mkdir(out);
+    const result = await execa(
+      executable,
+      ['-c', '-r', '-p', pipeline, '--file-list', fileList, '-o', out, '-t', dir, '-d', done, '-e', 'imageio_reader'],
+      { reject: false, all: true, stdin: 'ignore', env: { ...process.env, MPLBACKEND: 'Agg' } },
+    );
+    const doneText = await fs.promises.readFile(done, 'utf8').catch(() => '');
+    if (doneText.trim() !== 'Complete') {
+      throw new Error(`verification run failed (exit ${result.exitCode}):\n${(result.all ?? '').split('\n').slice(-30).join('\n')}`);
+    }
+    const [header, row] = (await fs.promises.readFile(path.join(out, 'Image.csv'), 'utf8')).split(/\r?\n/);
+    const count = Number(row?.split(',')[header.split(',').indexOf('Count_Blobs')]);
+    if (count !== 4) throw new Error(`verification run found ${count} objects in an image with 4`);
+    log('verification run: 4 of 4 objects found');
+  } finally {
+    await fs.promises.rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function acquireLock(lockDir: string, log: (line: string) => void): Promise<() => Promise<void>> {
+  const deadline = Date.now() + 30 * 60 * 1000;
+  for (;;) {
+    try {
+      await fs.promises.mkdir(lockDir);
+      await fs.promises.writeFile(path.join(lockDir, 'pid'), String(process.pid));
+      return () => fs.promises.rm(lockDir, { recursive: true, force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const holder = Number(await fs.promises.readFile(path.join(lockDir, 'pid'), 'utf8').catch(() => 'NaN'));
+    if (Number.isInteger(holder) && !isAlive(holder)) {
+      log(`removing stale install lock of process ${holder}`);
+      await fs.promises.rm(lockDir, { recursive: true, force: true });
+      continue;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for another CellProfiler install (lock ${lockDir})`);
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Minimal pipeline for the verification run (module blocks as CellProfiler 4/5 save them, taken from
+ * the ExampleHuman example with NamesAndTypes set to "All images").
+ */
+const VERIFY_PIPELINE = String.raw`CellProfiler Pipeline: http://www.cellprofiler.org
+Version:5
+DateRevision:400
+GitHash:
+ModuleCount:6
+HasImagePlaneDetails:False
+
+Images:[module_num:1|svn_version:'Unknown'|variable_revision_number:2|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
+    :
+    Filter images?:Images only
+    Select the rule criteria:and (extension does isimage) (directory doesnot containregexp "[\\\\\\\\/]\\\\.")
+
+Metadata:[module_num:2|svn_version:'Unknown'|variable_revision_number:6|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
+    Extract metadata?:No
+    Metadata data type:Text
+    Metadata types:{}
+    Extraction method count:1
+    Metadata extraction method:Extract from file/folder names
+    Metadata source:File name
+    Regular expression to extract from file name:^(?P<Plate>.*)_(?P<Well>[A-P][0-9]{2})_s(?P<Site>[0-9])_w(?P<ChannelNumber>[0-9])
+    Regular expression to extract from folder name:(?P<Date>[0-9]{4}_[0-9]{2}_[0-9]{2})$
+    Extract metadata from:All images
+    Select the filtering criteria:and (file does contain "")
+    Metadata file location:Elsewhere...|
+    Match file and image metadata:[]
+    Use case insensitive matching?:No
+    Metadata file name:
+    Does cached metadata exist?:No
+
+NamesAndTypes:[module_num:3|svn_version:'Unknown'|variable_revision_number:8|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
+    Assign a name to:All images
+    Select the image type:Grayscale image
+    Name to assign these images:DNA
+    Match metadata:[]
+    Image set matching method:Order
+    Set intensity range from:Image metadata
+    Assignments count:1
+    Single images count:0
+    Maximum intensity:255.0
+    Process as 3D?:No
+    Relative pixel spacing in X:1.0
+    Relative pixel spacing in Y:1.0
+    Relative pixel spacing in Z:1.0
+    Select the rule criteria:and (file does contain "")
+    Name to assign these images:DNA
+    Name to assign these objects:Cell
+    Select the image type:Grayscale image
+    Set intensity range from:Image metadata
+    Maximum intensity:255.0
+
+Groups:[module_num:4|svn_version:'Unknown'|variable_revision_number:2|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
+    Do you want to group your images?:No
+    grouping metadata count:1
+    Metadata category:None
+
+IdentifyPrimaryObjects:[module_num:5|svn_version:'Unknown'|variable_revision_number:14|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
+    Select the input image:DNA
+    Name the primary objects to be identified:Blobs
+    Typical diameter of objects, in pixel units (Min,Max):8,80
+    Discard objects outside the diameter range?:Yes
+    Discard objects touching the border of the image?:Yes
+    Method to distinguish clumped objects:Intensity
+    Method to draw dividing lines between clumped objects:Intensity
+    Size of smoothing filter:10
+    Suppress local maxima that are closer than this minimum allowed distance:7.0
+    Speed up by using lower-resolution image to find local maxima?:Yes
+    Fill holes in identified objects?:After declumping only
+    Automatically calculate size of smoothing filter for declumping?:Yes
+    Automatically calculate minimum allowed distance between local maxima?:Yes
+    Handling of objects if excessive number of objects identified:Continue
+    Maximum number of objects:500
+    Display accepted local maxima?:No
+    Select maxima color:Blue
+    Use advanced settings?:No
+    Threshold setting version:11
+    Threshold strategy:Global
+    Thresholding method:Minimum Cross-Entropy
+    Threshold smoothing scale:1.3488
+    Threshold correction factor:1.0
+    Lower and upper bounds on threshold:0.0,1.0
+    Manual threshold:0.0
+    Select the measurement to threshold with:None
+    Two-class or three-class thresholding?:Two classes
+    Assign pixels in the middle intensity class to the foreground or the background?:Foreground
+    Size of adaptive window:50
+    Lower outlier fraction:0.05
+    Upper outlier fraction:0.05
+    Averaging method:Mean
+    Variance method:Standard deviation
+    # of deviations:2.0
+    Thresholding method:Otsu
+
+ExportToSpreadsheet:[module_num:6|svn_version:'Unknown'|variable_revision_number:13|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
+    Select the column delimiter:Comma (",")
+    Add image metadata columns to your object data file?:No
+    Add image file and folder names to your object data file?:No
+    Select the measurements to export:No
+    Calculate the per-image mean values for object measurements?:No
+    Calculate the per-image median values for object measurements?:No
+    Calculate the per-image standard deviation values for object measurements?:No
+    Output file location:Default Output Folder|
+    Create a GenePattern GCT file?:No
+    Select source of sample row name:Metadata
+    Select the image to use as the identifier:None
+    Select the metadata to use as the identifier:None
+    Export all measurement types?:Yes
+    Press button to select measurements:
+    Representation of Nan/Inf:NaN
+    Add a prefix to file names?:No
+    Filename prefix:MyExpt_
+    Overwrite existing files without warning?:Yes
+    Data to export:Do not use
+    Combine these object measurements with those of the previous object?:No
+    File name:DATA.csv
+    Use the object name for the file name?:Yes
+`;
