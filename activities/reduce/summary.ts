@@ -49,7 +49,7 @@ export interface MergeOptions {
    * (mean over the object table's column `<Measurement>`); anything else is copied from Image.csv's first row.
    */
   extraColumns?: string[];
-  /** Image sets read at once (their table downloads overlap); rows are still written in input order. Default 4. */
+  /** Image sets read at once (their table downloads overlap); rows are still written in input order. Default 8. */
   concurrency?: number;
   /** Reservoir capacity per distribution. Default 10,000. */
   sampleSize?: number;
@@ -59,6 +59,9 @@ export interface MergeOptions {
   maxRowsBeforeColumnsKnown?: number;
   /** Failed sets listed with their error in the stats (the rest are only counted). Default 1,000. */
   maxListedFailures?: number;
+  /** Called after every `progressEvery` sets (default 500) with the number merged so far: heartbeat here. */
+  onProgress?: (setsMerged: number) => void;
+  progressEvery?: number;
 }
 
 export interface PerSetCounts {
@@ -292,7 +295,7 @@ async function* mapInOrder<T, R>(source: AsyncIterable<T>, concurrency: number, 
 }
 
 export async function mergeImageSetTables(input: AsyncIterable<ImageSetResult> | Iterable<ImageSetResult>, options: MergeOptions): Promise<ReduceStats> {
-  const concurrency = options.concurrency ?? 4;
+  const concurrency = options.concurrency ?? 8;
   const sampleSize = options.sampleSize ?? 10_000;
   const maxHeldBack = options.maxRowsBeforeColumnsKnown ?? 1_000;
   const maxListedFailures = options.maxListedFailures ?? 1_000;
@@ -397,9 +400,18 @@ export async function mergeImageSetTables(input: AsyncIterable<ImageSetResult> |
   };
 
   try {
+    const progressEvery = options.progressEvery ?? 500;
+    let merged = 0;
     for await (const measurement of mapInOrder(toAsync(input), concurrency, (set) => measureImageSet(set, plan, objectFilter))) {
       await commit(measurement);
+      merged += 1;
+      if (merged % progressEvery === 0) {
+        options.onProgress?.(merged);
+        // In-memory or cached inputs resolve entirely through microtasks; let timers (heartbeats) run.
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
     }
+    options.onProgress?.(merged);
     if (columns === undefined) {
       const header = await fixColumns([]);
       for (const held of heldBack.splice(0)) await writeRow(held, header);
@@ -407,7 +419,10 @@ export async function mergeImageSetTables(input: AsyncIterable<ImageSetResult> |
     csv.end();
     await written;
   } catch (error) {
+    // Destroying the stringifier makes pipeline() destroy `out` too (e.g. aborting an S3 upload);
+    // wait for that so the caller never sees a half-written summary still open.
     csv.destroy(error instanceof Error ? error : new Error(String(error)));
+    await written.catch(() => undefined);
     throw error;
   }
 
