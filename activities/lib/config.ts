@@ -1,0 +1,79 @@
+import os from 'node:os';
+import { z } from 'zod';
+
+/**
+ * Every setting cpflow reads from the environment, validated in one place so a bad value is reported
+ * once, by name, at start-up instead of surfacing later as a confusing connection error.
+ */
+const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
+
+const temporalSchema = z.object({
+  CPFLOW_TEMPORAL_ADDRESS: z.string().regex(/^[^\s:]+:\d+$/, 'expected host:port').default('127.0.0.1:7233'),
+  CPFLOW_TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
+  CPFLOW_TEMPORAL_UI_URL: z.string().url().optional(),
+});
+
+const dbSchema = z.object({
+  CPFLOW_DB_HOST: z.string().min(1).default('127.0.0.1'),
+  CPFLOW_DB_PORT: z.coerce.number().int().min(1).max(65535).default(3306),
+  CPFLOW_DB_USER: z.string().min(1).default('cpflow'),
+  CPFLOW_DB_PASSWORD: z.string().default(''),
+  CPFLOW_DB_NAME: z
+    .string()
+    .regex(/^[A-Za-z0-9_]+$/, 'letters, digits and _ only')
+    .default('cpflow'),
+  CPFLOW_DB_POOL_SIZE: positiveInt(8),
+});
+
+const s3Schema = z.object({
+  CPFLOW_S3_ENDPOINT: z.string().url().optional(),
+  CPFLOW_S3_REGION: z.string().min(1).default('us-east-1'),
+  CPFLOW_S3_ACCESS_KEY: z.string().min(1).optional(),
+  CPFLOW_S3_SECRET_KEY: z.string().min(1).optional(),
+  /** MinIO and most on-premise S3 need path-style addressing. */
+  CPFLOW_S3_FORCE_PATH_STYLE: z
+    .enum(['true', 'false'])
+    .default('true')
+    .transform((v) => v === 'true'),
+});
+
+const workerSchema = z.object({
+  /** Image sets analysed at once by one cellprofiler-pool worker process. */
+  CPFLOW_ANALYZE_SLOTS: positiveInt(Math.max(1, os.cpus().length)),
+  CPFLOW_REDUCE_SLOTS: positiveInt(2),
+  /** How long a SIGTERM'd worker lets running activities finish before it cancels them. */
+  CPFLOW_SHUTDOWN_GRACE_SECONDS: positiveInt(60),
+  CPFLOW_CELLPROFILER: z.string().min(1).optional(),
+  CPFLOW_CELLPROFILER_TIMEOUT_SECONDS: positiveInt(3600),
+  CPFLOW_WORK_DIR: z.string().min(1).default(os.tmpdir()),
+});
+
+export type TemporalConfig = z.infer<typeof temporalSchema>;
+export type DbConfig = z.infer<typeof dbSchema>;
+export type S3Config = z.infer<typeof s3Schema>;
+export type WorkerConfig = z.infer<typeof workerSchema>;
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+function parse<T extends z.ZodTypeAny>(schema: T, env: NodeJS.ProcessEnv): z.infer<T> {
+  const result = schema.safeParse(env);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => {
+    const key = String(issue.path[0] ?? '?');
+    const value = env[key];
+    return `${key}=${value === undefined ? '(unset)' : JSON.stringify(value)}: ${issue.message}`;
+  });
+  throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
+}
+
+export const temporalConfig = (env = process.env): TemporalConfig => parse(temporalSchema, env);
+export const dbConfig = (env = process.env): DbConfig => parse(dbSchema, env);
+export const s3Config = (env = process.env): S3Config => parse(s3Schema, env);
+export const workerConfig = (env = process.env): WorkerConfig => parse(workerSchema, env);
+
+export { TASK_QUEUES, workflowIdFor } from '../../workflows/task-queues';

@@ -1,0 +1,175 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Context } from '@temporalio/activity';
+import { temporalConfig } from './lib/config';
+import { allImageSets, db, getExperiment, imageSetCounts, upsertExperimentResult, type Db, type ImageSetRow } from './lib/db';
+import { getBytesIfExists, getStream, layout, parseS3Uri, putBytes, putFile } from './lib/s3';
+import { CPFLOW_VERSION, gitCommit, workerIdentity } from './lib/version';
+import { provenanceSchema, type SetProvenance } from './provenance';
+import { mergeImageSetTables, type ImageSetResult } from './reduce/summary';
+import { renderReport } from './reduce/report';
+
+/**
+ * reduceExperiment: merges every image set's tables into `summary.csv` and `report.html` under the
+ * experiment's results prefix, records them in MariaDB, and returns the counts the final status is
+ * decided on. Streams sets page by page, so memory stays bounded at 100,000 sets.
+ */
+
+export interface ReduceOutput {
+  summaryUri: string;
+  reportUri: string;
+  provenanceUri: string;
+  total: number;
+  done: number;
+  failed: number;
+  objects: number;
+}
+
+const PAGE = 500;
+
+export function workflowUrl(workflowId: string): string | undefined {
+  const cfg = temporalConfig();
+  if (!cfg.CPFLOW_TEMPORAL_UI_URL) return undefined;
+  return `${cfg.CPFLOW_TEMPORAL_UI_URL.replace(/\/$/, '')}/namespaces/${encodeURIComponent(cfg.CPFLOW_TEMPORAL_NAMESPACE)}/workflows/${encodeURIComponent(workflowId)}`;
+}
+
+/** Metadata keys are the grouping expression's named groups, minus the channel group. */
+export function metadataKeysOf(pattern: string, channelGroup: string): string[] {
+  return [...pattern.matchAll(/\(\?<([A-Za-z][A-Za-z0-9_]*)>/g)].map((m) => m[1] ?? '').filter((n) => n && n !== channelGroup);
+}
+
+async function tablesFor(pool: Db, setIds: number[]): Promise<Map<number, string[]>> {
+  const rows = await pool.query<Array<{ image_set_id: number; uri: string }>>(
+    `SELECT image_set_id, uri FROM result_file WHERE image_set_id IN (?) AND kind LIKE 'table:%' ORDER BY uri`,
+    [setIds],
+  );
+  const map = new Map<number, string[]>();
+  for (const r of rows) map.set(r.image_set_id, [...(map.get(r.image_set_id) ?? []), r.uri]);
+  return map;
+}
+
+async function* setResults(pool: Db, experimentId: number, onSet: () => void): AsyncGenerator<ImageSetResult> {
+  let page: ImageSetRow[] = [];
+  const emit = async function* (rows: ImageSetRow[]): AsyncGenerator<ImageSetResult> {
+    const tables = await tablesFor(pool, rows.map((r) => r.id));
+    for (const row of rows) {
+      onSet();
+      const uris = tables.get(row.id) ?? [];
+      const done = row.status === 'done';
+      yield {
+        key: row.set_key,
+        status: done ? 'done' : 'failed',
+        metadata: row.metadata,
+        error: done ? undefined : (row.error ?? `not analysed (status ${row.status})`),
+        tables: done
+          ? uris.map((uri) => ({
+              name: path.posix.basename(uri),
+              open: async () => {
+                const { bucket, key } = parseS3Uri(uri);
+                return getStream(bucket, key);
+              },
+            }))
+          : [],
+      };
+    }
+  };
+  for await (const row of allImageSets(pool, experimentId, PAGE)) {
+    page.push(row);
+    if (page.length >= PAGE) {
+      yield* emit(page);
+      page = [];
+    }
+  }
+  if (page.length > 0) yield* emit(page);
+}
+
+export async function reduceExperiment(input: { experimentId: number; workflowId: string }): Promise<ReduceOutput> {
+  const ctx = Context.current();
+  const startedAt = new Date().toISOString();
+  const pool = await db();
+  const e = await getExperiment(pool, input.experimentId);
+  if (!e) throw new Error(`experiment ${input.experimentId} does not exist`);
+
+  const workDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), `cpflow-reduce-${e.id}-`));
+  try {
+    const summaryPath = path.join(workDir, 'summary.csv');
+    let seen = 0;
+    const beat = setInterval(() => ctx.heartbeat({ setsMerged: seen }), 5_000);
+    let stats;
+    try {
+      stats = await mergeImageSetTables(
+        setResults(pool, e.id, () => {
+          seen++;
+        }),
+        {
+          out: fs.createWriteStream(summaryPath),
+          metadataKeys: metadataKeysOf(e.grouping_rule.pattern, e.grouping_rule.channelGroup),
+        },
+      );
+    } finally {
+      clearInterval(beat);
+    }
+
+    // The engine that produced the tables, from the first finished set's provenance.
+    let engine: SetProvenance['engine'] = { name: e.engine, version: 'unknown' };
+    const firstDone = stats.perSet.find((s) => s.status === 'done');
+    if (firstDone) {
+      const raw = await getBytesIfExists(e.bucket, `${layout.setPrefix(e.id, firstDone.key)}provenance.json`);
+      const parsed = raw ? provenanceSchema.safeParse(JSON.parse(raw.toString('utf8'))) : undefined;
+      if (parsed?.success) engine = parsed.data.engine;
+    }
+
+    const summary = await putFile(e.bucket, layout.results(e.id, 'summary.csv'), summaryPath, { contentType: 'text/csv' });
+    const provenance = {
+      kind: 'cpflow.experiment-provenance/v1',
+      experiment: { id: e.id, name: e.name, project: e.project_name },
+      engine,
+      pipeline: { uri: e.pipeline_uri, sha256: e.pipeline_sha256 },
+      groupingRule: e.grouping_rule,
+      imageSets: { total: stats.rows, done: stats.setsDone, failed: stats.setsFailed },
+      cpflow: { version: CPFLOW_VERSION, gitCommit: gitCommit() },
+      worker: workerIdentity(),
+      workflowId: input.workflowId,
+      startedAt: e.started_at?.toISOString() ?? null,
+      reducedAt: startedAt,
+      finishedAt: new Date().toISOString(),
+    };
+    const html = renderReport(stats, {
+      experimentId: e.id,
+      experimentName: e.name,
+      project: e.project_name,
+      engine,
+      provenance,
+      generatedAt: new Date().toISOString(),
+      workflowUrl: workflowUrl(input.workflowId),
+    });
+    const report = await putBytes(e.bucket, layout.results(e.id, 'report.html'), html, 'text/html; charset=utf-8');
+    const prov = await putBytes(
+      e.bucket,
+      layout.results(e.id, 'provenance.json'),
+      JSON.stringify(provenance, null, 2),
+      'application/json',
+    );
+    for (const [kind, r] of [
+      ['summary', summary],
+      ['report', report],
+      ['experiment-provenance', prov],
+    ] as const) {
+      await upsertExperimentResult(pool, e.id, { kind, uri: r.uri, size: r.size, checksum: r.checksum });
+    }
+    const counts = await imageSetCounts(pool, e.id);
+    return {
+      summaryUri: summary.uri,
+      reportUri: report.uri,
+      provenanceUri: prov.uri,
+      total: counts.total,
+      done: counts.done,
+      failed: counts.total - counts.done,
+      objects: stats.objectsTotal,
+    };
+  } finally {
+    await fs.promises.rm(workDir, { recursive: true, force: true });
+  }
+}
+

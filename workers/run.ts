@@ -1,0 +1,93 @@
+import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
+import * as activities from '../activities';
+import { closeDb } from '../activities/lib/db';
+import { temporalConfig, workerConfig } from '../activities/lib/config';
+import { TASK_QUEUES } from '../workflows/task-queues';
+
+/**
+ * Worker pools. Each pool polls its own task queue so it scales on its own backlog in production:
+ * `workflow` (workflows + manifest and sync activities), `cellprofiler` (image set analysis),
+ * `reduce` (merging and the report). `all` runs the three in one process for laptops and tests.
+ */
+export type PoolName = 'workflow' | 'cellprofiler' | 'reduce';
+
+const { analyzeImageSets, reduceExperiment, ...controlActivities } = activities;
+
+export function workerOptions(pool: PoolName): Omit<WorkerOptions, 'connection'> {
+  const cfg = workerConfig();
+  const common = {
+    namespace: temporalConfig().CPFLOW_TEMPORAL_NAMESPACE,
+    shutdownGraceTime: `${cfg.CPFLOW_SHUTDOWN_GRACE_SECONDS}s` as const,
+    // Heartbeats (and so cancellation requests) reach the server within 2 s, not 80% of the timeout.
+    maxHeartbeatThrottleInterval: '2s' as const,
+  };
+  switch (pool) {
+    case 'workflow':
+      return {
+        ...common,
+        taskQueue: TASK_QUEUES.workflow,
+        workflowsPath: require.resolve('../workflows'),
+        activities: controlActivities,
+        maxConcurrentActivityTaskExecutions: 20,
+      };
+    case 'cellprofiler':
+      return {
+        ...common,
+        taskQueue: TASK_QUEUES.analyze,
+        activities: { analyzeImageSets },
+        maxConcurrentActivityTaskExecutions: cfg.CPFLOW_ANALYZE_SLOTS,
+      };
+    case 'reduce':
+      return {
+        ...common,
+        taskQueue: TASK_QUEUES.reduce,
+        activities: { reduceExperiment },
+        maxConcurrentActivityTaskExecutions: cfg.CPFLOW_REDUCE_SLOTS,
+      };
+  }
+}
+
+export class TemporalUnavailableError extends Error {
+  constructor(address: string, cause: unknown) {
+    super(`Temporal unreachable at ${address}: ${cause instanceof Error ? cause.message : String(cause)}`);
+    this.name = 'TemporalUnavailableError';
+  }
+}
+
+export async function connectWorker(): Promise<NativeConnection> {
+  const { CPFLOW_TEMPORAL_ADDRESS: address } = temporalConfig();
+  try {
+    return await NativeConnection.connect({ address });
+  } catch (err) {
+    throw new TemporalUnavailableError(address, err);
+  }
+}
+
+/**
+ * Run the given pools until SIGTERM/SIGINT. On a signal the workers stop polling and give running
+ * activities `CPFLOW_SHUTDOWN_GRACE_SECONDS` to finish before cancelling them (Kubernetes'
+ * terminationGracePeriodSeconds should be a little longer).
+ */
+export async function runPools(pools: PoolName[]): Promise<void> {
+  // We install our own signal handling so shutdown is logged and bounded the same way everywhere.
+  Runtime.install({ shutdownSignals: ['SIGTERM', 'SIGINT'] });
+  const connection = await connectWorker();
+  try {
+    const workers = await Promise.all(pools.map((p) => Worker.create({ connection, ...workerOptions(p) })));
+    console.log(`cpflow workers running: ${pools.join(', ')} (pid ${process.pid})`);
+    await Promise.all(workers.map((w) => w.run()));
+  } finally {
+    await connection.close();
+    await closeDb();
+  }
+}
+
+export function main(pools: PoolName[]): void {
+  runPools(pools).then(
+    () => process.exit(0),
+    (err: unknown) => {
+      console.error(`cpflow worker: ${err instanceof Error ? err.message : String(err)}`);
+      process.exit(1);
+    },
+  );
+}

@@ -1,0 +1,40 @@
+import { proxyActivities } from '@temporalio/workflow';
+import type * as activities from '../activities';
+import { TASK_QUEUES } from './task-queues';
+
+/**
+ * Activity stubs per pool. Timeouts and retry policies live here, beside the workflows that use them.
+ * Transient failures (network, S3 5xx, database down, worker lost by heartbeat timeout) retry with
+ * exponential backoff; input errors are thrown non-retryable by the activities themselves.
+ */
+
+
+/** Manifest reads and DB mirror writes: retried without limit, so an outage only delays them. */
+export const control = proxyActivities<typeof activities>({
+  taskQueue: TASK_QUEUES.workflow,
+  startToCloseTimeout: '2 minutes',
+  retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
+});
+
+export function analyzeActivities(maxAttempts: number, timeoutMinutes: number) {
+  return proxyActivities<typeof activities>({
+    taskQueue: TASK_QUEUES.analyze,
+    startToCloseTimeout: `${timeoutMinutes} minutes`,
+    // A killed worker stops heartbeating; Temporal notices within this and retries elsewhere.
+    heartbeatTimeout: '20 seconds',
+    retry: {
+      initialInterval: '2 seconds',
+      backoffCoefficient: 2,
+      maximumInterval: '1 minute',
+      maximumAttempts: maxAttempts,
+      nonRetryableErrorTypes: ['ImageSetInputError', 'EngineUnavailable'],
+    },
+  });
+}
+
+export const reduce = proxyActivities<typeof activities>({
+  taskQueue: TASK_QUEUES.reduce,
+  startToCloseTimeout: '2 hours',
+  heartbeatTimeout: '1 minute',
+  retry: { initialInterval: '2 seconds', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
+});
