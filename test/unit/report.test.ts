@@ -126,7 +126,7 @@ describeInBrowser('report.html in headless Chromium', () => {
       expect(await page.locator('[id^="plot-intensity-"]').count()).toBe(2); // DNA and PH3
 
       // Hostile text is shown as text, never run; the failed set's error is listed.
-      expect(await page.evaluate(() => (window as unknown as { __injected?: boolean }).__injected)).toBeUndefined();
+      expect(await page.evaluate(() => (globalThis as unknown as { __injected?: boolean }).__injected)).toBeUndefined();
       expect(await page.locator('script').count()).toBe(3);
       expect(await page.textContent('h1')).toBe(info.experimentName);
       expect(await page.textContent('.engine')).toContain('builtin cpflow-builtin 0.1.0');
