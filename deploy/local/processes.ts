@@ -162,7 +162,13 @@ export async function stopProcess(pid: number, expectedCommand: string, graceMs 
  * A lock held across processes: mkdir is atomic, and the owner's pid inside lets a later run break
  * a lock left behind by a crashed one.
  */
-export async function withLock<T>(lockDir: string, what: string, action: () => Promise<T>, timeoutMs = 20 * 60_000): Promise<T> {
+export async function withLock<T>(
+  lockDir: string,
+  what: string,
+  announce: (line: string) => void,
+  action: () => Promise<T>,
+  timeoutMs = 20 * 60_000,
+): Promise<T> {
   fs.mkdirSync(path.dirname(lockDir), { recursive: true });
   const ownerFile = path.join(lockDir, 'pid');
   const deadline = Date.now() + timeoutMs;
@@ -186,7 +192,7 @@ export async function withLock<T>(lockDir: string, what: string, action: () => P
       }
       if (Date.now() > deadline) throw new StackError(`timed out waiting for ${what} (lock ${lockDir} held by pid ${owner})`);
       if (!announced) {
-        process.stderr.write(`waiting for another ${what} (pid ${owner}) to finish…\n`);
+        announce(`waiting for another ${what} (pid ${owner}) to finish…`);
         announced = true;
       }
       await sleep(250);

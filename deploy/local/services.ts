@@ -407,7 +407,7 @@ function envFromState(paths: StackPaths, state: StackState): StackEnv {
 export async function ensureStackUp(opts: { quiet?: boolean } = {}): Promise<StackEnv> {
   const paths = stackPaths();
   const log = makeLogger(opts.quiet);
-  return withLock(paths.lockDir, 'stack operation', async () => {
+  return withLock(paths.lockDir, 'stack operation', log, async () => {
     const state = await prepareState(paths, log);
     // Independent daemons: start them side by side to shorten a cold start.
     await Promise.all(SERVICE_NAMES.map((name) => ensureServiceRunning(paths, state, name, log)));
@@ -428,7 +428,7 @@ export async function stackEnv(): Promise<StackEnv> {
 export async function startService(name: ServiceName, opts: { quiet?: boolean } = {}): Promise<void> {
   const paths = stackPaths();
   const log = makeLogger(opts.quiet);
-  await withLock(paths.lockDir, 'stack operation', async () => {
+  await withLock(paths.lockDir, 'stack operation', log, async () => {
     const state = await prepareState(paths, log);
     await ensureServiceRunning(paths, state, name, log);
   });
@@ -438,7 +438,7 @@ export async function startService(name: ServiceName, opts: { quiet?: boolean } 
 export async function stopService(name: ServiceName, opts: { quiet?: boolean; graceMs?: number } = {}): Promise<void> {
   const paths = stackPaths();
   const log = makeLogger(opts.quiet);
-  await withLock(paths.lockDir, 'stack operation', async () => {
+  await withLock(paths.lockDir, 'stack operation', log, async () => {
     const state = readState(paths);
     if (state === undefined) return;
     await stopOne(paths, state, name, log, opts.graceMs);
@@ -459,7 +459,7 @@ async function stopOne(paths: StackPaths, state: StackState, name: ServiceName, 
 export async function stopStack(opts: { wipe?: boolean; quiet?: boolean } = {}): Promise<void> {
   const paths = stackPaths();
   const log = makeLogger(opts.quiet);
-  await withLock(paths.lockDir, 'stack operation', async () => {
+  await withLock(paths.lockDir, 'stack operation', log, async () => {
     const state = readState(paths);
     if (state !== undefined) await Promise.all(SERVICE_NAMES.map((name) => stopOne(paths, state, name, log)));
     if (opts.wipe) {
