@@ -5,6 +5,9 @@ import sharp from 'sharp';
 import { decodeGrayscale } from '../../activities/engines/builtin';
 import { ImageSetInputError } from '../../activities/engines/types';
 
+// Image generation and segmentation share two cores with other suites; allow for a slow machine.
+jest.setTimeout(60_000);
+
 const WIDTH = 37; // odd width: catches row-stride mistakes
 const HEIGHT = 23;
 

@@ -8,6 +8,9 @@ import { createBuiltinEngine, builtinOptionsFromPipeline } from '../../activitie
 import { ImageSetInputError, type EngineImageSet } from '../../activities/engines/types';
 import { generateSyntheticPlate, type GroundTruth } from '../../starter/synthetic-plate';
 
+// Image generation and segmentation share two cores with other suites; allow for a slow machine.
+jest.setTimeout(60_000);
+
 type Row = Record<string, string>;
 const readCsv = async (file: string): Promise<Row[]> => parse(await fs.readFile(file), { columns: true });
 const readHeader = async (file: string): Promise<string[]> =>

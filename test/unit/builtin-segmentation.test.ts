@@ -14,6 +14,9 @@ import {
 } from '../../activities/engines/builtin';
 import { generateSyntheticPlate } from '../../starter/synthetic-plate';
 
+// Image generation and segmentation share two cores with other suites; allow for a slow machine.
+jest.setTimeout(60_000);
+
 /** Deterministic pseudo-random numbers for test images (no Math.random, so failures reproduce). */
 function lcg(seed: number): () => number {
   let state = seed >>> 0;

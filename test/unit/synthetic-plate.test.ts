@@ -5,6 +5,9 @@ import sharp from 'sharp';
 import { decodeGrayscale, gaussianBlur, labelComponents, otsuThreshold } from '../../activities/engines/builtin';
 import { generateSyntheticPlate, SYNTHETIC_GROUPING } from '../../starter/synthetic-plate';
 
+// Image generation and segmentation share two cores with other suites; allow for a slow machine.
+jest.setTimeout(60_000);
+
 let root: string;
 beforeAll(async () => {
   root = await fs.mkdtemp(path.join(os.tmpdir(), 'cpflow-synthetic-'));

@@ -47,10 +47,11 @@ export function gaussianBlur(data: Float32Array, width: number, height: number, 
   return out;
 }
 
-const NEIGHBOURS_8: ReadonlyArray<readonly [number, number]> = [
-  [-1, -1], [0, -1], [1, -1], [-1, 0], [1, 0], [-1, 1], [0, 1], [1, 1],
-];
-const NEIGHBOURS_4: ReadonlyArray<readonly [number, number]> = [[0, -1], [-1, 0], [1, 0], [0, 1]];
+// Neighbour offsets as flat typed arrays: hot loops index them instead of destructuring tuples.
+const DX_8 = Int8Array.of(-1, 0, 1, -1, 1, -1, 0, 1);
+const DY_8 = Int8Array.of(-1, -1, -1, 0, 0, 1, 1, 1);
+const DX_4 = Int8Array.of(0, -1, 1, 0);
+const DY_4 = Int8Array.of(-1, 0, 0, 1);
 
 export interface Labelling {
   labels: Int32Array;
@@ -64,7 +65,8 @@ export function labelComponents(
   height: number,
   connectivity: 4 | 8 = 8,
 ): Labelling {
-  const neighbours = connectivity === 8 ? NEIGHBOURS_8 : NEIGHBOURS_4;
+  const dxs = connectivity === 8 ? DX_8 : DX_4;
+  const dys = connectivity === 8 ? DY_8 : DY_4;
   const labels = new Int32Array(mask.length);
   const stack = new Int32Array(mask.length);
   let count = 0;
@@ -78,9 +80,9 @@ export function labelComponents(
       const p = stack[--top];
       const px = p % width;
       const py = (p - px) / width;
-      for (const [dx, dy] of neighbours) {
-        const nx = px + dx;
-        const ny = py + dy;
+      for (let n = 0; n < dxs.length; n++) {
+        const nx = px + dxs[n];
+        const ny = py + dys[n];
         if (nx < 0 || ny < 0 || nx >= width || ny >= height) continue;
         const q = ny * width + nx;
         if (mask[q] && !labels[q]) {
@@ -113,8 +115,8 @@ export function fillLabelledHoles(labels: Int32Array, width: number, height: num
         owner[region] = -1;
         continue;
       }
-      for (const [dx, dy] of NEIGHBOURS_8) {
-        const object = labels[(y + dy) * width + x + dx];
+      for (let n = 0; n < 8; n++) {
+        const object = labels[(y + DY_8[n]) * width + x + DX_8[n]];
         if (!object) continue;
         if (owner[region] === 0) owner[region] = object;
         else if (owner[region] !== object) {
@@ -145,12 +147,18 @@ export function findSeeds(
   radius: number,
 ): Labelling {
   const r = Math.max(1, Math.floor(radius));
-  const offsets: Array<[number, number]> = [];
+  const offsetX: number[] = [];
+  const offsetY: number[] = [];
   for (let dy = -r; dy <= r; dy++) {
     for (let dx = -r; dx <= r; dx++) {
-      if ((dx !== 0 || dy !== 0) && dx * dx + dy * dy <= radius * radius) offsets.push([dx, dy]);
+      if ((dx !== 0 || dy !== 0) && dx * dx + dy * dy <= radius * radius) {
+        offsetX.push(dx);
+        offsetY.push(dy);
+      }
     }
   }
+  const discX = Int32Array.from(offsetX);
+  const discY = Int32Array.from(offsetY);
   const isMaximum = new Uint8Array(intensity.length);
   for (let y = 0; y < height; y++) {
     for (let x = 0; x < width; x++) {
@@ -160,9 +168,9 @@ export function findSeeds(
       const value = intensity[p];
       if (value <= 0) continue;
       let maximal = true;
-      for (const [dx, dy] of offsets) {
-        const nx = x + dx;
-        const ny = y + dy;
+      for (let k = 0; k < discX.length; k++) {
+        const nx = x + discX[k];
+        const ny = y + discY[k];
         if (nx < 0 || ny < 0 || nx >= width || ny >= height) continue;
         const q = ny * width + nx;
         if (objects[q] === object && intensity[q] > value) {
@@ -200,9 +208,9 @@ export function seededWatershed(
     const p = queue.pop();
     const px = p % width;
     const py = (p - px) / width;
-    for (const [dx, dy] of NEIGHBOURS_8) {
-      const nx = px + dx;
-      const ny = py + dy;
+    for (let n = 0; n < 8; n++) {
+      const nx = px + DX_8[n];
+      const ny = py + DY_8[n];
       if (nx < 0 || ny < 0 || nx >= width || ny >= height) continue;
       const q = ny * width + nx;
       if (!mask[q] || labels[q]) continue;
