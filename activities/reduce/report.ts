@@ -94,8 +94,8 @@ function countsFigure(stats: ReduceStats, primary: string | undefined): PlotFigu
     title: 'Objects per image set',
     note:
       blockSize > 1
-        ? `${done.length} done image sets, sorted by key, shown as ${blocks.length} bars of ${blockSize} consecutive sets (mean count per bar).`
-        : `${done.length} done image sets, sorted by key. Click a legend entry to show another object.`,
+        ? `${done.length.toLocaleString('en')} done image sets, sorted by key, shown as ${blocks.length.toLocaleString('en')} bars of ${blockSize} consecutive sets (mean count per bar).`
+        : `${done.length.toLocaleString('en')} done image sets, sorted by key. Click a legend entry to show another object.`,
     data,
     layout: {
       barmode: 'group',
