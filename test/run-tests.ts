@@ -1,0 +1,41 @@
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { ensureStackUp } from '../deploy/local/services';
+
+/**
+ * `npm test`: bring the real local stack up (installing what is missing into the cache), then run
+ * jest with its connection settings in the environment. Extra arguments go to jest.
+ * CellProfiler is installed too unless CPFLOW_SKIP_CELLPROFILER=1 (its tests then report skipped).
+ */
+async function main(): Promise<number> {
+  const started = Date.now();
+  const env = await ensureStackUp();
+  const extra: Record<string, string> = {};
+  if (process.env.CPFLOW_SKIP_CELLPROFILER !== '1') {
+    try {
+      const { installCellProfiler } = await import('../deploy/local/cellprofiler');
+      const cacheDir = process.env.CPFLOW_CACHE_DIR ?? path.join(require('node:os').homedir(), '.cache', 'cpflow');
+      const installed = await installCellProfiler(cacheDir, (line: string) => console.log(line));
+      extra.CPFLOW_CELLPROFILER = installed.executable;
+    } catch (err) {
+      // The CellProfiler tests report themselves skipped with this reason; everything else still runs.
+      extra.CPFLOW_CELLPROFILER_UNAVAILABLE = err instanceof Error ? err.message.split('\n')[0] ?? 'unknown' : String(err);
+      console.warn(`CellProfiler could not be installed: ${extra.CPFLOW_CELLPROFILER_UNAVAILABLE}`);
+    }
+  }
+  console.log(`local stack ready in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  const jest = require.resolve('jest/bin/jest');
+  const res = spawnSync(process.execPath, [jest, ...process.argv.slice(2)], {
+    stdio: 'inherit',
+    env: { ...process.env, ...env, ...extra },
+  });
+  return res.status ?? 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    console.error(`npm test: ${err instanceof Error ? err.message : String(err)}`);
+    process.exit(1);
+  },
+);
