@@ -4,13 +4,18 @@
  */
 
 /**
- * Separable Gaussian blur, kernel truncated at 4 sigma. Near the border the kernel is renormalised
- * over the pixels inside the image, which avoids the dark rim a zero-padded blur would give
- * (CellProfiler gets the same effect by dividing by a blurred mask).
+ * Separable Gaussian blur, kernel truncated at `radius` pixels (default 4 sigma). Near the border the
+ * kernel is renormalised over the pixels inside the image, which avoids the dark rim a zero-padded
+ * blur would give (CellProfiler gets the same effect by dividing by a blurred mask).
  */
-export function gaussianBlur(data: Float32Array, width: number, height: number, sigma: number): Float32Array {
+export function gaussianBlur(
+  data: Float32Array,
+  width: number,
+  height: number,
+  sigma: number,
+  radius = Math.max(1, Math.ceil(4 * sigma)),
+): Float32Array {
   if (sigma <= 0) return Float32Array.from(data);
-  const radius = Math.max(1, Math.ceil(4 * sigma));
   const kernel = new Float64Array(2 * radius + 1);
   for (let k = -radius; k <= radius; k++) kernel[k + radius] = Math.exp(-(k * k) / (2 * sigma * sigma));
   const horizontal = new Float32Array(data.length);
@@ -96,11 +101,16 @@ export function labelComponents(
 }
 
 /**
- * Fills holes inside objects: a background region (4-connected) that does not reach the image border
- * and touches exactly one object becomes part of that object. Holes bordered by two objects stay
- * background, so filling never merges neighbours.
+ * Fills holes inside objects: a background region (4-connected) that does not reach the image border,
+ * touches exactly one object and is smaller than `maxHoleArea` becomes part of that object. Holes
+ * bordered by two objects stay background, so filling never merges neighbours.
  */
-export function fillLabelledHoles(labels: Int32Array, width: number, height: number): Int32Array {
+export function fillLabelledHoles(
+  labels: Int32Array,
+  width: number,
+  height: number,
+  maxHoleArea = Infinity,
+): Int32Array {
   const background = new Uint8Array(labels.length);
   for (let i = 0; i < labels.length; i++) background[i] = labels[i] === 0 ? 1 : 0;
   const holes = labelComponents(background, width, height, 4);
@@ -125,6 +135,11 @@ export function fillLabelledHoles(labels: Int32Array, width: number, height: num
         }
       }
     }
+  }
+  if (Number.isFinite(maxHoleArea)) {
+    const holeArea = new Float64Array(holes.count + 1);
+    for (let p = 0; p < labels.length; p++) holeArea[holes.labels[p]]++;
+    for (let region = 1; region <= holes.count; region++) if (holeArea[region] >= maxHoleArea) owner[region] = -1;
   }
   const out = Int32Array.from(labels);
   for (let p = 0; p < out.length; p++) {

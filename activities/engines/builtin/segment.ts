@@ -36,10 +36,11 @@ export interface Segmentation {
 }
 
 /**
- * Identifies nuclei the way CellProfiler's IdentifyPrimaryObjects does with its usual settings:
- * global threshold → 8-connected components → intensity-based declumping (seeds are smoothed-intensity
- * maxima at least ~min diameter / 1.5 apart, split by a seeded watershed) → hole filling → size and
- * border filters.
+ * Identifies nuclei the way CellProfiler's IdentifyPrimaryObjects does with its basic (automatic)
+ * settings: global threshold on the lightly smoothed image → fill holes → 8-connected components →
+ * intensity-based declumping (seeds are local maxima of a smoothed image, at least ~min diameter / 1.5
+ * apart within one clump; a seeded watershed on the unsmoothed intensities splits the clump) → drop
+ * objects on the border and outside the diameter range → fill holes again.
  */
 export function segmentNuclei(image: GrayscaleImage, options: Partial<SegmentationOptions> = {}): Segmentation {
   const settings: SegmentationOptions = { ...DEFAULT_SEGMENTATION_OPTIONS, ...options };
@@ -48,22 +49,27 @@ export function segmentNuclei(image: GrayscaleImage, options: Partial<Segmentati
   const threshold =
     settings.thresholdMethod === 'otsu' ? otsuThreshold(data) : minimumCrossEntropyThreshold(data);
   const smoothed = gaussianBlur(data, width, height, settings.thresholdSmoothingSigma);
-  const foreground = new Uint8Array(data.length);
-  for (let i = 0; i < data.length; i++) foreground[i] = smoothed[i] >= threshold ? 1 : 0;
+  const binary = new Int32Array(data.length);
+  for (let i = 0; i < data.length; i++) binary[i] = smoothed[i] >= threshold ? 1 : 0;
+  // Holes smaller than max diameter squared are filled before labelling, as CellProfiler does.
+  const filledBinary = fillLabelledHoles(binary, width, height, settings.maxDiameter ** 2);
+  const foreground = Uint8Array.from(filledBinary);
   const clumps = labelComponents(foreground, width, height, 8);
 
-  // Declumping scale follows CellProfiler's automatic choices: smoothing filter size 2.35 * min / 3.5
-  // (sigma = size / 2.35) and maxima suppression distance min / 1.5, used as a disc of radius
-  // distance - 0.5. Seeds come from the smoothed image; the watershed floods the unsmoothed one, as
-  // CellProfiler's "Intensity" dividing lines do.
-  const declumpSigma = settings.minDiameter / 3.5;
+  // Declumping scale follows CellProfiler's automatic choices: a smoothing filter of size
+  // 2.35 * min / 3.5, i.e. sigma = min / 3.5, whose kernel is cut off at half the filter size (so it
+  // smooths noise but keeps neighbouring peaks), and a maxima suppression distance of min / 1.5, used
+  // as a disc of radius distance - 0.5.
+  const filterSize = (2.35 * settings.minDiameter) / 3.5;
+  const forMaxima = gaussianBlur(data, width, height, filterSize / 2.35, Math.max(1, Math.floor(filterSize / 2)));
   const suppressionRadius = Math.max(1, settings.minDiameter / 1.5 - 0.5);
-  const forMaxima = gaussianBlur(data, width, height, declumpSigma);
   const seeds = findSeeds(forMaxima, clumps.labels, width, height, suppressionRadius);
   const split = seededWatershed(data, seeds.labels, foreground, width, height);
-  const filled = fillLabelledHoles(split, width, height);
 
-  return filterObjects(filled, seeds.count, width, height, settings, threshold);
+  const kept = filterObjects(split, seeds.count, width, height, settings);
+  // Filling after the filters, like CellProfiler, so a hole never rescues an undersized object.
+  const labels = fillLabelledHoles(kept.labels, width, height);
+  return { labels, count: kept.count, threshold };
 }
 
 function filterObjects(
@@ -72,8 +78,7 @@ function filterObjects(
   width: number,
   height: number,
   settings: SegmentationOptions,
-  threshold: number,
-): Segmentation {
+): { labels: Int32Array; count: number } {
   const area = new Float64Array(maxLabel + 1);
   const touchesBorder = new Uint8Array(maxLabel + 1);
   for (let y = 0; y < height; y++) {
@@ -102,5 +107,5 @@ function filterObjects(
     }
     out[p] = renumber[label];
   }
-  return { labels: out, count, threshold };
+  return { labels: out, count };
 }
