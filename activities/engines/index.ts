@@ -3,6 +3,7 @@ import { workerConfig } from '../lib/config';
 import type { Engine } from './types';
 import { createBuiltinEngine } from './builtin';
 import { createCellProfilerEngine } from './cellprofiler';
+import { createNoopEngine } from './noop';
 import { ImageSetInputError } from './types';
 
 export * from './types';
@@ -23,7 +24,23 @@ export function cellProfilerExecutablePath(): string | undefined {
   return configured && fs.existsSync(configured) ? configured : undefined;
 }
 
+/**
+ * Benchmarks only: `CPFLOW_ENGINE_OVERRIDE=noop` on a worker replaces every engine with the no-op one
+ * (tables without analysis), so dispatch throughput can be measured without the analysis cost.
+ */
+function engineOverride(): 'noop' | undefined {
+  const value = process.env.CPFLOW_ENGINE_OVERRIDE;
+  if (value === undefined || value === '') return undefined;
+  if (value !== 'noop') throw new EngineUnavailableError(`CPFLOW_ENGINE_OVERRIDE="${value}": the only override is "noop"`);
+  return value;
+}
+
 export function engineFor(selection: EngineSelection): Engine {
+  if (engineOverride() === 'noop') {
+    const noop = cache.get('noop') ?? createNoopEngine();
+    cache.set('noop', noop);
+    return noop;
+  }
   const cacheKey = JSON.stringify(selection);
   const cached = cache.get(cacheKey);
   if (cached) return cached;
