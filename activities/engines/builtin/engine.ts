@@ -25,7 +25,7 @@ export interface BuiltinEngineOptions {
   maxDiameter?: number;
   /** Name of the objects and of their table (`<objectName>.csv`); default `Nuclei`. */
   objectName?: string;
-  /** Global threshold method; default Otsu, or the pipeline's method when a pipeline is given. */
+  /** Global threshold method; default minimum cross-entropy (as CellProfiler), or the pipeline's method. */
   thresholdMethod?: ThresholdMethod;
 }
 

