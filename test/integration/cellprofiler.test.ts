@@ -237,6 +237,29 @@ describe('cellprofiler engine (real CellProfiler)', () => {
     expect(err.message).toMatch(/Traceback|Error/);
   });
 
+  cpIt('fails a batch holding a broken set with ImageSetInputError naming no single set', async () => {
+    const good = exampleCopy('GOOD', 'mixed/good');
+    const dir = path.join(work, 'mixed', 'bad');
+    fs.mkdirSync(dir, { recursive: true });
+    const bad: EngineImageSet = {
+      key: 'BAD-2',
+      metadata: {},
+      files: CHANNELS.map((channel, c) => {
+        const target = path.join(dir, `AS_09125_050116030001_D05f00d${c}.tif`);
+        const bytes = fs.readFileSync(path.join(IMAGES, `AS_09125_050116030001_D03f00d${c}.tif`));
+        fs.writeFileSync(target, c === 0 ? bytes.subarray(0, 1000) : bytes);
+        return { channel, path: target };
+      }),
+    };
+    const err = await engine()
+      .run({ imageSets: [good, bad], pipelinePath: PIPELINE, outDir: path.join(work, 'out-mixed'), tmpDir: path.join(work, 'tmp-mixed') })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ImageSetInputError);
+    // The caller reruns the batch's sets one by one to find the broken one.
+    expect((err as ImageSetInputError).setKey).toBeUndefined();
+    expect((err as Error).message).toMatch(/image set #2 of a batch of 2 \(GOOD, BAD-2\)/);
+  });
+
   cpIt('fails a missing image before starting CellProfiler', async () => {
     const set = exampleCopy('MISSING', 'missing');
     set.files[2] = { channel: 'cellbody', path: path.join(work, 'missing', 'nope.tif') };
