@@ -1,8 +1,9 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Context, ApplicationFailure } from '@temporalio/activity';
 import { workerConfig } from './lib/config';
-import { downloadToFile, getBytesIfExists, headObject, layout, parseS3Uri, putBytes, putFile, sha256File } from './lib/s3';
+import { downloadToFile, getBytesIfExists, headObject, layout, parseS3Uri, putBytes, putFile, s3Uri, sha256File } from './lib/s3';
 import { CPFLOW_VERSION, gitCommit, workerIdentity } from './lib/version';
 import type { ImageSetOutcome } from './lib/db';
 import { readChunkManifest, type ChunkManifest } from './manifest';
@@ -56,7 +57,12 @@ export async function analyzeImageSets(input: AnalyzeInput): Promise<ImageSetOut
         attempts: attempt,
         skipped: true,
         outputPrefix: layout.setPrefix(manifest.experimentId, set.key),
-        results: finished.outputs.map((o) => ({ kind: kindOf(o.name), uri: o.uri, size: o.size, checksum: o.checksum })),
+        // The same rows a fresh run records, provenance.json included: a set whose first run wrote
+        // its outputs but never reported back (worker killed) must not end with its marker unrecorded.
+        results: [
+          ...finished.provenance.outputs.map((o) => ({ kind: kindOf(o.name), uri: o.uri, size: o.size, checksum: o.checksum })),
+          { kind: 'provenance', ...finished.marker },
+        ],
       });
     } else {
       toRun.push(set);
@@ -215,8 +221,9 @@ async function matchingProvenance(
   manifest: ChunkManifest,
   set: ManifestSet,
   identity: EngineIdentity,
-): Promise<SetProvenance | undefined> {
-  const raw = await getBytesIfExists(manifest.bucket, `${layout.setPrefix(manifest.experimentId, set.key)}provenance.json`);
+): Promise<{ provenance: SetProvenance; marker: { uri: string; size: number; checksum: string } } | undefined> {
+  const markerKey = `${layout.setPrefix(manifest.experimentId, set.key)}provenance.json`;
+  const raw = await getBytesIfExists(manifest.bucket, markerKey);
   if (!raw) return undefined;
   const parsed = provenanceSchema.safeParse(JSON.parse(raw.toString('utf8')));
   if (!parsed.success) return undefined;
@@ -228,7 +235,12 @@ async function matchingProvenance(
     const recorded = p.inputs.find((i) => i.channel === f.channel);
     if (!recorded || recorded.checksum !== f.checksum || recorded.uri !== f.uri) return undefined;
   }
-  return p;
+  const marker = {
+    uri: s3Uri(manifest.bucket, markerKey),
+    size: raw.length,
+    checksum: `sha256:${crypto.createHash('sha256').update(raw).digest('hex')}`,
+  };
+  return { provenance: p, marker };
 }
 
 function kindOf(name: string): string {
