@@ -1,4 +1,4 @@
-import { proxyActivities } from '@temporalio/workflow';
+import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow';
 import type * as activities from '../activities';
 import { TASK_QUEUES } from './task-queues';
 
@@ -22,6 +22,8 @@ export function analyzeActivities(maxAttempts: number, timeoutMinutes: number) {
     startToCloseTimeout: `${timeoutMinutes} minutes`,
     // A killed worker stops heartbeating; Temporal notices within this and retries elsewhere.
     heartbeatTimeout: '20 seconds',
+    // A cancelled experiment is recorded as cancelled only after its engines were really stopped.
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     retry: {
       initialInterval: '2 seconds',
       backoffCoefficient: 2,

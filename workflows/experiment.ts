@@ -35,6 +35,8 @@ export interface ExperimentWorkflowInput {
   batchSize?: number;
   maxAttempts?: number;
   activityTimeoutMinutes?: number;
+  /** Continue as new past this many history events (default 4,000; tests lower it). */
+  historyEventsBudget?: number;
   /** Set false only where the server lacks cpflow's custom search attributes (e.g. the time-skipping test server). */
   searchAttributes?: boolean;
   /** State carried across continue-as-new. */
@@ -68,6 +70,7 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
   const window = input.window ?? 16;
   const chunkSize = input.chunkSize ?? 400;
   const concurrentChunks = input.concurrentChunks ?? 2;
+  const historyBudget = input.historyEventsBudget ?? HISTORY_EVENTS_BUDGET;
   const carried: CarriedState = input.carried ?? {
     afterSetId: 0,
     done: 0,
@@ -83,8 +86,18 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
   let phase: ExperimentPhase = 'starting';
   let running = 0;
   let newSetsHint = false;
-  const plan = await control.loadExperimentPlan(experimentId);
-  if (!input.carried) carried.sealed = plan.sealed;
+  // Filled in by the first activity; handlers are registered before it so queries never miss.
+  let plan: Awaited<ReturnType<typeof control.loadExperimentPlan>> = {
+    experimentId,
+    name: '',
+    project: '',
+    bucket: '',
+    engine: 'builtin',
+    status: 'running',
+    sealed: carried.sealed,
+    totalSets: carried.total,
+    maxFailedFraction: 0.5,
+  };
 
   const progress = (): ExperimentProgress => ({
     experimentId,
@@ -123,6 +136,10 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
     });
   };
 
+  const children = new Map<string, { handle: Promise<ChildWorkflowHandle<typeof ImageSetChunkWorkflow>>; count: number }>();
+  plan = await control.loadExperimentPlan(experimentId);
+  if (!input.carried) carried.sealed = plan.sealed;
+
   try {
     if (!input.carried) {
       await control.syncExperimentStatus({ experimentId, status: 'running' });
@@ -131,7 +148,6 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
     phase = 'analyzing';
     showProgress();
 
-    const children = new Map<string, { handle: Promise<ChildWorkflowHandle<typeof ImageSetChunkWorkflow>>; count: number }>();
     let completedSinceWake = false;
     let exhausted = false;
 
@@ -147,11 +163,11 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
 
     for (;;) {
       // Bounded history: once the children have drained, carry the counts into a fresh run.
-      if (children.size === 0 && workflowInfo().historyLength > HISTORY_EVENTS_BUDGET) {
+      if (children.size === 0 && workflowInfo().historyLength > historyBudget) {
         await continueAsNew<typeof ExperimentWorkflow>({ ...input, carried: { ...carried, runs: carried.runs + 1 } });
       }
       // Start chunk children up to the concurrency limit (none once over budget: they would be orphaned).
-      while (children.size < concurrentChunks && !exhausted && workflowInfo().historyLength <= HISTORY_EVENTS_BUDGET) {
+      while (children.size < concurrentChunks && !exhausted && workflowInfo().historyLength <= historyBudget) {
         const prepared = await control.prepareManifestChunks({
           experimentId,
           afterSetId: carried.afterSetId,
@@ -164,6 +180,10 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
           break;
         }
         for (const chunk of prepared.chunks) {
+          // The window is shared among the chunks running at once; a chunk that runs alone (a small
+          // experiment, or the last chunk once the others are done) gets all of it.
+          const alone = children.size === 0 && prepared.chunks.length === 1 && chunk.count < chunkSize;
+          const share = alone ? window : Math.max(1, Math.ceil(window / concurrentChunks));
           carried.afterSetId = chunk.lastSetId;
           carried.total += chunk.count;
           carried.chunksStarted++;
@@ -177,7 +197,7 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
                 experimentId,
                 bucket: plan.bucket,
                 manifestKey: chunk.manifestKey,
-                window: Math.max(1, Math.ceil(window / concurrentChunks)),
+                window: share,
                 batchSize: input.batchSize ?? 1,
                 maxAttempts: input.maxAttempts ?? 5,
                 activityTimeoutMinutes: input.activityTimeoutMinutes ?? 120,
@@ -220,7 +240,7 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
         continue;
       }
 
-      if (children.size === 0 && workflowInfo().historyLength > HISTORY_EVENTS_BUDGET) continue;
+      if (children.size === 0 && workflowInfo().historyLength > historyBudget) continue;
       completedSinceWake = false;
       await condition(() => completedSinceWake || (exhausted && newSetsHint && children.size < concurrentChunks));
       if (newSetsHint) {
@@ -258,6 +278,8 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
     if (isCancellation(err)) {
       phase = 'cancelled';
       await CancellationScope.nonCancellable(async () => {
+        // Chunks cancel their activities, which kill their engines: only then is the experiment cancelled.
+        await condition(() => children.size === 0);
         await control.syncExperimentStatus({ experimentId, status: 'cancelled', error: 'cancelled by request' });
       });
       setStatusAttribute('cancelled');

@@ -1,0 +1,264 @@
+import { ApplicationFailure, Context } from '@temporalio/activity';
+import { WorkflowFailedError } from '@temporalio/client';
+import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { bundleWorkflowCode, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import type * as realActivities from '../../activities';
+import type { ImageSetOutcome } from '../../activities/lib/db';
+import type { ExperimentWorkflowInput } from '../../workflows/experiment';
+import { imageSetsAddedSignal, progressQuery, sealedSignal, type ExperimentProgress } from '../../workflows/progress';
+import { TASK_QUEUES } from '../../workflows/task-queues';
+
+/**
+ * The workflows' logic against Temporal's own servers (the dev server and the time-skipping test
+ * server, both from the binaries the local stack installs), with in-memory fakes for the activities:
+ * fan-out through chunk children, the window bound, failure isolation, streaming sets, the seal,
+ * cancellation, and bounded history.
+ */
+jest.setTimeout(300_000);
+
+type Activities = typeof realActivities;
+
+/** An in-memory stand-in for MariaDB + S3 that the fake activities share. */
+class FakeLab {
+  sets: Array<{ id: number; key: string; status: 'pending' | 'done' | 'failed' | 'cancelled' }> = [];
+  sealed = true;
+  manifests = new Map<string, number[]>();
+  analyzed = new Map<number, number>();
+  inFlight = 0;
+  maxInFlight = 0;
+  statuses: string[] = [];
+  reduced = 0;
+  cancelledActivities = 0;
+  constructor(
+    n: number,
+    readonly bad: Set<number> = new Set(),
+    readonly delayMs = 0,
+  ) {
+    this.addSets(n);
+  }
+  addSets(n: number): void {
+    const start = this.sets.length;
+    for (let i = 1; i <= n; i++) this.sets.push({ id: start + i, key: `S${start + i}`, status: 'pending' });
+  }
+  activities(): Activities {
+    const lab = this;
+    const impl: Partial<Activities> = {
+      async loadExperimentPlan(experimentId) {
+        return { experimentId, name: 'fake', project: 'fake', bucket: 'b', engine: 'builtin', status: 'running', sealed: lab.sealed, totalSets: lab.sets.length, maxFailedFraction: 0.5 };
+      },
+      async prepareManifestChunks({ afterSetId, chunkSize, maxChunks }) {
+        const chunks = [];
+        let after = afterSetId;
+        for (let c = 0; c < maxChunks; c++) {
+          const page = lab.sets.filter((s) => s.id > after && s.status === 'pending').slice(0, chunkSize);
+          if (page.length === 0) break;
+          const key = `chunk-${page[0]!.id}`;
+          lab.manifests.set(key, page.map((s) => s.id));
+          chunks.push({ manifestKey: key, count: page.length, firstSetId: page[0]!.id, lastSetId: page[page.length - 1]!.id });
+          after = page[page.length - 1]!.id;
+        }
+        return { chunks, sealed: lab.sealed, status: 'running' as const };
+      },
+      async loadChunkIndex({ manifestKey }) {
+        return (lab.manifests.get(manifestKey) ?? []).map((id) => ({ id, key: `S${id}` }));
+      },
+      async analyzeImageSets({ manifestKey, indices }) {
+        const ids = indices.map((i) => lab.manifests.get(manifestKey)![i]!);
+        lab.inFlight++;
+        lab.maxInFlight = Math.max(lab.maxInFlight, lab.inFlight);
+        try {
+          if (lab.delayMs > 0) {
+            const ctx = Context.current();
+            // Cancellation reaches an activity through its heartbeats, as it does for the real engine.
+            const beat = setInterval(() => ctx.heartbeat(), 200);
+            await Promise.race([ctx.sleep(lab.delayMs), ctx.cancelled]).finally(() => clearInterval(beat)).catch((err) => {
+              lab.cancelledActivities++;
+              throw err;
+            });
+          }
+          for (const id of ids) lab.analyzed.set(id, (lab.analyzed.get(id) ?? 0) + 1);
+          if (ids.some((id) => lab.bad.has(id))) {
+            throw ApplicationFailure.nonRetryable(`image set S${ids[0]}: undecodable image`, 'ImageSetInputError');
+          }
+          return ids.map((id): ImageSetOutcome => ({ imageSetId: id, status: 'done', attempts: 1 }));
+        } finally {
+          lab.inFlight--;
+        }
+      },
+      async syncImageSets({ outcomes }) {
+        for (const o of outcomes) {
+          const s = lab.sets.find((x) => x.id === o.imageSetId);
+          if (s && o.status !== 'running') s.status = o.status;
+        }
+      },
+      async syncExperimentStatus({ status }) {
+        lab.statuses.push(status);
+      },
+      async reduceExperiment() {
+        lab.reduced++;
+        const failed = lab.sets.filter((s) => s.status !== 'done').length;
+        return { summaryUri: 's3://b/summary.csv', reportUri: 's3://b/report.html', provenanceUri: 's3://b/p.json', total: lab.sets.length, done: lab.sets.length - failed, failed, objects: 0 };
+      },
+    };
+    return impl as Activities;
+  }
+}
+
+let bundle: WorkflowBundleWithSourceMap;
+
+beforeAll(async () => {
+  bundle = await bundleWorkflowCode({ workflowsPath: require.resolve('../../workflows'), logger: { log: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined, trace: () => undefined } });
+});
+
+async function withWorkers<T>(env: TestWorkflowEnvironment, lab: FakeLab, fn: () => Promise<T>, analyzeSlots = 8): Promise<T> {
+  const activities = lab.activities();
+  const workers = await Promise.all([
+    Worker.create({ connection: env.nativeConnection, taskQueue: TASK_QUEUES.workflow, workflowBundle: bundle, activities }),
+    Worker.create({ connection: env.nativeConnection, taskQueue: TASK_QUEUES.analyze, activities, maxConcurrentActivityTaskExecutions: analyzeSlots, maxHeartbeatThrottleInterval: '1s' }),
+    Worker.create({ connection: env.nativeConnection, taskQueue: TASK_QUEUES.reduce, activities }),
+  ]);
+  const [w0, w1, w2] = workers;
+  return w0!.runUntil(w1!.runUntil(w2!.runUntil(fn())));
+}
+
+function executable(kind: 'CPFLOW_TEMPORAL_TEST_SERVER' | 'CPFLOW_TEMPORAL_CLI'): { type: 'existing-path'; path: string } {
+  const path = process.env[kind];
+  if (!path) throw new Error(`${kind} is not set: run through \`npm test\`, which installs the binaries`);
+  return { type: 'existing-path', path };
+}
+
+async function maxHistoryLength(env: TestWorkflowEnvironment, query: string): Promise<{ executions: number; maxEvents: number }> {
+  let executions = 0;
+  let maxEvents = 0;
+  for await (const w of env.client.workflow.list({ query })) {
+    executions++;
+    const d = await env.client.workflow.getHandle(w.workflowId, w.runId).describe();
+    maxEvents = Math.max(maxEvents, d.historyLength);
+  }
+  return { executions, maxEvents };
+}
+
+describe('on the time-skipping test server', () => {
+  let env: TestWorkflowEnvironment;
+  beforeAll(async () => {
+    env = await TestWorkflowEnvironment.createTimeSkipping({ server: { executable: executable('CPFLOW_TEMPORAL_TEST_SERVER') } });
+  });
+  afterAll(async () => {
+    await env?.teardown();
+  });
+
+  it('fans 1,000 sets out through chunk children within the window and isolates bad sets', async () => {
+    const lab = new FakeLab(1_000, new Set([7, 512, 999]));
+    const input: ExperimentWorkflowInput = { experimentId: 1, window: 6, chunkSize: 300, concurrentChunks: 2, searchAttributes: false };
+    const result = await withWorkers(env, lab, () =>
+      env.client.workflow.execute('ExperimentWorkflow', { taskQueue: TASK_QUEUES.workflow, workflowId: 'exp-tsk-1', args: [input] }),
+    ) as ExperimentProgress;
+    expect(result).toMatchObject({ done: 997, failed: 3, phase: 'finished', total: 1000 });
+    expect([...lab.analyzed.values()].every((n) => n === 1)).toBe(true);
+    expect(lab.analyzed.size).toBe(1000);
+    // Two chunk children at once, each with ceil(6/2) = 3 in flight.
+    expect(lab.maxInFlight).toBeLessThanOrEqual(6);
+    expect(lab.statuses).toEqual(['running', 'reducing', 'done_with_failures']);
+    expect(lab.reduced).toBe(1);
+    expect(lab.sets.filter((s) => s.status === 'failed').map((s) => s.id)).toEqual([7, 512, 999]);
+  });
+
+  it('ends failed when more than the allowed fraction of sets fail', async () => {
+    const lab = new FakeLab(10, new Set([1, 2, 3, 4, 5, 6]));
+    const result = await withWorkers(env, lab, () =>
+      env.client.workflow.execute('ExperimentWorkflow', { taskQueue: TASK_QUEUES.workflow, workflowId: 'exp-tsk-2', args: [{ experimentId: 2, searchAttributes: false }] }),
+    ) as ExperimentProgress;
+    expect(result.failed).toBe(6);
+    expect(lab.statuses[lab.statuses.length - 1]).toBe('failed');
+  });
+});
+
+describe('on the Temporal dev server', () => {
+  let env: TestWorkflowEnvironment;
+  beforeAll(async () => {
+    env = await TestWorkflowEnvironment.createLocal({
+      server: {
+        executable: executable('CPFLOW_TEMPORAL_CLI'),
+        searchAttributes: [
+          defineSearchAttributeKey('CpflowExperimentId', SearchAttributeType.KEYWORD),
+          defineSearchAttributeKey('CpflowProject', SearchAttributeType.KEYWORD),
+          defineSearchAttributeKey('CpflowStatus', SearchAttributeType.KEYWORD),
+          defineSearchAttributeKey('CpflowImageSetCount', SearchAttributeType.INT),
+        ],
+      },
+    });
+  });
+  afterAll(async () => {
+    await env?.teardown();
+  });
+
+  it('accepts image sets while open and reduces only once sealed and drained', async () => {
+    const lab = new FakeLab(5);
+    lab.sealed = false;
+    await withWorkers(env, lab, async () => {
+      const handle = await env.client.workflow.start('ExperimentWorkflow', {
+        taskQueue: TASK_QUEUES.workflow,
+        workflowId: 'exp-open-1',
+        args: [{ experimentId: 3 } satisfies ExperimentWorkflowInput],
+      });
+      const waitPhase = async (phase: string, done: number): Promise<ExperimentProgress> => {
+        for (let i = 0; i < 200; i++) {
+          const p = await handle.query(progressQuery);
+          if (p.phase === phase && p.done === done) return p;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        throw new Error(`never reached ${phase} with ${done} done`);
+      };
+      await waitPhase('waiting-for-images', 5);
+      expect(lab.reduced).toBe(0);
+      lab.addSets(4);
+      await handle.signal(imageSetsAddedSignal);
+      await waitPhase('waiting-for-images', 9);
+      expect(lab.reduced).toBe(0);
+      lab.sealed = true;
+      await handle.signal(sealedSignal);
+      const result = (await handle.result()) as ExperimentProgress;
+      expect(result).toMatchObject({ done: 9, failed: 0, phase: 'finished', sealed: true });
+      expect(lab.reduced).toBe(1);
+      const d = await handle.describe();
+      expect(d.searchAttributes.CpflowStatus).toEqual(['done']);
+    });
+  });
+
+  it('cancels running activities and records the experiment as cancelled', async () => {
+    const lab = new FakeLab(40, new Set(), 60_000);
+    await withWorkers(env, lab, async () => {
+      const handle = await env.client.workflow.start('ExperimentWorkflow', {
+        taskQueue: TASK_QUEUES.workflow,
+        workflowId: 'exp-cancel-1',
+        args: [{ experimentId: 4, window: 4 } satisfies ExperimentWorkflowInput],
+      });
+      for (let i = 0; i < 100 && lab.inFlight < 4; i++) await new Promise((r) => setTimeout(r, 100));
+      expect(lab.inFlight).toBe(4);
+      await handle.cancel();
+      await expect(handle.result()).rejects.toBeInstanceOf(WorkflowFailedError);
+      expect(lab.statuses[lab.statuses.length - 1]).toBe('cancelled');
+      expect(lab.cancelledActivities).toBe(4);
+      expect(lab.reduced).toBe(0);
+    }, 4);
+  });
+
+  it('keeps every execution far below 10,240 history events with continue-as-new and children', async () => {
+    const lab = new FakeLab(3_000);
+    const run = (): Promise<ExperimentProgress> =>
+      env.client.workflow.execute('ExperimentWorkflow', {
+        taskQueue: TASK_QUEUES.workflow,
+        workflowId: 'exp-big-1',
+        args: [{ experimentId: 5, window: 64, chunkSize: 250, concurrentChunks: 4, historyEventsBudget: 40 } satisfies ExperimentWorkflowInput],
+      }) as Promise<ExperimentProgress>;
+    const result = await withWorkers(env, lab, run, 64);
+    expect(result).toMatchObject({ done: 3000, failed: 0, total: 3000 });
+    // A 40-event budget forces continue-as-new after every round of children; counts survive it.
+    expect(result.runsSoFar).toBeGreaterThanOrEqual(2);
+    expect([...lab.analyzed.values()].every((n) => n === 1)).toBe(true);
+    const stats = await maxHistoryLength(env, `WorkflowId STARTS_WITH 'exp-big-1'`);
+    expect(stats.executions).toBeGreaterThanOrEqual(13); // the parent + 12 chunk children
+    expect(stats.maxEvents).toBeLessThan(10_240);
+  });
+});
