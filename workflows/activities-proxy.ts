@@ -1,4 +1,4 @@
-import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow';
+import { ActivityCancellationType, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type * as activities from '../activities';
 import { TASK_QUEUES } from './task-queues';
 
@@ -16,8 +16,8 @@ export const control = proxyActivities<typeof activities>({
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
 });
 
-export function analyzeActivities(maxAttempts: number, timeoutMinutes: number) {
-  return proxyActivities<typeof activities>({
+export function analyzeOptions(maxAttempts: number, timeoutMinutes: number): ActivityOptions {
+  return {
     taskQueue: TASK_QUEUES.analyze,
     startToCloseTimeout: `${timeoutMinutes} minutes`,
     // A killed worker stops heartbeating; Temporal notices within this and retries elsewhere.
@@ -31,8 +31,10 @@ export function analyzeActivities(maxAttempts: number, timeoutMinutes: number) {
       maximumAttempts: maxAttempts,
       nonRetryableErrorTypes: ['ImageSetInputError', 'EngineUnavailable'],
     },
-  });
+  };
 }
+
+export const analyze = (options: ActivityOptions) => proxyActivities<typeof activities>(options);
 
 export const reduce = proxyActivities<typeof activities>({
   taskQueue: TASK_QUEUES.reduce,

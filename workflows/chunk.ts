@@ -1,6 +1,6 @@
 import { ActivityFailure, ApplicationFailure, CancellationScope, isCancellation, log, sleep } from '@temporalio/workflow';
 import type { ImageSetOutcome } from '../activities/lib/db';
-import { analyzeActivities, control } from './activities-proxy';
+import { analyze, analyzeOptions, control } from './activities-proxy';
 import type { ChunkResult } from './progress';
 
 export interface ChunkWorkflowInput {
@@ -25,7 +25,8 @@ const SYNC_EVERY_MS = 2_000;
  */
 export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<ChunkResult> {
   const sets = await control.loadChunkIndex({ bucket: input.bucket, manifestKey: input.manifestKey });
-  const { analyzeImageSets } = analyzeActivities(input.maxAttempts, input.activityTimeoutMinutes);
+  const options = analyzeOptions(input.maxAttempts, input.activityTimeoutMinutes);
+  const { analyzeImageSets } = analyze(options);
   const result: ChunkResult = { done: 0, failed: 0, skipped: 0, failures: [] };
 
   // --- batched mirror to MariaDB: never awaited by the analysis path, flushed in order, one at a time.
@@ -71,7 +72,10 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
   const runBatch = async (indices: number[]): Promise<void> => {
     const keys = indices.map(keyOf);
     try {
-      const outcomes = await analyzeImageSets({ bucket: input.bucket, manifestKey: input.manifestKey, indices });
+      // The summary names the image set(s), so the Web UI shows which set an attempt belongs to.
+      const outcomes = await analyzeImageSets.executeWithOptions({ ...options, summary: `analyze ${keys.join(', ')}` }, [
+        { bucket: input.bucket, manifestKey: input.manifestKey, indices },
+      ]);
       for (const o of outcomes) record(o, keys[indices.findIndex((i) => sets[i]?.id === o.imageSetId)] ?? String(o.imageSetId));
     } catch (err) {
       if (isCancellation(err)) {

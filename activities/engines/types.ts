@@ -1,0 +1,78 @@
+/**
+ * The contract every analysis engine implements. An engine turns the local files of one or more
+ * image sets into CellProfiler ExportToSpreadsheet-style tables in a fresh output directory.
+ * Engines know nothing about S3, MariaDB or Temporal: the analyzeImageSet activity does that I/O.
+ */
+
+export interface EngineChannelFile {
+  /** Channel name as the pipeline's NamesAndTypes calls it (e.g. `DNA`). */
+  channel: string;
+  /** Absolute path of the downloaded image file. */
+  path: string;
+}
+
+export interface EngineImageSet {
+  /** Image set key, unique within the experiment (e.g. `P1-D03-f00`). */
+  key: string;
+  /** Metadata parsed from file names (Plate, Well, Site, …). */
+  metadata: Record<string, string>;
+  files: EngineChannelFile[];
+}
+
+export interface EngineRunInput {
+  /** Usually one image set; several when batching amortises the engine's start-up. */
+  imageSets: EngineImageSet[];
+  /** Local path of the pipeline file, when the engine uses one. */
+  pipelinePath?: string;
+  /**
+   * Fresh, empty directory per attempt. The engine writes one sub-directory per image set,
+   * named by the set's key, each holding `Image.csv`, `<Object>.csv`, … with no file-name prefix.
+   */
+  outDir: string;
+  /** Scratch space, removed by the caller afterwards. */
+  tmpDir: string;
+  /** Called periodically while the engine works (the activity turns it into heartbeats). */
+  onProgress?: (detail: string) => void;
+  /** Aborted when the activity is cancelled: the engine must stop and kill any child process. */
+  signal?: AbortSignal;
+  /** Give up after this long (milliseconds); the engine kills its work and throws. */
+  timeoutMs?: number;
+}
+
+export interface EngineSetResult {
+  key: string;
+  /** Files written under `<outDir>/<key>/`, relative to that directory. */
+  files: string[];
+}
+
+export interface EngineRunResult {
+  engine: EngineIdentity;
+  sets: EngineSetResult[];
+}
+
+export interface EngineIdentity {
+  /** `builtin` | `cellprofiler` | `command` */
+  name: string;
+  /** Exact version string, e.g. `cpflow-builtin 0.1.0` or `5.0.0.dev784`. */
+  version: string;
+}
+
+/**
+ * Thrown when the input itself is at fault (missing, empty or undecodable image; pipeline error on
+ * that set). The activity turns it into a non-retryable failure recorded on the image set, so one
+ * bad image fails its image set and never the others.
+ */
+export class ImageSetInputError extends Error {
+  constructor(
+    message: string,
+    readonly setKey?: string,
+  ) {
+    super(message);
+    this.name = 'ImageSetInputError';
+  }
+}
+
+export interface Engine {
+  identity(): Promise<EngineIdentity>;
+  run(input: EngineRunInput): Promise<EngineRunResult>;
+}
