@@ -5,7 +5,7 @@ import { Context, ApplicationFailure } from '@temporalio/activity';
 import { workerConfig } from './lib/config';
 import { downloadToFile, getBytesIfExists, headObject, layout, parseS3Uri, putBytes, putFile, s3Uri, sha256File } from './lib/s3';
 import { CPFLOW_VERSION, gitCommit, workerIdentity } from './lib/version';
-import type { ImageSetOutcome } from './lib/db';
+import { DatabaseUnavailableError, type ImageSetOutcome } from './lib/db';
 import { readChunkManifest, type ChunkManifest } from './manifest';
 import { engineFor, EngineUnavailableError, ImageSetInputError, type EngineIdentity, type EngineImageSet } from './engines';
 import { provenanceSchema, type SetProvenance } from './provenance';
@@ -16,11 +16,31 @@ import { provenanceSchema, type SetProvenance } from './provenance';
  * the done marker. A set whose provenance already matches its inputs, pipeline and engine is skipped.
  */
 
+/** Attempts an engine failure (not an input error, not an outage) gets before its sets are failed. */
+export const DEFAULT_ENGINE_ATTEMPTS = 3;
+
+const TRANSIENT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+
+/** S3 or database unavailable, throttling or 5xx: worth retrying without limit. */
+export function isInfrastructureError(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  if (err instanceof DatabaseUnavailableError) return true;
+  const e = err as Error & { code?: string; $metadata?: { httpStatusCode?: number }; $retryable?: unknown; sqlState?: string; fatal?: boolean };
+  if (e.code && TRANSIENT_CODES.has(e.code)) return true;
+  if (/ECONNREFUSED|ECONNRESET|ETIMEDOUT|socket hang up/.test(e.message)) return true;
+  if (e.name === 'TimeoutError' || e.name === 'SlowDown' || e.$retryable) return true;
+  const status = e.$metadata?.httpStatusCode;
+  if (status !== undefined && (status >= 500 || status === 429)) return true;
+  return e.fatal === true; // a mariadb connection that died
+}
+
 export interface AnalyzeInput {
   bucket: string;
   manifestKey: string;
   /** Positions in the chunk manifest: one set, or several run in one engine invocation. */
   indices: number[];
+  /** Attempts an engine failure gets (default DEFAULT_ENGINE_ATTEMPTS). */
+  maxEngineAttempts?: number;
 }
 
 type ManifestSet = ChunkManifest['sets'][number];
@@ -89,7 +109,13 @@ export async function analyzeImageSets(input: AnalyzeInput): Promise<ImageSetOut
       if (!set) throw err;
       // Input errors are final for the set: non-retryable, so Temporal does not retry a file that will
       // never decode; the workflow records the reason on the image set and carries on with the others.
-      throw ApplicationFailure.nonRetryable(err.message, 'ImageSetInputError', { setKey: set.key });
+      throw ApplicationFailure.nonRetryable(err.message, 'ImageSetInputError', { setKey: set.key, attempt });
+    } else if (!isInfrastructureError(err) && attempt >= (input.maxEngineAttempts ?? DEFAULT_ENGINE_ATTEMPTS)) {
+      // The engine itself keeps failing on these sets (crash, timeout, pipeline error it did not
+      // classify): give up on them after a few attempts. Infrastructure errors are not counted: they
+      // retry (with backoff) for as long as S3 or the database is away, so an outage fails nothing.
+      const message = err instanceof Error ? err.message : String(err);
+      throw ApplicationFailure.nonRetryable(message, 'EngineFailure', { setKey: toRun.map((s) => s.key).join(', '), attempt });
     } else {
       throw err;
     }

@@ -16,7 +16,12 @@ export const control = proxyActivities<typeof activities>({
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
 });
 
-export function analyzeOptions(maxAttempts: number, timeoutMinutes: number): ActivityOptions {
+/**
+ * Analysis retries without an attempt limit: outages (S3, database, a lost worker) must delay a set,
+ * never fail it. The activity itself ends retries for input errors at once and for engine failures
+ * after `maxEngineAttempts` (it knows which is which; a retry policy cannot).
+ */
+export function analyzeOptions(timeoutMinutes: number): ActivityOptions {
   return {
     taskQueue: TASK_QUEUES.analyze,
     startToCloseTimeout: `${timeoutMinutes} minutes`,
@@ -28,8 +33,7 @@ export function analyzeOptions(maxAttempts: number, timeoutMinutes: number): Act
       initialInterval: '2 seconds',
       backoffCoefficient: 2,
       maximumInterval: '1 minute',
-      maximumAttempts: maxAttempts,
-      nonRetryableErrorTypes: ['ImageSetInputError', 'EngineUnavailable'],
+      nonRetryableErrorTypes: ['ImageSetInputError', 'EngineFailure', 'EngineUnavailable'],
     },
   };
 }

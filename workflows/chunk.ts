@@ -25,7 +25,7 @@ const SYNC_EVERY_MS = 2_000;
  */
 export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<ChunkResult> {
   const sets = await control.loadChunkIndex({ bucket: input.bucket, manifestKey: input.manifestKey });
-  const options = analyzeOptions(input.maxAttempts, input.activityTimeoutMinutes);
+  const options = analyzeOptions(input.activityTimeoutMinutes);
   const { analyzeImageSets } = analyze(options);
   const result: ChunkResult = { done: 0, failed: 0, skipped: 0, failures: [] };
 
@@ -74,7 +74,7 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
     try {
       // The summary names the image set(s), so the Web UI shows which set an attempt belongs to.
       const outcomes = await analyzeImageSets.executeWithOptions({ ...options, summary: `analyze ${keys.join(', ')}` }, [
-        { bucket: input.bucket, manifestKey: input.manifestKey, indices },
+        { bucket: input.bucket, manifestKey: input.manifestKey, indices, maxEngineAttempts: input.maxAttempts },
       ]);
       for (const o of outcomes) record(o, keys[indices.findIndex((i) => sets[i]?.id === o.imageSetId)] ?? String(o.imageSetId));
     } catch (err) {
@@ -88,7 +88,8 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
       // Input errors (non-retryable) and transient errors that exhausted their retries fail only these sets.
       const cause = err instanceof ActivityFailure && err.cause ? err.cause : err;
       const message = cause instanceof Error ? cause.message : String(cause);
-      const attempts = cause instanceof ApplicationFailure && cause.nonRetryable ? 1 : input.maxAttempts;
+      const detail = cause instanceof ApplicationFailure ? (cause.details?.[0] as { attempt?: number } | undefined) : undefined;
+      const attempts = detail?.attempt ?? input.maxAttempts;
       for (const i of indices) {
         const s = sets[i];
         if (s) record({ imageSetId: s.id, status: 'failed', attempts, error: message }, keyOf(i));

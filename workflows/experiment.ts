@@ -33,6 +33,7 @@ export interface ExperimentWorkflowInput {
   /** Chunk children running at once (default 2, so one chunk's tail overlaps the next one's start). */
   concurrentChunks?: number;
   batchSize?: number;
+  /** Attempts an engine failure gets before its image sets are failed (outages retry without limit). */
   maxAttempts?: number;
   activityTimeoutMinutes?: number;
   /** Continue as new past this many history events (default 4,000; tests lower it). */
@@ -199,7 +200,7 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
                 manifestKey: chunk.manifestKey,
                 window: share,
                 batchSize: input.batchSize ?? 1,
-                maxAttempts: input.maxAttempts ?? 5,
+                maxAttempts: input.maxAttempts ?? 3,
                 activityTimeoutMinutes: input.activityTimeoutMinutes ?? 120,
               },
             ],
