@@ -65,6 +65,9 @@ export interface ChunkRef {
   count: number;
   firstSetId: number;
   lastSetId: number;
+  /** Keys of the first and last image set, for the Web UI's summary of the chunk's run. */
+  firstKey: string;
+  lastKey: string;
 }
 
 export interface PreparedChunks {
@@ -111,7 +114,7 @@ export async function prepareManifestChunks(input: {
     };
     const manifestKey = layout.manifestChunk(e.id, first.id);
     await putBytes(e.bucket, manifestKey, JSON.stringify(manifest), 'application/json');
-    chunks.push({ manifestKey, count: sets.length, firstSetId: first.id, lastSetId: last.id });
+    chunks.push({ manifestKey, count: sets.length, firstSetId: first.id, lastSetId: last.id, firstKey: first.set_key, lastKey: last.set_key });
     afterId = last.id;
     if (sets.length < input.chunkSize) break;
   }

@@ -205,7 +205,7 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
               },
             ],
             parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
-            staticSummary: `image sets ${chunk.firstSetId}–${chunk.lastSetId} (${chunk.count})`,
+            staticSummary: `${chunk.count} image sets: ${chunk.firstKey} … ${chunk.lastKey}`,
           });
           children.set(childId, { handle, count: chunk.count });
           void handle

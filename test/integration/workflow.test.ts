@@ -55,7 +55,7 @@ class FakeLab {
           if (page.length === 0) break;
           const key = `chunk-${page[0]!.id}`;
           lab.manifests.set(key, page.map((s) => s.id));
-          chunks.push({ manifestKey: key, count: page.length, firstSetId: page[0]!.id, lastSetId: page[page.length - 1]!.id });
+          chunks.push({ manifestKey: key, count: page.length, firstSetId: page[0]!.id, lastSetId: page[page.length - 1]!.id, firstKey: page[0]!.key, lastKey: page[page.length - 1]!.key });
           after = page[page.length - 1]!.id;
         }
         return { chunks, sealed: lab.sealed, status: 'running' as const };
