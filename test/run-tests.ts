@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { ensureStackUp } from '../deploy/local/services';
 
@@ -23,6 +24,7 @@ async function main(): Promise<number> {
       console.warn(`CellProfiler could not be installed: ${extra.CPFLOW_CELLPROFILER_UNAVAILABLE}`);
     }
   }
+  ensureChromium();
   console.log(`local stack ready in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   const jest = require.resolve('jest/bin/jest');
   const res = spawnSync(process.execPath, [jest, ...process.argv.slice(2)], {
@@ -30,6 +32,22 @@ async function main(): Promise<number> {
     env: { ...process.env, ...env, ...extra },
   });
   return res.status ?? 1;
+}
+
+/** The report tests render in Debian's Chromium; install it when we can (root), else they say skipped. */
+function ensureChromium(): void {
+  if (fs.existsSync('/usr/bin/chromium') || process.env.CPFLOW_SKIP_CHROMIUM === '1') return;
+  if (process.getuid?.() !== 0) {
+    console.warn('Chromium is missing (apt-get install chromium): the report rendering tests will be skipped');
+    return;
+  }
+  console.log('installing Debian chromium for the report rendering tests…');
+  const apt = (args: string[]): number | null =>
+    spawnSync('apt-get', args, { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } }).status;
+  if (apt(['install', '-y', '--no-install-recommends', 'chromium']) !== 0) {
+    apt(['update']);
+    apt(['install', '-y', '--no-install-recommends', 'chromium']);
+  }
 }
 
 main().then(
