@@ -1,0 +1,488 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import { z } from 'zod';
+import type { Client } from '@temporalio/client';
+import { closeDb } from '../../activities/lib/db';
+import { GROUPING_PRESETS } from '../../activities/lib/grouping';
+import { gitCommit } from '../../activities/lib/version';
+import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
+import type { EngineImageSet } from '../../activities/engines/types';
+import { ensureStackUp } from '../../deploy/local/services';
+import { submit } from '../../starter/submit';
+import { connectClient, type StartTuning } from '../../starter/temporal';
+import { foreignPollers, runExperiment, type ExperimentTiming } from './experiment-run';
+import { BENCH_DATABASE, BENCH_NAMESPACE, ensureBenchDatabase, ensureBenchNamespace, preparePrivateStack } from './isolation';
+import { cacheDir } from '../../deploy/local/services';
+import { BENCH_PROJECT, cachedPlate, plateFor, registerNoopExperiment, setCount } from './fixtures';
+import {
+  cpuDelta,
+  cpuSnapshot,
+  REPO_ROOT,
+  scratchDir,
+  startPool,
+  startTsProcess,
+  type BenchProcess,
+  type PoolName,
+} from './processes';
+
+/**
+ * `npm run bench`: cpflow's cost measured on the real local stack.
+ *   (i)   overhead ratio: cpflow (workflow start → reduce done) / `cpflow analyze-local`, builtin engine,
+ *         same images, same concurrency;
+ *   (ii)  dispatch throughput with the no-op engine;
+ *   (iii) a scale run (default 20,000 sets; 100,000 works): wall time, largest history of any execution,
+ *         peak RSS of each worker process;
+ *   (iv)  the reduce worker's peak RSS and rows/s on that scale run;
+ *   (v)   CellProfiler's per-set cost at batch size 1 and 8 on ExampleHuman, when it is installed.
+ * Prints a table with the goals beside the figures and writes `.bench/results-<timestamp>.json`.
+ */
+
+const GOALS = {
+  overheadRatio: 1.1,
+  setsPerSecond: 100,
+  historyEvents: 10_240,
+  workerRssBytes: 1024 ** 3,
+  reduceRssBytes: 512 * 1024 ** 2,
+};
+
+const SECTIONS = ['i', 'ii', 'iii', 'iv', 'v'] as const;
+type Section = (typeof SECTIONS)[number];
+
+const int = (name: string) => (v: string): number => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer, got "${v}"`);
+  return n;
+};
+
+const optionsSchema = z.object({
+  only: z.array(z.enum(SECTIONS)),
+  scale: z.number().int().positive(),
+  sets: z.number().int().positive(),
+  jobs: z.number().int().positive(),
+  size: z.number().int().min(64).max(2048),
+  dispatchSets: z.number().int().positive(),
+  noopSlots: z.number().int().positive(),
+  noopBatch: z.number().int().min(1).max(64),
+  window: z.number().int().positive().optional(),
+  chunkSize: z.number().int().positive().optional(),
+  cpSingles: z.number().int().positive(),
+  privateStack: z.boolean(),
+  out: z.string(),
+});
+type BenchOptions = z.infer<typeof optionsSchema>;
+
+function parseArgs(argv: string[]): BenchOptions {
+  const program = new Command('npm run bench --')
+    .option('--only <list>', `sections to run, comma separated (${SECTIONS.join(',')})`, SECTIONS.join(','))
+    .option('--scale <n>', 'image sets in the scale run (iii, iv)', int('--scale'), 20_000)
+    .option('--sets <n>', 'image sets in the overhead comparison (i)', int('--sets'), 240)
+    .option('-j, --jobs <n>', 'analysis concurrency in (i): analyze-local -j and CPFLOW_ANALYZE_SLOTS', int('--jobs'), 2)
+    .option('--size <px>', 'synthetic image width/height in (i)', int('--size'), 512)
+    .option('--dispatch-sets <n>', 'image sets in the dispatch run (ii)', int('--dispatch-sets'), 2_000)
+    .option('--noop-slots <n>', 'CPFLOW_ANALYZE_SLOTS of the no-op worker in (ii)–(iv)', int('--noop-slots'), 32)
+    .option('--noop-batch <n>', 'image sets per activity (engineOptions.batchSize) in (ii)–(iv)', int('--noop-batch'), 1)
+    .option('--window <n>', 'image sets in flight per experiment in (ii)–(iv) (default: the workflow default)', int('--window'))
+    .option('--chunk-size <n>', 'image sets per chunk child in (ii)–(iv) (default: the workflow default)', int('--chunk-size'))
+    .option('--cp-singles <n>', 'image sets run one per CellProfiler invocation in (v)', int('--cp-singles'), 3)
+    .option('--private-stack', 'run on a second local stack of its own (~/.cache/cpflow-bench), safe from fault drills on the shared one', false)
+    .option('--out <dir>', 'where results JSON goes', path.join(REPO_ROOT, '.bench'))
+    .parse(argv);
+  const o = program.opts<Record<string, unknown>>();
+  return optionsSchema.parse({ ...o, only: String(o.only).split(',').map((s) => s.trim()).filter(Boolean) });
+}
+
+const log = (line: string): void => {
+  process.stderr.write(`${line}\n`);
+};
+const mib = (bytes: number | undefined): string => (bytes === undefined ? '?' : `${(bytes / 1024 ** 2).toFixed(0)} MiB`);
+const secs = (s: number): string => `${s.toFixed(1)} s`;
+
+interface Row {
+  section: string;
+  metric: string;
+  value: string;
+  goal: string;
+  met: boolean | undefined;
+}
+
+interface PoolReport {
+  pool: PoolName;
+  pid: number;
+  peakRssBytes: number | undefined;
+}
+
+/** Workers, one process per pool, so each one's peak RSS is its own. */
+class WorkerSet {
+  private constructor(readonly processes: Array<{ pool: PoolName; p: BenchProcess }>) {}
+
+  static async start(env: Partial<Record<PoolName, NodeJS.ProcessEnv>>): Promise<WorkerSet> {
+    const pools: PoolName[] = ['workflow', 'cellprofiler', 'reduce'];
+    const processes = await Promise.all(pools.map(async (pool) => ({ pool, p: await startPool(pool, env[pool] ?? {}) })));
+    return new WorkerSet(processes);
+  }
+
+  pids(): Map<number, string> {
+    return new Map(this.processes.map(({ pool, p }) => [p.pid, `${pool} worker (node)`]));
+  }
+
+  async stop(): Promise<PoolReport[]> {
+    const reports = this.processes.map(({ pool, p }) => ({ pool, pid: p.pid, peakRssBytes: p.peakRssBytes() }));
+    await Promise.all(this.processes.map(({ p }) => p.stop()));
+    return reports;
+  }
+}
+
+async function withWorkers<T>(
+  client: Client,
+  env: Partial<Record<PoolName, NodeJS.ProcessEnv>>,
+  work: () => Promise<T>,
+): Promise<{ result: T; pools: PoolReport[]; cpu: Array<{ name: string; cpuSeconds: number }>; foreign: string[] }> {
+  const workers = await WorkerSet.start(env);
+  try {
+    const foreign = await foreignPollers(client, new Set(workers.pids().keys()));
+    if (foreign.length > 0) log(`  warning: other workers poll cpflow's queues and may take tasks: ${foreign.join('; ')}`);
+    const before = cpuSnapshot();
+    const result = await work();
+    const cpu = cpuDelta(before, cpuSnapshot(), workers.pids());
+    return { result, pools: await workers.stop(), cpu, foreign };
+  } catch (err) {
+    await workers.stop();
+    throw err;
+  }
+}
+
+const stamp = (): string => new Date().toISOString().replace(/[:.]/g, '-');
+
+// ---------------------------------------------------------------------------------------------
+// (i) overhead
+
+interface OverheadResult {
+  sets: number;
+  imageSize: number;
+  jobs: number;
+  localSeconds: number;
+  localPeakRssBytes: number | undefined;
+  cpflow: ExperimentTiming;
+  ratio: number;
+  pools: PoolReport[];
+  cpu: Array<{ name: string; cpuSeconds: number }>;
+  localCpu: Array<{ name: string; cpuSeconds: number }>;
+  foreignPollers: string[];
+}
+
+const analyzeLocalOutput = z.object({ done: z.number(), failed: z.number(), seconds: z.number() });
+
+async function overhead(client: Client, o: BenchOptions): Promise<OverheadResult> {
+  const spec = plateFor(o.sets, o.size);
+  const folder = await cachedPlate(path.join(o.out, 'plates'), spec, log);
+  const sets = setCount(spec);
+  const rule = GROUPING_PRESETS.synthetic?.rule;
+  if (!rule) throw new Error('grouping preset "synthetic" is missing');
+
+  log(`(i) analyze-local: ${sets} sets, -j ${o.jobs} …`);
+  const localOut = scratchDir('local');
+  const beforeLocal = cpuSnapshot();
+  const local = startTsProcess('analyze-local', 'starter/cli.ts', ['analyze-local', folder, '--grouping', 'synthetic', '-j', String(o.jobs), '--out', localOut, '--json'], {});
+  const code = await local.exited;
+  const localCpu = cpuDelta(beforeLocal, cpuSnapshot(), new Map([[local.pid, 'analyze-local (node)']]));
+  fs.rmSync(localOut, { recursive: true, force: true });
+  if (code !== 0) throw new Error(`analyze-local exited ${code}:\n${local.output().slice(-2000)}`);
+  const localResult = analyzeLocalOutput.parse(JSON.parse(local.output().slice(local.output().indexOf('{'))));
+  if (localResult.done !== sets) throw new Error(`analyze-local analysed ${localResult.done} of ${sets} sets`);
+  log(`  analyze-local: ${secs(localResult.seconds)}`);
+
+  log(`(i) cpflow: uploading and registering the same ${sets} sets …`);
+  const submitted = await submit({
+    project: BENCH_PROJECT,
+    name: `overhead-${stamp()}`,
+    folder,
+    grouping: rule,
+    engine: 'builtin',
+  });
+  const slots = String(o.jobs);
+  const run = await withWorkers(client, { cellprofiler: { CPFLOW_ANALYZE_SLOTS: slots } }, () =>
+    runExperiment(client, submitted.experimentId, {}, { timeoutMs: 3_600_000, label: 'overhead', log }),
+  );
+  log(`  cpflow: ${secs(run.result.wallSeconds)} (analysis ${secs(run.result.analysisSeconds)}, reduce ${secs(run.result.reduceSeconds)})`);
+  return {
+    sets,
+    imageSize: o.size,
+    jobs: o.jobs,
+    localSeconds: localResult.seconds,
+    localPeakRssBytes: local.peakRssBytes(),
+    cpflow: run.result,
+    ratio: run.result.wallSeconds / localResult.seconds,
+    pools: run.pools,
+    cpu: run.cpu,
+    localCpu,
+    foreignPollers: run.foreign,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// (ii)–(iv) no-op runs
+
+interface NoopRunResult {
+  sets: number;
+  registerSeconds: number;
+  noopSlots: number;
+  batchSize: number;
+  timing: ExperimentTiming;
+  setsPerSecond: number;
+  endToEndSetsPerSecond: number;
+  reduceRowsPerSecond: number;
+  pools: PoolReport[];
+  cpu: Array<{ name: string; cpuSeconds: number }>;
+  foreignPollers: string[];
+}
+
+async function noopRun(client: Client, label: string, sets: number, o: BenchOptions): Promise<NoopRunResult> {
+  log(`${label}: registering ${sets.toLocaleString('en')} image sets for the no-op engine …`);
+  const registered = await registerNoopExperiment(`${label.replace(/[^a-z0-9]+/gi, '-')}-${sets}-${stamp()}`, sets, o.noopBatch);
+  log(`  registered in ${secs(registered.seconds)} (experiment ${registered.experimentId})`);
+  const tuning: StartTuning = { window: o.window, chunkSize: o.chunkSize };
+  const run = await withWorkers(
+    client,
+    { cellprofiler: { CPFLOW_ANALYZE_SLOTS: String(o.noopSlots), CPFLOW_ENGINE_OVERRIDE: 'noop' } },
+    () => runExperiment(client, registered.experimentId, tuning, { timeoutMs: Math.max(1_800_000, sets * 200), label, log }),
+  );
+  const t = run.result;
+  log(`  ${label}: ${t.status}, ${secs(t.wallSeconds)} (analysis ${secs(t.analysisSeconds)}, reduce ${secs(t.reduceSeconds)}), max history ${t.maxHistoryLength}`);
+  return {
+    sets,
+    registerSeconds: registered.seconds,
+    noopSlots: o.noopSlots,
+    batchSize: o.noopBatch,
+    timing: t,
+    setsPerSecond: sets / t.analysisSeconds,
+    endToEndSetsPerSecond: sets / t.wallSeconds,
+    reduceRowsPerSecond: sets / t.reduceSeconds,
+    pools: run.pools,
+    cpu: run.cpu,
+    foreignPollers: run.foreign,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// (v) CellProfiler batching
+
+interface CellProfilerResult {
+  skipped?: string;
+  version?: string;
+  singles?: { sets: number; seconds: number; perSet: number };
+  batch8?: { sets: number; seconds: number; perSet: number };
+}
+
+const EXAMPLE_HUMAN = '/work/shared/data/examplehuman';
+const EH_CHANNELS = ['DNA', 'PH3', 'cellbody'];
+
+async function cellProfilerBatching(o: BenchOptions): Promise<CellProfilerResult> {
+  const exe = process.env.CPFLOW_CELLPROFILER;
+  if (!exe || !fs.existsSync(exe)) return { skipped: 'skipped: CellProfiler not installed' };
+  const pipeline = path.join(EXAMPLE_HUMAN, 'ExampleHuman.cppipe');
+  if (!fs.existsSync(pipeline)) return { skipped: `skipped: ${pipeline} missing` };
+  const work = scratchDir('cellprofiler');
+  try {
+    // Eight copies of the ExampleHuman set (symlinks), each under its own well name and folder.
+    const wells = ['D03', 'D04', 'D05', 'D06', 'D07', 'D08', 'D09', 'D10'];
+    const sets: EngineImageSet[] = wells.map((well) => {
+      const dir = path.join(work, 'in', well);
+      fs.mkdirSync(dir, { recursive: true });
+      const files = EH_CHANNELS.map((channel, c) => {
+        const target = path.join(dir, `AS_09125_050116030001_${well}f00d${c}.tif`);
+        fs.symlinkSync(path.join(EXAMPLE_HUMAN, 'images', `AS_09125_050116030001_D03f00d${c}.tif`), target);
+        return { channel, path: target };
+      });
+      return { key: `EH-${well}`, metadata: { Well: well }, files };
+    });
+    const engine = createCellProfilerEngine({ executable: exe });
+    log('(v) CellProfiler: probing the version (warms the Python import cache) …');
+    const { version } = await engine.identity();
+    const timed = async (batch: EngineImageSet[], name: string): Promise<number> => {
+      const t0 = Date.now();
+      const r = await engine.run({ imageSets: batch, pipelinePath: pipeline, outDir: path.join(work, `out-${name}`), tmpDir: path.join(work, `tmp-${name}`) });
+      if (r.sets.length !== batch.length) throw new Error(`CellProfiler returned ${r.sets.length} of ${batch.length} sets`);
+      return (Date.now() - t0) / 1000;
+    };
+    let singleSeconds = 0;
+    const singles = sets.slice(0, o.cpSingles);
+    for (const [i, s] of singles.entries()) {
+      const t = await timed([s], `b1-${i}`);
+      log(`  B=1 set ${i + 1}/${singles.length}: ${secs(t)}`);
+      singleSeconds += t;
+    }
+    const batchSeconds = await timed(sets, 'b8');
+    log(`  B=8: ${secs(batchSeconds)} for ${sets.length} sets`);
+    return {
+      version,
+      singles: { sets: singles.length, seconds: singleSeconds, perSet: singleSeconds / singles.length },
+      batch8: { sets: sets.length, seconds: batchSeconds, perSet: batchSeconds / sets.length },
+    };
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+function rssRows(section: string, pools: PoolReport[]): Row[] {
+  return pools.map((p) => {
+    const goal = p.pool === 'reduce' ? GOALS.reduceRssBytes : GOALS.workerRssBytes;
+    return {
+      section,
+      metric: `peak RSS, ${p.pool} worker`,
+      value: mib(p.peakRssBytes),
+      goal: `< ${mib(goal)}`,
+      met: p.peakRssBytes === undefined ? undefined : p.peakRssBytes < goal,
+    };
+  });
+}
+
+const topCpu = (cpu: Array<{ name: string; cpuSeconds: number }>, wall: number): string =>
+  cpu
+    .slice(0, 5)
+    .map((c) => `${c.name} ${c.cpuSeconds} s (${((100 * c.cpuSeconds) / wall).toFixed(0)}% of one core)`)
+    .join(', ');
+
+function printTable(rows: Row[]): void {
+  const widths = [4, 44, 26, 12];
+  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
+  console.log(line(['', 'metric', 'value', 'goal']) + '  met');
+  console.log('-'.repeat(widths.reduce((a, b) => a + b + 2, 0) + 3));
+  for (const r of rows) console.log(line([r.section, r.metric, r.value, r.goal]) + `  ${r.met === undefined ? '' : r.met ? 'yes' : 'NO'}`);
+}
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv);
+  const only = new Set<Section>(o.only);
+  const started = Date.now();
+  fs.mkdirSync(o.out, { recursive: true });
+  const sharedCellProfiler = path.join(cacheDir(), 'cellprofiler-venv', 'bin', 'cellprofiler');
+  if (o.privateStack) {
+    const shared = cacheDir();
+    const own = `${shared.replace(/\/+$/, '')}-bench`;
+    preparePrivateStack(shared, own);
+    process.env.CPFLOW_CACHE_DIR = own;
+  }
+  log(`bringing the local stack up (${cacheDir()}) …`);
+  const stack = await ensureStackUp({ quiet: true });
+  // The stack we just ensured is the one we measure, whatever the calling shell had set.
+  for (const [k, v] of Object.entries(stack)) if (typeof v === 'string' && !(k === 'CPFLOW_CELLPROFILER' && process.env[k])) process.env[k] = v;
+  if (!process.env.CPFLOW_CELLPROFILER && fs.existsSync(sharedCellProfiler)) process.env.CPFLOW_CELLPROFILER = sharedCellProfiler;
+  // Our own database and namespace (inherited by every process we start): see isolation.ts.
+  await ensureBenchDatabase(stack);
+  await ensureBenchNamespace(stack);
+  process.env.CPFLOW_DB_NAME = BENCH_DATABASE;
+  process.env.CPFLOW_TEMPORAL_NAMESPACE = BENCH_NAMESPACE;
+  const client = await connectClient();
+
+  const results: Record<string, unknown> = {};
+  const rows: Row[] = [];
+  const notes: string[] = [];
+  try {
+    if (only.has('i')) {
+      const r = await overhead(client, o);
+      results.overhead = r;
+      rows.push(
+        { section: 'i', metric: `analyze-local, ${r.sets} sets ${r.imageSize}px, -j ${r.jobs}`, value: secs(r.localSeconds), goal: '', met: undefined },
+        { section: 'i', metric: `cpflow start → reduce done, slots ${r.jobs}`, value: `${secs(r.cpflow.wallSeconds)} (reduce ${secs(r.cpflow.reduceSeconds)})`, goal: '', met: undefined },
+        { section: 'i', metric: 'overhead ratio', value: r.ratio.toFixed(3), goal: `≤ ${GOALS.overheadRatio}`, met: r.ratio <= GOALS.overheadRatio },
+        ...rssRows('i', r.pools),
+      );
+      notes.push(`(i) CPU during the cpflow run (${secs(r.cpflow.wallSeconds)} wall, ${os.cpus().length} cores): ${topCpu(r.cpu, r.cpflow.wallSeconds)}`);
+    }
+    if (only.has('ii')) {
+      const r = await noopRun(client, 'dispatch', o.dispatchSets, o);
+      results.dispatch = r;
+      rows.push(
+        {
+          section: 'ii',
+          metric: `no-op dispatch, ${r.sets} sets, batch ${r.batchSize}, window ${r.timing.tuning.window ?? 16}`,
+          value: `${r.setsPerSecond.toFixed(1)} sets/s`,
+          goal: `≥ ${GOALS.setsPerSecond}`,
+          met: r.setsPerSecond >= GOALS.setsPerSecond,
+        },
+        { section: 'ii', metric: 'no-op end to end (incl. reduce)', value: `${r.endToEndSetsPerSecond.toFixed(1)} sets/s`, goal: '', met: undefined },
+      );
+      const l = r.timing.chunkLatency;
+      if (l) {
+        notes.push(
+          `(ii) first chunk: ${l.activities} activities, mean ${l.meanQueueMs} ms scheduled→started, ${l.meanRunMs} ms started→completed; ` +
+            `${l.workflowTasks} workflow tasks, mean ${l.meanWorkflowTaskMs} ms scheduled→completed; ${l.historyLength} events`,
+        );
+      }
+      notes.push(`(ii) CPU during the dispatch run (${secs(r.timing.wallSeconds)} wall): ${topCpu(r.cpu, r.timing.wallSeconds)}`);
+    }
+    if (only.has('iii') || only.has('iv')) {
+      const r = await noopRun(client, 'scale', o.scale, o);
+      results.scale = r;
+      const t = r.timing;
+      if (only.has('iii')) {
+        rows.push(
+          { section: 'iii', metric: `scale run, ${r.sets.toLocaleString('en')} sets (${t.status})`, value: secs(t.wallSeconds), goal: '', met: undefined },
+          { section: 'iii', metric: 'analysis phase throughput', value: `${r.setsPerSecond.toFixed(1)} sets/s`, goal: `≥ ${GOALS.setsPerSecond}`, met: r.setsPerSecond >= GOALS.setsPerSecond },
+          {
+            section: 'iii',
+            metric: `max history events (${t.executions} executions, ${t.parentRuns} parent runs)`,
+            value: String(t.maxHistoryLength),
+            goal: `< ${GOALS.historyEvents}`,
+            met: t.maxHistoryLength < GOALS.historyEvents,
+          },
+          ...rssRows('iii', r.pools.filter((p) => p.pool !== 'reduce')),
+        );
+        notes.push(`(iii) largest history: ${t.maxHistoryExecution}; registering took ${secs(r.registerSeconds)}`);
+        notes.push(`(iii) CPU during the scale run (${secs(t.wallSeconds)} wall): ${topCpu(r.cpu, t.wallSeconds)}`);
+      }
+      if (only.has('iv')) {
+        rows.push(
+          { section: 'iv', metric: `reduce, ${r.sets.toLocaleString('en')} sets`, value: `${secs(t.reduceSeconds)}, ${r.reduceRowsPerSecond.toFixed(0)} rows/s`, goal: '', met: undefined },
+          ...rssRows('iv', r.pools.filter((p) => p.pool === 'reduce')),
+        );
+      }
+    }
+    if (only.has('v')) {
+      const r = await cellProfilerBatching(o);
+      results.cellprofiler = r;
+      if (r.skipped) rows.push({ section: 'v', metric: 'CellProfiler batching', value: r.skipped, goal: '', met: undefined });
+      else {
+        rows.push(
+          { section: 'v', metric: `CellProfiler ${r.version}, ExampleHuman, B=1 (${r.singles?.sets} runs)`, value: `${r.singles?.perSet.toFixed(1)} s/set`, goal: '', met: undefined },
+          { section: 'v', metric: `CellProfiler, B=8 (one invocation)`, value: `${r.batch8?.perSet.toFixed(1)} s/set`, goal: '', met: undefined },
+        );
+      }
+    }
+  } finally {
+    await client.connection.close();
+    await closeDb();
+  }
+
+  const file = path.join(o.out, `results-${stamp()}.json`);
+  const report = {
+    kind: 'cpflow.bench/v1',
+    startedAt: new Date(started).toISOString(),
+    seconds: (Date.now() - started) / 1000,
+    gitCommit: gitCommit(),
+    host: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryBytes: os.totalmem(), node: process.version },
+    options: o,
+    goals: GOALS,
+    rows,
+    notes,
+    results,
+  };
+  fs.writeFileSync(file, JSON.stringify(report, null, 2));
+  console.log(`\ncpflow bench — ${new Date(started).toISOString()}, ${os.cpus().length} cores, commit ${gitCommit() ?? '?'}`);
+  printTable(rows);
+  if (notes.length) console.log(`\n${notes.join('\n')}`);
+  console.log(`\nresults: ${file} (${secs((Date.now() - started) / 1000)} in all)`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(`bench: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,151 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+/**
+ * Child processes for the benchmark. Each is started as `node --require tsx/cjs <entry>`, not through
+ * the tsx CLI (which forks a second node process), so the pid we hold is the process doing the work
+ * and its /proc/<pid>/status VmHWM is that process's own peak resident set.
+ */
+
+export const REPO_ROOT = path.resolve(__dirname, '..', '..');
+
+export interface BenchProcess {
+  name: string;
+  pid: number;
+  child: ChildProcess;
+  output: () => string;
+  /** Highest VmHWM seen so far (bytes), sampled every second and at stop. */
+  peakRssBytes: () => number | undefined;
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves with the exit code. */
+  stop: (graceMs?: number) => Promise<number | null>;
+  exited: Promise<number | null>;
+}
+
+/** Peak resident set size (VmHWM) of a live process, in bytes; undefined once it has exited. */
+export function readPeakRss(pid: number): number | undefined {
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const m = /^VmHWM:\s+(\d+)\s+kB$/m.exec(status);
+    return m?.[1] ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function startTsProcess(name: string, entry: string, args: string[], env: NodeJS.ProcessEnv): BenchProcess {
+  const child = spawn(process.execPath, ['--require', 'tsx/cjs', path.join(REPO_ROOT, entry), ...args], {
+    cwd: REPO_ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  if (child.pid === undefined) throw new Error(`could not start ${entry}`);
+  const pid = child.pid;
+  let out = '';
+  const onData = (b: Buffer): void => {
+    out += b.toString();
+    if (out.length > 1_000_000) out = out.slice(-500_000);
+  };
+  child.stdout?.on('data', onData);
+  child.stderr?.on('data', onData);
+  let peak: number | undefined;
+  const sample = (): void => {
+    const now = readPeakRss(pid);
+    if (now !== undefined) peak = Math.max(peak ?? 0, now);
+  };
+  const sampler = setInterval(sample, 1_000);
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => {
+      clearInterval(sampler);
+      resolve(code);
+    }),
+  );
+  return {
+    name,
+    pid,
+    child,
+    output: () => out,
+    peakRssBytes: () => {
+      sample();
+      return peak;
+    },
+    exited,
+    stop: async (graceMs = 30_000) => {
+      sample();
+      if (child.exitCode !== null || child.signalCode !== null) return exited;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+}
+
+export async function waitForOutput(p: BenchProcess, pattern: RegExp, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!pattern.test(p.output())) {
+    if (p.child.exitCode !== null) throw new Error(`${p.name} exited (${p.child.exitCode}) before ready:\n${p.output().slice(-2000)}`);
+    if (Date.now() > deadline) throw new Error(`${p.name} not ready within ${timeoutMs} ms:\n${p.output().slice(-2000)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+export type PoolName = 'workflow' | 'cellprofiler' | 'reduce';
+
+/** One worker pool in its own process (workers/<pool>.ts), ready once it polls. */
+export async function startPool(pool: PoolName, env: NodeJS.ProcessEnv = {}): Promise<BenchProcess> {
+  const p = startTsProcess(`${pool} worker`, `workers/${pool}.ts`, [], { CPFLOW_SHUTDOWN_GRACE_SECONDS: '5', ...env });
+  await waitForOutput(p, /cpflow workers running/, 180_000);
+  return p;
+}
+
+/** A fresh scratch directory under the OS temp dir. */
+export function scratchDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `cpflow-bench-${prefix}-`));
+}
+
+/** CPU time (user + system, seconds) of every process on the host, keyed by pid, with its command name. */
+export type CpuSnapshot = Map<number, { comm: string; seconds: number }>;
+
+const CLOCK_TICKS_PER_SECOND = 100; // USER_HZ on Linux
+
+export function cpuSnapshot(): CpuSnapshot {
+  const snap: CpuSnapshot = new Map();
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // comm is in parentheses and may contain spaces; the fields after it are space separated.
+      const close = stat.lastIndexOf(')');
+      const comm = stat.slice(stat.indexOf('(') + 1, close);
+      const fields = stat.slice(close + 2).split(' ');
+      const utime = Number(fields[11]);
+      const stime = Number(fields[12]);
+      snap.set(Number(entry), { comm, seconds: (utime + stime) / CLOCK_TICKS_PER_SECOND });
+    } catch {
+      // The process ended while we read /proc.
+    }
+  }
+  return snap;
+}
+
+/**
+ * CPU seconds spent between two snapshots, grouped: our own processes by the name we gave them,
+ * everything else by command name (temporal, mariadbd, minio, …). Busiest first.
+ */
+export function cpuDelta(before: CpuSnapshot, after: CpuSnapshot, named: Map<number, string>): Array<{ name: string; cpuSeconds: number }> {
+  const groups = new Map<string, number>();
+  for (const [pid, a] of after) {
+    const b = before.get(pid);
+    const spent = a.seconds - (b && b.comm === a.comm ? b.seconds : 0);
+    if (spent <= 0) continue;
+    const name = named.get(pid) ?? a.comm;
+    groups.set(name, (groups.get(name) ?? 0) + spent);
+  }
+  return [...groups.entries()]
+    .map(([name, cpuSeconds]) => ({ name, cpuSeconds: Math.round(cpuSeconds * 10) / 10 }))
+    .filter((g) => g.cpuSeconds >= 0.5)
+    .sort((x, y) => y.cpuSeconds - x.cpuSeconds);
+}
