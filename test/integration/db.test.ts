@@ -1,0 +1,115 @@
+import { dbConfig } from '../../activities/lib/config';
+import {
+  applyImageSetOutcomes,
+  createPool,
+  imageSetCounts,
+  migrate,
+  registerExperiment,
+  upsertImageSets,
+  upsertProject,
+  type Db,
+  type NewExperiment,
+  type NewImageSet,
+} from '../../activities/lib/db';
+import { requireStack } from '../support/harness';
+
+/** The schema and the mirror's writes, in a throwaway database on the real MariaDB. */
+jest.setTimeout(60_000);
+
+const name = `cpflow_test_${Date.now().toString(36)}`;
+let admin: Db;
+let pool: Db;
+
+beforeAll(async () => {
+  requireStack();
+  admin = createPool();
+  await admin.query(`CREATE DATABASE ${name}`);
+  pool = createPool({ ...dbConfig(), CPFLOW_DB_NAME: name });
+});
+
+afterAll(async () => {
+  await pool?.end();
+  await admin?.query(`DROP DATABASE IF EXISTS ${name}`);
+  await admin?.end();
+});
+
+const sets = (n: number, prefix = 'S'): NewImageSet[] =>
+  Array.from({ length: n }, (_, i) => ({
+    key: `${prefix}${i + 1}`,
+    metadata: { Well: `A${String(i + 1).padStart(2, '0')}` },
+    files: ['DNA', 'Actin'].map((channel) => ({ channel, uri: `s3://b/${prefix}${i + 1}_${channel}.tif`, size: 10, checksum: `sha256:${i}${channel}` })),
+  }));
+
+const experiment = (projectId: number, exp: string): NewExperiment => ({
+  projectId,
+  name: exp,
+  pipelineUri: null,
+  pipelineSha256: null,
+  engine: 'builtin',
+  engineOptions: { batchSize: 1 },
+  inputPrefix: 's3://b/',
+  groupingRule: { pattern: '(?<Well>.+)_(?<Channel>.+)', channelGroup: 'Channel', channelMap: {} },
+  sealed: true,
+  maxFailedFraction: 0.5,
+});
+
+it('applies each migration exactly once, even when several processes start together', async () => {
+  const results = await Promise.all([migrate(pool), migrate(pool), migrate(pool)]);
+  expect(results.flat().sort()).toEqual([1]);
+  const rows = await pool.query<Array<{ version: number }>>('SELECT version FROM schema_migration');
+  expect(rows.map((r) => r.version)).toEqual([1]);
+  expect(await migrate(pool)).toEqual([]);
+});
+
+it('registers an experiment with its sets in one transaction, and upserts idempotently', async () => {
+  const projectId = await upsertProject(pool, 'p', 'bucket-p');
+  expect(await upsertProject(pool, 'p', 'bucket-p')).toBe(projectId);
+  const id = await registerExperiment(pool, experiment(projectId, 'e1'), sets(1200));
+  expect((await imageSetCounts(pool, id)).total).toBe(1200);
+  await upsertImageSets(pool, id, sets(1200)); // the same sets again: nothing new
+  await upsertImageSets(pool, id, sets(3, 'T')); // appended sets
+  expect((await imageSetCounts(pool, id)).total).toBe(1203);
+  const files = await pool.query<Array<{ n: number }>>(
+    'SELECT COUNT(*) AS n FROM image_file f JOIN image_set s ON s.id = f.image_set_id WHERE s.experiment_id = ?',
+    [id],
+  );
+  expect(files[0]!.n).toBe(1203 * 2);
+});
+
+it('leaves nothing behind when registration fails half-way', async () => {
+  const projectId = await upsertProject(pool, 'p', 'bucket-p');
+  const bad = sets(700);
+  bad[650]!.files[0]!.channel = 'x'.repeat(300); // too long for image_file.channel: fails in the 2nd batch
+  await expect(registerExperiment(pool, experiment(projectId, 'e-bad'), bad)).rejects.toThrow();
+  const rows = await pool.query<Array<{ n: number }>>("SELECT COUNT(*) AS n FROM experiment WHERE name = 'e-bad'");
+  expect(rows[0]!.n).toBe(0);
+  const orphans = await pool.query<Array<{ n: number }>>('SELECT COUNT(*) AS n FROM image_set s LEFT JOIN experiment e ON e.id = s.experiment_id WHERE e.id IS NULL');
+  expect(orphans[0]!.n).toBe(0);
+});
+
+it('mirrors outcomes idempotently and never moves a finished set back', async () => {
+  const projectId = await upsertProject(pool, 'p', 'bucket-p');
+  const id = await registerExperiment(pool, experiment(projectId, 'e2'), sets(3));
+  const ids = (await pool.query<Array<{ id: number }>>('SELECT id FROM image_set WHERE experiment_id = ? ORDER BY id', [id])).map((r) => r.id);
+  const done = {
+    imageSetId: ids[0]!,
+    status: 'done' as const,
+    attempts: 2,
+    results: [{ kind: 'table:Image', uri: 's3://b/cpflow/x/Image.csv', size: 5, checksum: 'sha256:a' }],
+  };
+  const failed = { imageSetId: ids[1]!, status: 'failed' as const, attempts: 1, error: 'undecodable image x.tif' };
+  await applyImageSetOutcomes(pool, id, [done, failed]);
+  await applyImageSetOutcomes(pool, id, [done, failed]); // a retried sync activity replays its batch
+  await applyImageSetOutcomes(pool, id, [{ imageSetId: ids[0]!, status: 'running', attempts: 1 }]); // late, out of order
+  const rows = await pool.query<Array<{ status: string; attempts: number; error: string | null }>>(
+    'SELECT status, attempts, error FROM image_set WHERE experiment_id = ? ORDER BY id',
+    [id],
+  );
+  expect(rows).toEqual([
+    { status: 'done', attempts: 2, error: null },
+    { status: 'failed', attempts: 1, error: 'undecodable image x.tif' },
+    { status: 'pending', attempts: 0, error: null },
+  ]);
+  const results = await pool.query<Array<{ n: number }>>('SELECT COUNT(*) AS n FROM result_file WHERE experiment_id = ?', [id]);
+  expect(results[0]!.n).toBe(1);
+});
