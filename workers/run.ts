@@ -70,7 +70,12 @@ export async function connectWorker(): Promise<NativeConnection> {
  */
 export async function runPools(pools: PoolName[]): Promise<void> {
   // We install our own signal handling so shutdown is logged and bounded the same way everywhere.
-  Runtime.install({ shutdownSignals: ['SIGTERM', 'SIGINT'] });
+  const metricsPort = workerConfig().CPFLOW_METRICS_PORT;
+  Runtime.install({
+    shutdownSignals: ['SIGTERM', 'SIGINT'],
+    // Task-queue latencies, slot usage and activity outcomes for Prometheus (and for autoscaling).
+    telemetryOptions: metricsPort ? { metrics: { prometheus: { bindAddress: `0.0.0.0:${metricsPort}` } } } : undefined,
+  });
   const connection = await connectWorker();
   try {
     const workers = await Promise.all(pools.map((p) => Worker.create({ connection, ...workerOptions(p) })));

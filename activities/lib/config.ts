@@ -46,6 +46,8 @@ const workerSchema = z.object({
   CPFLOW_CELLPROFILER: z.string().min(1).optional(),
   CPFLOW_CELLPROFILER_TIMEOUT_SECONDS: positiveInt(3600),
   CPFLOW_WORK_DIR: z.string().min(1).default(os.tmpdir()),
+  /** When set, workers serve Temporal SDK metrics for Prometheus on this port (0.0.0.0). */
+  CPFLOW_METRICS_PORT: z.coerce.number().int().min(1).max(65535).optional(),
 });
 
 export type TemporalConfig = z.infer<typeof temporalSchema>;
