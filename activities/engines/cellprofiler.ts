@@ -104,7 +104,7 @@ export async function probeVersion(executable: string): Promise<string> {
   const version = lines[lines.length - 1] ?? '';
   if (result.exitCode !== 0 || !VERSION_PATTERN.test(version)) {
     throw new Error(
-      `\`${executable} --version\` failed (exit ${result.exitCode}): ${tail(`${result.stdout}\n${result.stderr}`, 10)}`,
+      `\`${executable} --version\` failed (exit ${result.exitCode ?? 'none'}): ${result instanceof Error ? result.message : tail(`${result.stdout}\n${result.stderr}`, 10)}`,
     );
   }
   return version;
@@ -236,6 +236,8 @@ async function linkInputs(sets: EngineImageSet[], inputDir: string): Promise<str
 
 interface InvocationResult {
   exitCode: number | undefined;
+  /** Set when the executable could not be started at all (e.g. ENOENT). */
+  spawnError?: string;
   stderrTail: string[];
   /** Last `Image # N` CellProfiler reported before its first module error, if any. */
   errorImageNumber?: number;
@@ -321,6 +323,10 @@ async function invoke(
   try {
     const [outcome] = await Promise.all([child, consume(child.stderr), consume(child.stdout)]);
     result.exitCode = outcome.exitCode;
+    if (outcome.failed && outcome.exitCode === undefined && !outcome.isCanceled && outcome.signal === undefined) {
+      // With reject:false execa resolves with its error object when the spawn itself failed.
+      result.spawnError = outcome instanceof Error ? outcome.message : 'spawn failed';
+    }
   } finally {
     clearTimeout(timer);
     input.signal?.removeEventListener('abort', onAbort);
@@ -341,7 +347,9 @@ function abortError(signal: AbortSignal | undefined): Error {
 
 function classifyFailure(run: InvocationResult, done: string | undefined, sets: EngineImageSet[]): Error {
   const doneText = done === undefined ? 'no done file' : `done file says ${JSON.stringify(done.trim())}`;
-  const detail = `CellProfiler failed (exit ${run.exitCode ?? 'none'}, ${doneText})`;
+  const detail = run.spawnError
+    ? `CellProfiler could not be started: ${run.spawnError}`
+    : `CellProfiler failed (exit ${run.exitCode ?? 'none'}, ${doneText})`;
   const stderr = run.stderrTail.join('\n');
   // A module error on an image set is a property of that set's data (a file that does not decode, an
   // image the pipeline cannot handle): retrying cannot help. Resource exhaustion can, so it stays
