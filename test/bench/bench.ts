@@ -12,7 +12,7 @@ import type { EngineImageSet } from '../../activities/engines/types';
 import { ensureStackUp } from '../../deploy/local/services';
 import { submit } from '../../starter/submit';
 import { connectClient, type StartTuning } from '../../starter/temporal';
-import { foreignPollers, runExperiment, type ExperimentTiming } from './experiment-run';
+import { foreignPollers, runExperiment, terminateLeftovers, type ExperimentTiming } from './experiment-run';
 import { BENCH_DATABASE, BENCH_NAMESPACE, ensureBenchDatabase, ensureBenchNamespace, preparePrivateStack } from './isolation';
 import { cacheDir } from '../../deploy/local/services';
 import { BENCH_PROJECT, cachedPlate, plateFor, registerNoopExperiment, setCount } from './fixtures';
@@ -69,6 +69,7 @@ const optionsSchema = z.object({
   chunkSize: z.number().int().positive().optional(),
   cpSingles: z.number().int().positive(),
   privateStack: z.boolean(),
+  profileWorkers: z.string().optional(),
   out: z.string(),
 });
 type BenchOptions = z.infer<typeof optionsSchema>;
@@ -87,6 +88,7 @@ function parseArgs(argv: string[]): BenchOptions {
     .option('--chunk-size <n>', 'image sets per chunk child in (ii)–(iv) (default: the workflow default)', int('--chunk-size'))
     .option('--cp-singles <n>', 'image sets run one per CellProfiler invocation in (v)', int('--cp-singles'), 3)
     .option('--private-stack', 'run on a second local stack of its own (~/.cache/cpflow-bench), safe from fault drills on the shared one', false)
+    .option('--profile-workers <dir>', 'write V8 CPU profiles (.cpuprofile) of the worker processes into <dir>')
     .option('--out <dir>', 'where results JSON goes', path.join(REPO_ROOT, '.bench'))
     .parse(argv);
   const o = program.opts<Record<string, unknown>>();
@@ -113,14 +115,57 @@ interface PoolReport {
   peakRssBytes: number | undefined;
 }
 
-/** Workers, one process per pool, so each one's peak RSS is its own. */
+/**
+ * Workers, one process per pool, so each one's peak RSS is its own. A worker that dies mid-run (some
+ * other session's drill may kill it) is restarted and the restart is reported; its output goes to
+ * `<out>/logs/` for the post-mortem.
+ */
 class WorkerSet {
-  private constructor(readonly processes: Array<{ pool: PoolName; p: BenchProcess }>) {}
+  /** Where worker CPU profiles go, when asked for (`--profile-workers`). */
+  static profileDir: string | undefined;
+  static logDir: string | undefined;
+
+  private stopping = false;
+  readonly restarts: string[] = [];
+  private readonly retiredPeaks = new Map<PoolName, number>();
+
+  private constructor(
+    private readonly processes: Array<{ pool: PoolName; p: BenchProcess }>,
+    private readonly env: Partial<Record<PoolName, NodeJS.ProcessEnv>>,
+  ) {
+    for (const entry of processes) this.watch(entry);
+  }
+
+  private static envFor(pool: PoolName, env: Partial<Record<PoolName, NodeJS.ProcessEnv>>): NodeJS.ProcessEnv {
+    const profiling = WorkerSet.profileDir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${path.join(WorkerSet.profileDir, pool)}` } : {};
+    return { ...profiling, ...(env[pool] ?? {}) };
+  }
 
   static async start(env: Partial<Record<PoolName, NodeJS.ProcessEnv>>): Promise<WorkerSet> {
     const pools: PoolName[] = ['workflow', 'cellprofiler', 'reduce'];
-    const processes = await Promise.all(pools.map(async (pool) => ({ pool, p: await startPool(pool, env[pool] ?? {}) })));
-    return new WorkerSet(processes);
+    const processes = await Promise.all(pools.map(async (pool) => ({ pool, p: await startPool(pool, WorkerSet.envFor(pool, env)) })));
+    return new WorkerSet(processes, env);
+  }
+
+  private watch(entry: { pool: PoolName; p: BenchProcess }): void {
+    void entry.p.exited.then(async (code) => {
+      this.saveLog(entry);
+      if (this.stopping) return;
+      const peak = entry.p.peakRssBytes();
+      if (peak !== undefined) this.retiredPeaks.set(entry.pool, Math.max(this.retiredPeaks.get(entry.pool) ?? 0, peak));
+      const what = `${entry.pool} worker (pid ${entry.p.pid}) exited with ${code ?? entry.p.child.signalCode} mid-run; restarted`;
+      log(`  warning: ${what}. Its last output:\n${entry.p.output().slice(-1500)}`);
+      this.restarts.push(what);
+      const p = await startPool(entry.pool, WorkerSet.envFor(entry.pool, this.env));
+      entry.p = p;
+      this.watch(entry);
+    });
+  }
+
+  private saveLog(entry: { pool: PoolName; p: BenchProcess }): void {
+    if (!WorkerSet.logDir) return;
+    fs.mkdirSync(WorkerSet.logDir, { recursive: true });
+    fs.writeFileSync(path.join(WorkerSet.logDir, `${stamp()}-${entry.pool}-${entry.p.pid}.log`), entry.p.output());
   }
 
   pids(): Map<number, string> {
@@ -128,7 +173,12 @@ class WorkerSet {
   }
 
   async stop(): Promise<PoolReport[]> {
-    const reports = this.processes.map(({ pool, p }) => ({ pool, pid: p.pid, peakRssBytes: p.peakRssBytes() }));
+    this.stopping = true;
+    const reports = this.processes.map(({ pool, p }) => {
+      const now = p.peakRssBytes();
+      const retired = this.retiredPeaks.get(pool);
+      return { pool, pid: p.pid, peakRssBytes: retired !== undefined && now !== undefined ? Math.max(now, retired) : now };
+    });
     await Promise.all(this.processes.map(({ p }) => p.stop()));
     return reports;
   }
@@ -138,7 +188,7 @@ async function withWorkers<T>(
   client: Client,
   env: Partial<Record<PoolName, NodeJS.ProcessEnv>>,
   work: () => Promise<T>,
-): Promise<{ result: T; pools: PoolReport[]; cpu: Array<{ name: string; cpuSeconds: number }>; foreign: string[] }> {
+): Promise<{ result: T; pools: PoolReport[]; cpu: Array<{ name: string; cpuSeconds: number }>; foreign: string[]; restarts: string[] }> {
   const workers = await WorkerSet.start(env);
   try {
     const foreign = await foreignPollers(client, new Set(workers.pids().keys()));
@@ -146,7 +196,7 @@ async function withWorkers<T>(
     const before = cpuSnapshot();
     const result = await work();
     const cpu = cpuDelta(before, cpuSnapshot(), workers.pids());
-    return { result, pools: await workers.stop(), cpu, foreign };
+    return { result, pools: await workers.stop(), cpu, foreign, restarts: workers.restarts };
   } catch (err) {
     await workers.stop();
     throw err;
@@ -170,6 +220,7 @@ interface OverheadResult {
   cpu: Array<{ name: string; cpuSeconds: number }>;
   localCpu: Array<{ name: string; cpuSeconds: number }>;
   foreignPollers: string[];
+  workerRestarts: string[];
 }
 
 const analyzeLocalOutput = z.object({ done: z.number(), failed: z.number(), seconds: z.number() });
@@ -218,6 +269,7 @@ async function overhead(client: Client, o: BenchOptions): Promise<OverheadResult
     cpu: run.cpu,
     localCpu,
     foreignPollers: run.foreign,
+    workerRestarts: run.restarts,
   };
 }
 
@@ -236,6 +288,7 @@ interface NoopRunResult {
   pools: PoolReport[];
   cpu: Array<{ name: string; cpuSeconds: number }>;
   foreignPollers: string[];
+  workerRestarts: string[];
 }
 
 async function noopRun(client: Client, label: string, sets: number, o: BenchOptions): Promise<NoopRunResult> {
@@ -262,6 +315,7 @@ async function noopRun(client: Client, label: string, sets: number, o: BenchOpti
     pools: run.pools,
     cpu: run.cpu,
     foreignPollers: run.foreign,
+    workerRestarts: run.restarts,
   };
 }
 
@@ -358,6 +412,11 @@ function printTable(rows: Row[]): void {
 async function main(): Promise<void> {
   const o = parseArgs(process.argv);
   const only = new Set<Section>(o.only);
+  WorkerSet.profileDir = o.profileWorkers ? path.resolve(o.profileWorkers) : undefined;
+  WorkerSet.logDir = path.join(o.out, 'logs');
+  // Everything on this host shares its cores: the load average says how contended a run was.
+  const loads: number[] = [];
+  const loadSampler = setInterval(() => loads.push(os.loadavg()[0] ?? 0), 5_000);
   const started = Date.now();
   fs.mkdirSync(o.out, { recursive: true });
   const sharedCellProfiler = path.join(cacheDir(), 'cellprofiler-venv', 'bin', 'cellprofiler');
@@ -378,6 +437,7 @@ async function main(): Promise<void> {
   process.env.CPFLOW_DB_NAME = BENCH_DATABASE;
   process.env.CPFLOW_TEMPORAL_NAMESPACE = BENCH_NAMESPACE;
   const client = await connectClient();
+  await terminateLeftovers(client, log);
 
   const results: Record<string, unknown> = {};
   const rows: Row[] = [];
@@ -459,13 +519,18 @@ async function main(): Promise<void> {
     await closeDb();
   }
 
+  clearInterval(loadSampler);
+  const load = {
+    mean: loads.length ? Math.round((10 * loads.reduce((a, b) => a + b, 0)) / loads.length) / 10 : undefined,
+    max: loads.length ? Math.max(...loads) : undefined,
+  };
   const file = path.join(o.out, `results-${stamp()}.json`);
   const report = {
     kind: 'cpflow.bench/v1',
     startedAt: new Date(started).toISOString(),
     seconds: (Date.now() - started) / 1000,
     gitCommit: gitCommit(),
-    host: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryBytes: os.totalmem(), node: process.version },
+    host: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryBytes: os.totalmem(), node: process.version, loadAverage1m: load },
     options: o,
     goals: GOALS,
     rows,
@@ -473,7 +538,10 @@ async function main(): Promise<void> {
     results,
   };
   fs.writeFileSync(file, JSON.stringify(report, null, 2));
-  console.log(`\ncpflow bench — ${new Date(started).toISOString()}, ${os.cpus().length} cores, commit ${gitCommit() ?? '?'}`);
+  console.log(
+    `\ncpflow bench — ${new Date(started).toISOString()}, ${os.cpus().length} cores, load average (1 min) mean ${load.mean ?? '?'} / max ${load.max?.toFixed(1) ?? '?'}, ` +
+      `commit ${gitCommit() ?? '?'}${o.privateStack ? ', private stack' : ''}`,
+  );
   printTable(rows);
   if (notes.length) console.log(`\n${notes.join('\n')}`);
   console.log(`\nresults: ${file} (${secs((Date.now() - started) / 1000)} in all)`);

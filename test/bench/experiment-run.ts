@@ -253,3 +253,20 @@ async function chunkLatencyOf(client: Client, chunk: ExecutionStat): Promise<Chu
     historyLength: chunk.historyLength,
   };
 }
+
+/**
+ * Terminate executions an interrupted benchmark left running in its namespace: they would otherwise
+ * take the next run's worker slots. The namespace is the benchmark's alone (isolation.ts).
+ */
+export async function terminateLeftovers(client: Client, log: (line: string) => void): Promise<number> {
+  let n = 0;
+  for await (const w of client.workflow.list({ query: `ExecutionStatus = 'Running'` })) {
+    await client.workflow
+      .getHandle(w.workflowId, w.runId)
+      .terminate('left over from an interrupted benchmark run')
+      .catch(() => undefined);
+    n++;
+  }
+  if (n > 0) log(`  terminated ${n} executions left over from an interrupted benchmark run`);
+  return n;
+}
