@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
-import { temporalConfig } from './lib/config';
+import { webUiLink } from './lib/config';
+import { metadataKeysOf } from './lib/grouping';
 import { allImageSets, db, getExperiment, imageSetCounts, upsertExperimentResult, type Db, type ImageSetRow } from './lib/db';
 import { getBytesIfExists, getStream, layout, parseS3Uri, putBytes, putFile } from './lib/s3';
 import { CPFLOW_VERSION, gitCommit, workerIdentity } from './lib/version';
@@ -27,17 +28,6 @@ export interface ReduceOutput {
 }
 
 const PAGE = 500;
-
-export function workflowUrl(workflowId: string): string | undefined {
-  const cfg = temporalConfig();
-  if (!cfg.CPFLOW_TEMPORAL_UI_URL) return undefined;
-  return `${cfg.CPFLOW_TEMPORAL_UI_URL.replace(/\/$/, '')}/namespaces/${encodeURIComponent(cfg.CPFLOW_TEMPORAL_NAMESPACE)}/workflows/${encodeURIComponent(workflowId)}`;
-}
-
-/** Metadata keys are the grouping expression's named groups, minus the channel group. */
-export function metadataKeysOf(pattern: string, channelGroup: string): string[] {
-  return [...pattern.matchAll(/\(\?<([A-Za-z][A-Za-z0-9_]*)>/g)].map((m) => m[1] ?? '').filter((n) => n && n !== channelGroup);
-}
 
 async function tablesFor(pool: Db, setIds: number[]): Promise<Map<number, string[]>> {
   const rows = await pool.query<Array<{ image_set_id: number; uri: string }>>(
@@ -104,7 +94,7 @@ export async function reduceExperiment(input: { experimentId: number; workflowId
         }),
         {
           out: fs.createWriteStream(summaryPath),
-          metadataKeys: metadataKeysOf(e.grouping_rule.pattern, e.grouping_rule.channelGroup),
+          metadataKeys: metadataKeysOf(e.grouping_rule),
         },
       );
     } finally {
@@ -142,7 +132,7 @@ export async function reduceExperiment(input: { experimentId: number; workflowId
       engine,
       provenance,
       generatedAt: new Date().toISOString(),
-      workflowUrl: workflowUrl(input.workflowId),
+      workflowUrl: webUiLink(input.workflowId),
     });
     const report = await putBytes(e.bucket, layout.results(e.id, 'report.html'), html, 'text/html; charset=utf-8');
     const prov = await putBytes(

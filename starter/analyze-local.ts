@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Presets, SingleBar } from 'cli-progress';
 import type { GroupingRule } from '../activities/lib/db';
-import { groupFiles } from '../activities/lib/grouping';
+import { groupFiles, metadataKeysOf } from '../activities/lib/grouping';
 import { engineFor, ImageSetInputError } from '../activities/engines';
 import { builtinOptionsFromPipeline } from '../activities/engines/builtin';
 import { parseCppipe, validatePipelineForCpflow } from '../activities/pipeline/cppipe';
@@ -82,9 +82,7 @@ export async function analyzeLocal(o: AnalyzeLocalOptions): Promise<AnalyzeLocal
   bar?.stop();
 
   const summaryPath = path.join(o.outDir, 'summary.csv');
-  const metadataKeys = [...o.grouping.pattern.matchAll(/\(\?<([A-Za-z][A-Za-z0-9_]*)>/g)]
-    .map((m) => m[1] ?? '')
-    .filter((n) => n && n !== o.grouping.channelGroup);
+  const metadataKeys = metadataKeysOf(o.grouping);
   const results: ImageSetResult[] = grouped.sets.map((set) => {
     const r = outcome.get(set.key);
     return {

@@ -15,9 +15,8 @@ import {
   type NewImageSet,
 } from '../activities/lib/db';
 import { groupFiles, type GroupedSet } from '../activities/lib/grouping';
-import { ensureBucket, listObjects, parseS3Uri, putBytes, putFile, s3Uri } from '../activities/lib/s3';
+import { ensureBucket, layout, listObjects, parseS3Uri, putBytes, putFile, s3Uri } from '../activities/lib/s3';
 import { parseCppipe, pipelineSha256, validatePipelineForCpflow } from '../activities/pipeline/cppipe';
-import { layout } from '../activities/lib/s3';
 
 /**
  * `cpflow submit`: register an experiment from a local folder (uploaded, with checksums) or an S3

@@ -1,6 +1,8 @@
 import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
-import { temporalConfig, type TemporalConfig } from '../activities/lib/config';
+import { temporalConfig, webUiLink, type TemporalConfig } from '../activities/lib/config';
+
+export { webUiLink };
 import type { ExperimentRow } from '../activities/lib/db';
 import type { ExperimentWorkflow, ExperimentWorkflowInput } from '../workflows/experiment';
 import { TASK_QUEUES, workflowIdFor } from '../workflows/task-queues';
@@ -28,13 +30,6 @@ export async function connectClient(config: TemporalConfig = temporalConfig()): 
   } catch (err) {
     throw new TemporalUnreachableError(config.CPFLOW_TEMPORAL_ADDRESS, err);
   }
-}
-
-export function webUiLink(workflowId: string, config: TemporalConfig = temporalConfig()): string | undefined {
-  if (!config.CPFLOW_TEMPORAL_UI_URL) return undefined;
-  return `${config.CPFLOW_TEMPORAL_UI_URL.replace(/\/$/, '')}/namespaces/${encodeURIComponent(
-    config.CPFLOW_TEMPORAL_NAMESPACE,
-  )}/workflows/${encodeURIComponent(workflowId)}`;
 }
 
 export interface StartTuning {

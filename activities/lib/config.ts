@@ -79,3 +79,10 @@ export const s3Config = (env = process.env): S3Config => parse(s3Schema, env);
 export const workerConfig = (env = process.env): WorkerConfig => parse(workerSchema, env);
 
 export { TASK_QUEUES, workflowIdFor } from '../../workflows/task-queues';
+
+/** The Temporal Web UI page of a workflow, when the UI's address is configured. */
+export function webUiLink(workflowId: string, config: TemporalConfig = temporalConfig()): string | undefined {
+  if (!config.CPFLOW_TEMPORAL_UI_URL) return undefined;
+  const ui = config.CPFLOW_TEMPORAL_UI_URL.replace(/\/$/, '');
+  return `${ui}/namespaces/${encodeURIComponent(config.CPFLOW_TEMPORAL_NAMESPACE)}/workflows/${encodeURIComponent(workflowId)}`;
+}

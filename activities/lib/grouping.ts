@@ -45,6 +45,13 @@ export const GROUPING_PRESETS: Record<string, { rule: GroupingRule; description:
   },
 };
 
+/** A rule's metadata keys: the expression's named groups, minus the channel group. */
+export function metadataKeysOf(rule: Pick<GroupingRule, 'pattern' | 'channelGroup'>): string[] {
+  return [...rule.pattern.matchAll(/\(\?<([A-Za-z][A-Za-z0-9_]*)>/g)]
+    .map((m) => m[1] ?? '')
+    .filter((n) => n !== '' && n !== rule.channelGroup);
+}
+
 export class GroupingError extends Error {
   constructor(message: string) {
     super(message);
