@@ -1,8 +1,7 @@
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
-import { webUiLink } from './lib/config';
+import { webUiLink, workerConfig } from './lib/config';
 import { metadataKeysOf } from './lib/grouping';
 import { allImageSets, db, getExperiment, imageSetCounts, upsertExperimentResult, type Db, type ImageSetRow } from './lib/db';
 import { getBytesIfExists, getStream, layout, parseS3Uri, putBytes, putFile } from './lib/s3';
@@ -81,7 +80,7 @@ export async function reduceExperiment(input: { experimentId: number; workflowId
   const e = await getExperiment(pool, input.experimentId);
   if (!e) throw new Error(`experiment ${input.experimentId} does not exist`);
 
-  const workDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), `cpflow-reduce-${e.id}-`));
+  const workDir = await fs.promises.mkdtemp(path.join(workerConfig().CPFLOW_WORK_DIR, `cpflow-reduce-${e.id}-`));
   try {
     const summaryPath = path.join(workDir, 'summary.csv');
     let seen = 0;
