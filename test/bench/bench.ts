@@ -20,6 +20,7 @@ import {
   cpuDelta,
   cpuSnapshot,
   REPO_ROOT,
+  lockStack,
   scratchDir,
   startPool,
   startTsProcess,
@@ -64,7 +65,8 @@ const optionsSchema = z.object({
   size: z.number().int().min(64).max(2048),
   dispatchSets: z.number().int().positive(),
   noopSlots: z.number().int().positive(),
-  noopBatch: z.number().int().min(1).max(64),
+  dispatchBatch: z.number().int().min(1).max(64),
+  scaleBatch: z.number().int().min(1).max(64),
   window: z.number().int().positive().optional(),
   chunkSize: z.number().int().positive().optional(),
   cpSingles: z.number().int().positive(),
@@ -83,7 +85,13 @@ function parseArgs(argv: string[]): BenchOptions {
     .option('--size <px>', 'synthetic image width/height in (i)', int('--size'), 512)
     .option('--dispatch-sets <n>', 'image sets in the dispatch run (ii)', int('--dispatch-sets'), 2_000)
     .option('--noop-slots <n>', 'CPFLOW_ANALYZE_SLOTS of the no-op worker in (ii)–(iv)', int('--noop-slots'), 32)
-    .option('--noop-batch <n>', 'image sets per activity (engineOptions.batchSize) in (ii)–(iv)', int('--noop-batch'), 1)
+    .option('--dispatch-batch <n>', 'image sets per activity (engineOptions.batchSize) in (ii)', int('--dispatch-batch'), 1)
+    .option(
+      '--scale-batch <n>',
+      'image sets per activity in (iii)/(iv); 8 keeps the default run short (per-chunk history at batch 1 is measured in ii)',
+      int('--scale-batch'),
+      8,
+    )
     .option('--window <n>', 'image sets in flight per experiment in (ii)–(iv) (default: the workflow default)', int('--window'))
     .option('--chunk-size <n>', 'image sets per chunk child in (ii)–(iv) (default: the workflow default)', int('--chunk-size'))
     .option('--cp-singles <n>', 'image sets run one per CellProfiler invocation in (v)', int('--cp-singles'), 3)
@@ -136,14 +144,13 @@ class WorkerSet {
     for (const entry of processes) this.watch(entry);
   }
 
-  private static envFor(pool: PoolName, env: Partial<Record<PoolName, NodeJS.ProcessEnv>>): NodeJS.ProcessEnv {
-    const profiling = WorkerSet.profileDir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${path.join(WorkerSet.profileDir, pool)}` } : {};
-    return { ...profiling, ...(env[pool] ?? {}) };
+  private static nodeArgsFor(pool: PoolName): string[] {
+    return WorkerSet.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${path.join(WorkerSet.profileDir, pool)}`] : [];
   }
 
   static async start(env: Partial<Record<PoolName, NodeJS.ProcessEnv>>): Promise<WorkerSet> {
     const pools: PoolName[] = ['workflow', 'cellprofiler', 'reduce'];
-    const processes = await Promise.all(pools.map(async (pool) => ({ pool, p: await startPool(pool, WorkerSet.envFor(pool, env)) })));
+    const processes = await Promise.all(pools.map(async (pool) => ({ pool, p: await startPool(pool, env[pool] ?? {}, WorkerSet.nodeArgsFor(pool)) })));
     return new WorkerSet(processes, env);
   }
 
@@ -156,7 +163,7 @@ class WorkerSet {
       const what = `${entry.pool} worker (pid ${entry.p.pid}) exited with ${code ?? entry.p.child.signalCode} mid-run; restarted`;
       log(`  warning: ${what}. Its last output:\n${entry.p.output().slice(-1500)}`);
       this.restarts.push(what);
-      const p = await startPool(entry.pool, WorkerSet.envFor(entry.pool, this.env));
+      const p = await startPool(entry.pool, this.env[entry.pool] ?? {}, WorkerSet.nodeArgsFor(entry.pool));
       entry.p = p;
       this.watch(entry);
     });
@@ -291,9 +298,9 @@ interface NoopRunResult {
   workerRestarts: string[];
 }
 
-async function noopRun(client: Client, label: string, sets: number, o: BenchOptions): Promise<NoopRunResult> {
+async function noopRun(client: Client, label: string, sets: number, batchSize: number, o: BenchOptions): Promise<NoopRunResult> {
   log(`${label}: registering ${sets.toLocaleString('en')} image sets for the no-op engine …`);
-  const registered = await registerNoopExperiment(`${label.replace(/[^a-z0-9]+/gi, '-')}-${sets}-${stamp()}`, sets, o.noopBatch);
+  const registered = await registerNoopExperiment(`${label.replace(/[^a-z0-9]+/gi, '-')}-${sets}-${stamp()}`, sets, batchSize);
   log(`  registered in ${secs(registered.seconds)} (experiment ${registered.experimentId})`);
   const tuning: StartTuning = { window: o.window, chunkSize: o.chunkSize };
   const run = await withWorkers(
@@ -307,7 +314,7 @@ async function noopRun(client: Client, label: string, sets: number, o: BenchOpti
     sets,
     registerSeconds: registered.seconds,
     noopSlots: o.noopSlots,
-    batchSize: o.noopBatch,
+    batchSize,
     timing: t,
     setsPerSecond: sets / t.analysisSeconds,
     endToEndSetsPerSecond: sets / t.wallSeconds,
@@ -426,6 +433,8 @@ async function main(): Promise<void> {
     preparePrivateStack(shared, own);
     process.env.CPFLOW_CACHE_DIR = own;
   }
+  const unlock = lockStack(cacheDir());
+  process.once('exit', unlock);
   log(`bringing the local stack up (${cacheDir()}) …`);
   const stack = await ensureStackUp({ quiet: true });
   // The stack we just ensured is the one we measure, whatever the calling shell had set.
@@ -455,7 +464,7 @@ async function main(): Promise<void> {
       notes.push(`(i) CPU during the cpflow run (${secs(r.cpflow.wallSeconds)} wall, ${os.cpus().length} cores): ${topCpu(r.cpu, r.cpflow.wallSeconds)}`);
     }
     if (only.has('ii')) {
-      const r = await noopRun(client, 'dispatch', o.dispatchSets, o);
+      const r = await noopRun(client, 'dispatch', o.dispatchSets, o.dispatchBatch, o);
       results.dispatch = r;
       rows.push(
         {
@@ -466,6 +475,13 @@ async function main(): Promise<void> {
           met: r.setsPerSecond >= GOALS.setsPerSecond,
         },
         { section: 'ii', metric: 'no-op end to end (incl. reduce)', value: `${r.endToEndSetsPerSecond.toFixed(1)} sets/s`, goal: '', met: undefined },
+        {
+          section: 'ii',
+          metric: `max history events (${r.timing.executions} executions)`,
+          value: String(r.timing.maxHistoryLength),
+          goal: `< ${GOALS.historyEvents}`,
+          met: r.timing.maxHistoryLength < GOALS.historyEvents,
+        },
       );
       const l = r.timing.chunkLatency;
       if (l) {
@@ -477,12 +493,12 @@ async function main(): Promise<void> {
       notes.push(`(ii) CPU during the dispatch run (${secs(r.timing.wallSeconds)} wall): ${topCpu(r.cpu, r.timing.wallSeconds)}`);
     }
     if (only.has('iii') || only.has('iv')) {
-      const r = await noopRun(client, 'scale', o.scale, o);
+      const r = await noopRun(client, 'scale', o.scale, o.scaleBatch, o);
       results.scale = r;
       const t = r.timing;
       if (only.has('iii')) {
         rows.push(
-          { section: 'iii', metric: `scale run, ${r.sets.toLocaleString('en')} sets (${t.status})`, value: secs(t.wallSeconds), goal: '', met: undefined },
+          { section: 'iii', metric: `scale run, ${r.sets.toLocaleString('en')} sets, batch ${r.batchSize} (${t.status})`, value: secs(t.wallSeconds), goal: '', met: undefined },
           { section: 'iii', metric: 'analysis phase throughput', value: `${r.setsPerSecond.toFixed(1)} sets/s`, goal: `≥ ${GOALS.setsPerSecond}`, met: r.setsPerSecond >= GOALS.setsPerSecond },
           {
             section: 'iii',

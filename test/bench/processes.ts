@@ -34,8 +34,8 @@ export function readPeakRss(pid: number): number | undefined {
   }
 }
 
-export function startTsProcess(name: string, entry: string, args: string[], env: NodeJS.ProcessEnv): BenchProcess {
-  const child = spawn(process.execPath, ['--require', 'tsx/cjs', path.join(REPO_ROOT, entry), ...args], {
+export function startTsProcess(name: string, entry: string, args: string[], env: NodeJS.ProcessEnv, nodeArgs: string[] = []): BenchProcess {
+  const child = spawn(process.execPath, [...nodeArgs, '--require', 'tsx/cjs', path.join(REPO_ROOT, entry), ...args], {
     cwd: REPO_ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -95,8 +95,8 @@ export async function waitForOutput(p: BenchProcess, pattern: RegExp, timeoutMs:
 export type PoolName = 'workflow' | 'cellprofiler' | 'reduce';
 
 /** One worker pool in its own process (workers/<pool>.ts), ready once it polls. */
-export async function startPool(pool: PoolName, env: NodeJS.ProcessEnv = {}): Promise<BenchProcess> {
-  const p = startTsProcess(`${pool} worker`, `workers/${pool}.ts`, [], { CPFLOW_SHUTDOWN_GRACE_SECONDS: '5', ...env });
+export async function startPool(pool: PoolName, env: NodeJS.ProcessEnv = {}, nodeArgs: string[] = []): Promise<BenchProcess> {
+  const p = startTsProcess(`${pool} worker`, `workers/${pool}.ts`, [], { CPFLOW_SHUTDOWN_GRACE_SECONDS: '5', ...env }, nodeArgs);
   await waitForOutput(p, /cpflow workers running/, 180_000);
   return p;
 }
@@ -148,4 +148,27 @@ export function cpuDelta(before: CpuSnapshot, after: CpuSnapshot, named: Map<num
     .map(([name, cpuSeconds]) => ({ name, cpuSeconds: Math.round(cpuSeconds * 10) / 10 }))
     .filter((g) => g.cpuSeconds >= 0.5)
     .sort((x, y) => y.cpuSeconds - x.cpuSeconds);
+}
+
+/**
+ * One benchmark at a time per stack: two runs would share the namespace's task queues (each one's
+ * workers serving the other's tasks) and the start-up clean-up of one would end the other's runs.
+ * Returns a release function; a lock left by a dead process is taken over.
+ */
+export function lockStack(cacheDir: string): () => void {
+  const file = path.join(cacheDir, 'bench.lock');
+  fs.mkdirSync(cacheDir, { recursive: true });
+  for (;;) {
+    try {
+      fs.writeFileSync(file, String(process.pid), { flag: 'wx' });
+      return () => fs.rmSync(file, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const holder = Number(fs.readFileSync(file, 'utf8'));
+      if (Number.isInteger(holder) && holder > 0 && fs.existsSync(`/proc/${holder}`)) {
+        throw new Error(`another benchmark (pid ${holder}) is running on the stack in ${cacheDir}; wait for it or use the other stack (--private-stack)`);
+      }
+      fs.rmSync(file, { force: true });
+    }
+  }
 }
