@@ -11,9 +11,8 @@
  *
  * Importing this file runs nothing; the programmatic API is re-exported from ./services.
  */
-import fs from 'node:fs';
-import path from 'node:path';
 import { Command } from 'commander';
+import { installCellProfiler } from './cellprofiler';
 import {
   ensureStackUp,
   isServiceName,
@@ -42,23 +41,14 @@ function parseServiceName(value: string): ServiceName {
   return value;
 }
 
-type CellProfilerInstaller = (cacheDirectory: string) => Promise<unknown>;
 
 /**
  * Hands over to deploy/local/cellprofiler.ts, which another part of the project owns. It is loaded
  * by path at run time so this file compiles and runs whether or not that module exists yet.
  */
-async function installCellProfilerIfAvailable(): Promise<void> {
-  const modulePath = path.join(__dirname, 'cellprofiler');
-  if (!['.ts', '.js'].some((extension) => fs.existsSync(modulePath + extension))) {
-    throw new StackError('CellProfiler installation is not available yet (deploy/local/cellprofiler.ts is missing)');
-  }
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const loaded: unknown = require(modulePath);
-  const installer =
-    typeof loaded === 'object' && loaded !== null && 'installCellProfiler' in loaded ? (loaded as { installCellProfiler: unknown }).installCellProfiler : undefined;
-  if (typeof installer !== 'function') throw new StackError(`${modulePath} does not export installCellProfiler(cacheDir)`);
-  await (installer as CellProfilerInstaller)(cacheDir());
+async function installCellProfilerCommand(): Promise<void> {
+  const installed = await installCellProfiler(cacheDir(), (line) => process.stderr.write(`[cellprofiler] ${line}\n`));
+  process.stderr.write(`[cellprofiler] ${installed.version} at ${installed.executable} (${installed.seconds.toFixed(1)} s)\n`);
 }
 
 function buildProgram(): Command {
@@ -113,7 +103,7 @@ function buildProgram(): Command {
   program
     .command('install-cellprofiler')
     .description('install CellProfiler into <cache>/cellprofiler-venv')
-    .action(installCellProfilerIfAvailable);
+    .action(installCellProfilerCommand);
 
   return program;
 }
