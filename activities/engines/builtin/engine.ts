@@ -12,7 +12,7 @@ import {
   type EngineSetResult,
 } from '../types';
 import { decodeGrayscale, type GrayscaleImage } from './decode';
-import { measureObjects, type MeasurementRow } from './measure';
+import { measureObjects } from './measure';
 import { builtinOptionsFromPipeline } from './pipeline-options';
 import { DEFAULT_SEGMENTATION_OPTIONS, segmentNuclei, type ThresholdMethod } from './segment';
 
