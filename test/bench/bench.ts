@@ -451,8 +451,36 @@ async function main(): Promise<void> {
   const results: Record<string, unknown> = {};
   const rows: Row[] = [];
   const notes: string[] = [];
+  const file = path.join(o.out, `results-${stamp()}.json`);
+  const loadSummary = (): { mean: number | undefined; max: number | undefined } => ({
+    mean: loads.length ? Math.round((10 * loads.reduce((a, b) => a + b, 0)) / loads.length) / 10 : undefined,
+    max: loads.length ? Math.max(...loads) : undefined,
+  });
+  // Written after every section, so a long run that is interrupted still leaves what it measured.
+  const save = (state: 'running' | 'complete' | 'failed', error?: string): void => {
+    const report = {
+      kind: 'cpflow.bench/v1',
+      state,
+      error,
+      startedAt: new Date(started).toISOString(),
+      seconds: (Date.now() - started) / 1000,
+      gitCommit: gitCommit(),
+      host: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryBytes: os.totalmem(), node: process.version, loadAverage1m: loadSummary() },
+      options: o,
+      goals: GOALS,
+      rows,
+      notes,
+      results,
+    };
+    fs.writeFileSync(file, JSON.stringify(report, null, 2));
+  };
+  const section = async (name: Section, work: () => Promise<void>): Promise<void> => {
+    await work();
+    save('running');
+    log(`  section ${name} done; results so far in ${file}`);
+  };
   try {
-    if (only.has('i')) {
+    if (only.has('i')) await section('i', async () => {
       const r = await overhead(client, o);
       results.overhead = r;
       rows.push(
@@ -462,8 +490,8 @@ async function main(): Promise<void> {
         ...rssRows('i', r.pools),
       );
       notes.push(`(i) CPU during the cpflow run (${secs(r.cpflow.wallSeconds)} wall, ${os.cpus().length} cores): ${topCpu(r.cpu, r.cpflow.wallSeconds)}`);
-    }
-    if (only.has('ii')) {
+    });
+    if (only.has('ii')) await section('ii', async () => {
       const r = await noopRun(client, 'dispatch', o.dispatchSets, o.dispatchBatch, o);
       results.dispatch = r;
       rows.push(
@@ -491,8 +519,8 @@ async function main(): Promise<void> {
         );
       }
       notes.push(`(ii) CPU during the dispatch run (${secs(r.timing.wallSeconds)} wall): ${topCpu(r.cpu, r.timing.wallSeconds)}`);
-    }
-    if (only.has('iii') || only.has('iv')) {
+    });
+    if (only.has('iii') || only.has('iv')) await section(only.has('iii') ? 'iii' : 'iv', async () => {
       const r = await noopRun(client, 'scale', o.scale, o.scaleBatch, o);
       results.scale = r;
       const t = r.timing;
@@ -518,8 +546,8 @@ async function main(): Promise<void> {
           ...rssRows('iv', r.pools.filter((p) => p.pool === 'reduce')),
         );
       }
-    }
-    if (only.has('v')) {
+    });
+    if (only.has('v')) await section('v', async () => {
       const r = await cellProfilerBatching(o);
       results.cellprofiler = r;
       if (r.skipped) rows.push({ section: 'v', metric: 'CellProfiler batching', value: r.skipped, goal: '', met: undefined });
@@ -529,31 +557,18 @@ async function main(): Promise<void> {
           { section: 'v', metric: `CellProfiler, B=8 (one invocation)`, value: `${r.batch8?.perSet.toFixed(1)} s/set`, goal: '', met: undefined },
         );
       }
-    }
+    });
+  } catch (err) {
+    save('failed', err instanceof Error ? err.message : String(err));
+    throw err;
   } finally {
     await client.connection.close();
     await closeDb();
   }
 
   clearInterval(loadSampler);
-  const load = {
-    mean: loads.length ? Math.round((10 * loads.reduce((a, b) => a + b, 0)) / loads.length) / 10 : undefined,
-    max: loads.length ? Math.max(...loads) : undefined,
-  };
-  const file = path.join(o.out, `results-${stamp()}.json`);
-  const report = {
-    kind: 'cpflow.bench/v1',
-    startedAt: new Date(started).toISOString(),
-    seconds: (Date.now() - started) / 1000,
-    gitCommit: gitCommit(),
-    host: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryBytes: os.totalmem(), node: process.version, loadAverage1m: load },
-    options: o,
-    goals: GOALS,
-    rows,
-    notes,
-    results,
-  };
-  fs.writeFileSync(file, JSON.stringify(report, null, 2));
+  const load = loadSummary();
+  save('complete');
   console.log(
     `\ncpflow bench — ${new Date(started).toISOString()}, ${os.cpus().length} cores, load average (1 min) mean ${load.mean ?? '?'} / max ${load.max?.toFixed(1) ?? '?'}, ` +
       `commit ${gitCommit() ?? '?'}${o.privateStack ? ', private stack' : ''}`,
