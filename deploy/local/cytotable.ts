@@ -1,0 +1,278 @@
+/**
+ * Installs CytoTable into `<cacheDir>/cytotable-venv`, pinned, so tests (and users) can check that
+ * cpflow's per-image-set folders convert with CytoTable's `cellprofiler_csv` preset.
+ *
+ * How (worked out by installing `cytotable==1.2.6` into a scratch venv on Python 3.11.7, 2026-11):
+ * - A plain `pip install cytotable==1.2.6` resolves duckdb 2.0.0, whose Python API no longer has
+ *   `DuckDBPyConnection.fetch_arrow_table`, which CytoTable 1.2.6 calls on every conversion
+ *   ("'DuckDBPyConnection' object has no attribute 'fetch_arrow_table'"). duckdb is therefore
+ *   pinned to 1.5.6, the newest 1.x release; everything else is what pip resolved.
+ * - RUNTIME_PINS is the complete `pip freeze` of that working venv, so pip resolves nothing on its
+ *   own and every install is the same. numpy 2.4 needs Python ≥ 3.11.
+ * Verification: `import cytotable` reports CYTOTABLE_VERSION, `pip check` is clean, and DuckDB
+ * still offers the Arrow call CytoTable uses.
+ *
+ * Running CytoTable here needs two local-only settings (network is limited to package registries);
+ * test/support/cytotable_convert.py applies them: Parsl's ThreadPoolExecutor, and DuckDB connections
+ * that do not download the sqlite_scanner/httpfs extensions.
+ *
+ * A marker file written last (`cpflow-cytotable.json`, holding a hash of the pins) says the venv is
+ * complete; a venv without a matching marker is rebuilt.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import execa from 'execa';
+import { z } from 'zod';
+import { cacheDir as defaultCacheDir } from './state';
+
+export const CYTOTABLE_VERSION = '1.2.6';
+
+/** Every package of the verified venv except cytotable itself. Changing a pin rebuilds the venv. */
+export const CYTOTABLE_RUNTIME_PINS: readonly string[] = [
+  'anndata==0.12.19',
+  'array-api-compat==1.16.0',
+  'azure-core==1.41.0',
+  'azure-storage-blob==12.31.1',
+  'azure-storage-file-datalake==12.26.1',
+  'boto3==1.44.5',
+  'botocore==1.44.5',
+  'certifi==2026.10.18',
+  'cffi==2.1.1',
+  'charset-normalizer==3.5.2',
+  'cloudpathlib==0.24.0',
+  'cryptography==50.0.2',
+  'dill==0.4.1',
+  'donfig==0.8.1.post1',
+  'duckdb==1.5.6',
+  'filelock==4.2.11',
+  'google-api-core==2.44.0',
+  'google-auth==2.62.2',
+  'google-cloud-core==2.8.0',
+  'google-cloud-storage==3.17.1',
+  'google-crc32c==1.9.0',
+  'google-resumable-media==2.11.0',
+  'googleapis-common-protos==1.76.0',
+  'h5py==3.16.0',
+  'idna==3.20',
+  'isodate==0.7.2',
+  'jmespath==1.1.0',
+  'legacy-api-wrap==1.5',
+  'natsort==8.4.0',
+  'numcodecs==0.16.6',
+  'numpy==2.4.6',
+  'opentelemetry-api==1.45.2',
+  'packaging==26.3',
+  'pandas==2.3.3',
+  'parsl==2026.10.26',
+  'proto-plus==1.29.0',
+  'protobuf==7.36.2',
+  'psutil==7.2.2',
+  'pyarrow==26.0.1',
+  'pyasn1==0.6.5',
+  'pyasn1-modules==0.4.2',
+  'pycparser==3.12',
+  'python-dateutil==2.9.0.post0',
+  'pytz==2026.6',
+  'PyYAML==6.0.3',
+  'pyzmq==27.3.0',
+  'requests==2.34.2',
+  's3transfer==0.19.3',
+  'scipy==1.17.1',
+  'scverse-misc==0.0.3',
+  'session-info2==0.4.1',
+  'setproctitle==1.3.8',
+  'six==1.17.0',
+  'sortedcontainers==2.4.0',
+  'tblib==3.2.2',
+  'typeguard==4.6.0',
+  'typing-extensions==4.16.0',
+  'tzdata==2026.6',
+  'urllib3==2.8.0',
+  'zarr==3.1.6',
+];
+
+const MARKER_FILE = 'cpflow-cytotable.json';
+const markerSchema = z.object({
+  version: z.string(),
+  pinsSha256: z.string(),
+  python: z.string(),
+  installedAt: z.string(),
+});
+type Marker = z.infer<typeof markerSchema>;
+
+export interface CytoTableInstall {
+  /** The venv's python, which can `import cytotable, duckdb, pyarrow`. */
+  python: string;
+  /** `cytotable.__version__` as installed. */
+  version: string;
+  /** Wall time of this call (near zero when the venv was reused). */
+  seconds: number;
+}
+
+export function cytoTableVenv(cacheDir: string): string {
+  return path.join(cacheDir, 'cytotable-venv');
+}
+
+function pythonIn(venv: string): string {
+  return path.join(venv, 'bin', 'python');
+}
+
+function pinsSha256(): string {
+  return createHash('sha256')
+    .update([`cytotable==${CYTOTABLE_VERSION}`, ...CYTOTABLE_RUNTIME_PINS].join('\n'))
+    .digest('hex');
+}
+
+function readMarker(venv: string): Marker | undefined {
+  try {
+    const parsed = markerSchema.safeParse(JSON.parse(fs.readFileSync(path.join(venv, MARKER_FILE), 'utf8')));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The venv's python if the venv is complete and built from the current pins, else undefined. */
+export function cytoTablePython(cacheDir: string): string | undefined {
+  const venv = cytoTableVenv(cacheDir);
+  const marker = readMarker(venv);
+  if (!marker || marker.pinsSha256 !== pinsSha256() || !fs.existsSync(pythonIn(venv))) return undefined;
+  return pythonIn(venv);
+}
+
+/** Installs (or reuses) the pinned CytoTable venv. Safe to call from several processes at once. */
+export async function installCytoTable(
+  cacheDir: string,
+  log: (line: string) => void = () => undefined,
+): Promise<CytoTableInstall> {
+  const started = Date.now();
+  const elapsed = () => (Date.now() - started) / 1000;
+  await fs.promises.mkdir(cacheDir, { recursive: true });
+  const venv = cytoTableVenv(cacheDir);
+
+  const ready = cytoTablePython(cacheDir);
+  if (ready) {
+    const version = await importedVersion(ready);
+    log(`CytoTable ${version} already installed in ${venv}`);
+    return { python: ready, version, seconds: elapsed() };
+  }
+
+  const release = await acquireLock(`${venv}.lock`, log);
+  try {
+    // Another process may have finished the install while we waited.
+    const installedMeanwhile = cytoTablePython(cacheDir);
+    if (installedMeanwhile) {
+      return { python: installedMeanwhile, version: await importedVersion(installedMeanwhile), seconds: elapsed() };
+    }
+
+    const basePython = process.env.CPFLOW_PYTHON?.trim() || 'python3';
+    const pythonVersion = await checkPython(basePython);
+    log(`installing CytoTable ${CYTOTABLE_VERSION} with ${basePython} (Python ${pythonVersion}) into ${venv}`);
+    await fs.promises.rm(venv, { recursive: true, force: true });
+    await run(basePython, ['-m', 'venv', venv], log);
+    const python = pythonIn(venv);
+    const pipFlags = ['--disable-pip-version-check', '--no-input', '--progress-bar', 'off'];
+    await run(python, ['-m', 'pip', 'install', ...pipFlags, `cytotable==${CYTOTABLE_VERSION}`, ...CYTOTABLE_RUNTIME_PINS], log);
+    await run(python, ['-m', 'pip', 'check', '--disable-pip-version-check'], log);
+
+    const version = await importedVersion(python);
+    if (version !== CYTOTABLE_VERSION) {
+      throw new Error(`installed CytoTable reports version ${version}, expected ${CYTOTABLE_VERSION}`);
+    }
+    // The call whose removal in duckdb 2 breaks CytoTable 1.2.6 (see the header).
+    await run(python, ['-c', "import duckdb; duckdb.connect().execute('SELECT 1').fetch_arrow_table()"], log);
+
+    const marker: Marker = { version, pinsSha256: pinsSha256(), python: pythonVersion, installedAt: new Date().toISOString() };
+    await fs.promises.writeFile(path.join(venv, MARKER_FILE), `${JSON.stringify(marker, null, 2)}\n`);
+    log(`CytoTable ${version} installed and verified in ${elapsed().toFixed(0)} s`);
+    return { python, version, seconds: elapsed() };
+  } finally {
+    await release();
+  }
+}
+
+async function importedVersion(python: string): Promise<string> {
+  const result = await execa(python, ['-c', 'import cytotable; print(cytotable.__version__)'], { reject: false });
+  const version = result.stdout.trim();
+  if (result.exitCode !== 0 || version === '') {
+    throw new Error(`\`import cytotable\` failed (exit ${result.exitCode}): ${result.stderr.split('\n').slice(-10).join('\n')}`);
+  }
+  return version;
+}
+
+async function checkPython(python: string): Promise<string> {
+  const result = await execa(python, ['-c', 'import sys; print("%d.%d.%d" % sys.version_info[:3])'], { reject: false });
+  if (result.exitCode !== 0) throw new Error(`cannot run ${python} (set CPFLOW_PYTHON to a Python 3.11 interpreter)`);
+  const version = result.stdout.trim();
+  const [major, minor] = version.split('.').map(Number);
+  // numpy 2.4 (pinned) needs ≥ 3.11; CytoTable 1.2.6 declares < 3.15. Verified on 3.11 only.
+  if (major !== 3 || minor < 11 || minor > 14) {
+    throw new Error(`${python} is Python ${version}; the pinned CytoTable venv needs Python 3.11–3.14 (set CPFLOW_PYTHON)`);
+  }
+  return version;
+}
+
+async function run(file: string, args: string[], log: (line: string) => void): Promise<void> {
+  const child = execa(file, args, { all: true, reject: false, stdin: 'ignore' });
+  const lastLines: string[] = [];
+  child.all?.setEncoding('utf8');
+  let partial = '';
+  child.all?.on('data', (chunk: string) => {
+    const lines = (partial + chunk).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      if (line.trim() === '') continue;
+      lastLines.push(line);
+      if (lastLines.length > 30) lastLines.shift();
+      log(line);
+    }
+  });
+  const result = await child;
+  if (result.exitCode !== 0) {
+    throw new Error(`\`${path.basename(file)} ${args.slice(0, 4).join(' ')} …\` failed (exit ${result.exitCode}):\n${lastLines.join('\n')}`);
+  }
+}
+
+/** A directory as a cross-process lock; a lock whose holder died is taken over. */
+async function acquireLock(lockDir: string, log: (line: string) => void): Promise<() => Promise<void>> {
+  const deadline = Date.now() + 30 * 60 * 1000;
+  for (;;) {
+    try {
+      await fs.promises.mkdir(lockDir);
+      await fs.promises.writeFile(path.join(lockDir, 'pid'), String(process.pid));
+      return () => fs.promises.rm(lockDir, { recursive: true, force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const holder = Number(await fs.promises.readFile(path.join(lockDir, 'pid'), 'utf8').catch(() => 'NaN'));
+    if (Number.isInteger(holder) && !isAlive(holder)) {
+      log(`removing stale install lock of process ${holder}`);
+      await fs.promises.rm(lockDir, { recursive: true, force: true });
+      continue;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for another CytoTable install (lock ${lockDir})`);
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+// `npx tsx deploy/local/cytotable.ts [cacheDir]` installs (or reuses) the venv in cacheDir (default:
+// the stack's cache, CPFLOW_CACHE_DIR) and prints the result as JSON on stdout; progress on stderr.
+if (require.main === module) {
+  installCytoTable(process.argv[2] ?? defaultCacheDir(), (line) => process.stderr.write(`${line}\n`)).then(
+    (installed) => process.stdout.write(`${JSON.stringify(installed)}\n`),
+    (err: unknown) => {
+      process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}
