@@ -32,17 +32,14 @@ export function summarise(file: string, top = 15): Array<{ where: string; ms: nu
   const p = profileSchema.parse(JSON.parse(fs.readFileSync(file, 'utf8')));
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   const totals = new Map<string, number>();
-  let all = 0;
   p.samples.forEach((id, i) => {
     const n = byId.get(id);
     const dt = (p.timeDeltas[i] ?? 0) / 1000;
-    all += dt;
     if (!n || n.callFrame.functionName === '(idle)') return;
     const where = bucketOf(n.callFrame.url, n.callFrame.functionName);
     totals.set(where, (totals.get(where) ?? 0) + dt);
   });
   const busy = [...totals.values()].reduce((a, b) => a + b, 0);
-  void all;
   return [...totals.entries()]
     .map(([where, ms]) => ({ where, ms: Math.round(ms), share: Math.round((1000 * ms) / busy) / 10 }))
     .sort((a, b) => b.ms - a.ms)
