@@ -172,7 +172,7 @@ async function runBatch(
         files.push({ channel: f.channel, path: local });
       }
       inputsBySet.set(set.id, inputs);
-      engineSets.push({ key: set.key, metadata: set.metadata, files });
+      engineSets.push({ key: set.key, metadata: set.metadata, files, imageNumber: set.id });
     }
 
     let pipelinePath: string | undefined;

@@ -495,7 +495,10 @@ async function assignImageRows(
     const [setIndex] = owners;
     if (setIndex >= sets.length) throw new Error(`CellProfiler image set ${imageNumber} points at an unknown input folder`);
     rowsPerSet[setIndex] += 1;
-    assignments.set(imageNumber, { setIndex, localNumber: rowsPerSet[setIndex] });
+    // cpflow's number for the set when given (one field of view makes one CellProfiler image set;
+    // should a set ever yield several rows, they follow it), else 1, 2, … within the set's folder.
+    const wanted = sets[setIndex].imageNumber;
+    assignments.set(imageNumber, { setIndex, localNumber: wanted === undefined ? rowsPerSet[setIndex] : wanted + rowsPerSet[setIndex] - 1 });
 
     // Output files named by this row (FileName_X + PathName_X, ObjectsFileName_X + ObjectsPathName_X).
     for (const [column, fileName] of row) {

@@ -17,6 +17,12 @@ export interface EngineImageSet {
   /** Metadata parsed from file names (Plate, Well, Site, …). */
   metadata: Record<string, string>;
   files: EngineChannelFile[];
+  /**
+   * ImageNumber to write in this set's tables. cpflow passes the image set's id, unique within the
+   * experiment, so per-set folders concatenate without collisions (CytoTable and pycytominer join
+   * on ImageNumber). Default: the set's 1-based position in the run, as CellProfiler numbers it.
+   */
+  imageNumber?: number;
 }
 
 export interface EngineRunInput {

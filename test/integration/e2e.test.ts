@@ -80,6 +80,12 @@ describe('a synthetic plate end to end', () => {
       (await getBytes(e.bucket, `${layout.setPrefix(experimentId, truth.sets[0]!.key)}provenance.json`)).toString('utf8'),
     ) as { engine: { name: string }; inputs: Array<{ sha256: string; checksum: string }> };
     expect(provenance.engine.name).toBe('builtin');
+    // ImageNumber is the image set's id, unique in the experiment: per-set folders concatenate safely.
+    const ids = await (await db()).query<Array<{ id: number; set_key: string }>>('SELECT id, set_key FROM image_set WHERE experiment_id = ?', [experimentId]);
+    for (const { id, set_key } of ids.slice(0, 3)) {
+      const rows = await readCsvFromS3(`s3://${e.bucket}/${layout.setPrefix(experimentId, set_key)}Nuclei.csv`);
+      expect(new Set(rows.map((r) => Number(r.ImageNumber)))).toEqual(new Set([id]));
+    }
     for (const input of provenance.inputs) expect(input.checksum).toBe(`sha256:${input.sha256}`);
   });
 

@@ -57,7 +57,7 @@ export function createBuiltinEngine(options: BuiltinEngineOptions = {}): Engine 
       const sets: EngineSetResult[] = [];
       for (const [index, imageSet] of input.imageSets.entries()) {
         checkpoint();
-        sets.push(await runSet(imageSet, index + 1, settings, identity, input, checkpoint));
+        sets.push(await runSet(imageSet, imageSet.imageNumber ?? index + 1, settings, identity, input, checkpoint));
       }
       return { engine: identity, sets };
     },
