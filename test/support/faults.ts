@@ -190,13 +190,18 @@ export async function submitDrill(project: string, name: string, plate: DrillPla
   return e;
 }
 
-/** Done markers (provenance.json) under the experiment's set prefix: progress as S3 sees it. */
-export async function provenanceCount(bucket: string, experimentId: number): Promise<number> {
-  let n = 0;
+/** Done markers (provenance.json) under the experiment's set prefix, key → ETag (a rewrite changes it). */
+export async function provenanceMarkers(bucket: string, experimentId: number): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
   for await (const o of listObjects(bucket, `${layout.experimentRoot(experimentId)}sets/`)) {
-    if (o.key.endsWith('/provenance.json')) n++;
+    if (o.key.endsWith('/provenance.json')) out.set(o.key, o.etag);
   }
-  return n;
+  return out;
+}
+
+/** How many sets are done as S3 sees it (true also while MariaDB is down). */
+export async function provenanceCount(bucket: string, experimentId: number): Promise<number> {
+  return (await provenanceMarkers(bucket, experimentId)).size;
 }
 
 export async function doneCount(experimentId: number): Promise<number> {
