@@ -1,6 +1,5 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import { ensureStackUp } from '../deploy/local/services';
 
 /**
@@ -15,13 +14,23 @@ async function main(): Promise<number> {
   if (process.env.CPFLOW_SKIP_CELLPROFILER !== '1') {
     try {
       const { installCellProfiler } = await import('../deploy/local/cellprofiler');
-      const cacheDir = process.env.CPFLOW_CACHE_DIR ?? path.join(require('node:os').homedir(), '.cache', 'cpflow');
-      const installed = await installCellProfiler(cacheDir, (line: string) => console.log(line));
+      const { cacheDir } = await import('../deploy/local/state');
+      const installed = await installCellProfiler(cacheDir(), (line: string) => console.log(line));
       extra.CPFLOW_CELLPROFILER = installed.executable;
     } catch (err) {
       // The CellProfiler tests report themselves skipped with this reason; everything else still runs.
       extra.CPFLOW_CELLPROFILER_UNAVAILABLE = err instanceof Error ? err.message.split('\n')[0] ?? 'unknown' : String(err);
       console.warn(`CellProfiler could not be installed: ${extra.CPFLOW_CELLPROFILER_UNAVAILABLE}`);
+    }
+  }
+  if (process.env.CPFLOW_SKIP_CYTOTABLE !== '1') {
+    try {
+      const { installCytoTable } = await import('../deploy/local/cytotable');
+      const { cacheDir } = await import('../deploy/local/state');
+      await installCytoTable(cacheDir(), (line: string) => console.log(line));
+    } catch (err) {
+      extra.CPFLOW_CYTOTABLE_UNAVAILABLE = err instanceof Error ? err.message.split('\n')[0] ?? 'unknown' : String(err);
+      console.warn(`CytoTable could not be installed: ${extra.CPFLOW_CYTOTABLE_UNAVAILABLE}`);
     }
   }
   ensureChromium();

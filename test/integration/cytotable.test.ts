@@ -7,12 +7,15 @@
  * out sets. cpflow's engine downloads every set into its own work directory, so the Image.csv of two
  * sets differ in PathName_* / URL_* even for the same images; the copies here do the same.
  *
- * What was found (and is pinned by the tests below):
+ * What was found (and is pinned by the tests below), and what cpflow does about it:
  * - One set folder converts with the stock preset: one row per cytoplasm object.
  * - Several set folders do NOT convert correctly with the stock preset: every CellProfiler run
  *   numbers its image 1, CytoTable tags each folder with a TableNumber (CRC32 of its Image.csv) but
  *   the preset joins on ImageNumber alone, so rows multiply across sets. Joining on
  *   (TableNumber, ImageNumber) — `--join-by-set` of test/support/cytotable_convert.py — fixes it.
+ * - cpflow therefore writes each set's id as its ImageNumber (unique within an experiment), so its own
+ *   per-set folders convert across sets with the stock preset; the last test checks that on real
+ *   CellProfiler output.
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -23,11 +26,11 @@ import execa from 'execa';
 import { z } from 'zod';
 import { cytoTablePython, installCytoTable, CYTOTABLE_VERSION } from '../../deploy/local/cytotable';
 import { cacheDir } from '../../deploy/local/state';
-import { closeDb, db } from '../../activities/lib/db';
-import { downloadToFile, layout, listObjects } from '../../activities/lib/s3';
+import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const REFERENCE = '/work/shared/data/examplehuman/reference-output';
+const EXAMPLEHUMAN = path.resolve(REPO_ROOT, '..', 'shared', 'data', 'examplehuman');
+const REFERENCE = path.join(EXAMPLEHUMAN, 'reference-output');
 const CONVERT_SCRIPT = path.join(REPO_ROOT, 'test', 'support', 'cytotable_convert.py');
 const SET_KEYS = ['SET-A', 'SET-B'] as const;
 
@@ -54,8 +57,8 @@ const skipReason = skipReasonAtLoad();
 if (skipReason) console.warn(`SKIPPED cytotable integration tests: ${skipReason}`);
 const maybe = skipReason ? it.skip : it;
 
-const haveStack = Boolean(process.env.CPFLOW_DB_PORT && process.env.CPFLOW_S3_ENDPOINT);
-const realOutputSkip = skipReason ?? (haveStack ? undefined : 'no local stack in the environment (run through `npm test`)');
+const cellProfiler = process.env.CPFLOW_CELLPROFILER;
+const realOutputSkip = skipReason ?? (cellProfiler ? undefined : `CellProfiler is not installed (${process.env.CPFLOW_CELLPROFILER_UNAVAILABLE ?? 'CPFLOW_CELLPROFILER unset'})`);
 if (!skipReason && realOutputSkip) console.warn(`SKIPPED cytotable check of cpflow's own output: ${realOutputSkip}`);
 const maybeReal = realOutputSkip ? it.skip : it;
 
@@ -70,6 +73,7 @@ const inspectionSchema = z.object({
   distinctObjects: z.number().int().nullable(),
   nucleiAreaMismatches: z.number().int().nullable(),
   cellsAreaMismatches: z.number().int().nullable(),
+  distinctImageObjects: z.number().int(),
 });
 type Inspection = z.infer<typeof inspectionSchema>;
 
@@ -87,6 +91,8 @@ con.execute(f"CREATE VIEW p AS SELECT * FROM read_parquet({lit(parquet)})")
 columns = [row[0] for row in con.execute("DESCRIBE p").fetchall()]
 out = {"rows": con.execute("SELECT count(*) FROM p").fetchone()[0], "columns": columns,
        "rowsPerTableNumber": None, "distinctObjects": None, "nucleiAreaMismatches": None, "cellsAreaMismatches": None}
+out["distinctImageObjects"] = con.execute(
+    "SELECT count(DISTINCT (Metadata_ImageNumber, Metadata_ObjectNumber)) FROM p").fetchone()[0]
 if "Metadata_TableNumber" in columns:
     out["rowsPerTableNumber"] = {str(k): v for k, v in con.execute(
         "SELECT Metadata_TableNumber, count(*) FROM p GROUP BY 1").fetchall()}
@@ -115,7 +121,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (work) fs.rmSync(work, { recursive: true, force: true });
-  if (haveStack) await closeDb();
 });
 
 /**
@@ -200,36 +205,36 @@ describe('CytoTable cellprofiler_csv preset on cpflow per-set folders', () => {
     expect(result.rows).toBe(cellsPerSet() * SET_KEYS.length ** 4);
   }, 300_000);
 
-  maybeReal("cpflow's own CellProfiler output in the local stack converts too (if an experiment is there)", async () => {
-    const pool = await db();
-    const found = z
-      .array(z.object({ id: z.union([z.number(), z.bigint()]).transform(Number), bucket: z.string() }))
-      .parse(
-        await pool.query(
-          `SELECT e.id, p.bucket FROM experiment e JOIN project p ON p.id = e.project_id
-           WHERE e.engine = 'cellprofiler' AND e.status = 'done' ORDER BY e.id DESC LIMIT 1`,
-        ),
-      );
-    const experiment = found[0];
-    if (!experiment) {
-      // Cheap extra only: CI creates such an experiment in examplehuman.test.ts, maybe after this file.
-      console.warn('SKIPPED cytotable check of cpflow output: no done CellProfiler experiment in this stack yet');
-      return;
-    }
-    const setsPrefix = `${layout.experimentRoot(experiment.id)}sets/`;
+  maybeReal("cpflow's own CellProfiler output, numbered by image set id, converts across sets with the stock preset", async () => {
+    // What analyzeImageSets does: each set's tables carry the set's id as ImageNumber.
+    const engine = createCellProfilerEngine({ executable: cellProfiler! });
+    const outDir = path.join(work, 'real-out');
+    const tmpDir = path.join(work, 'real-tmp');
+    fs.mkdirSync(outDir, { recursive: true });
+    fs.mkdirSync(tmpDir, { recursive: true });
+    const files = (['DNA', 'PH3', 'cellbody'] as const).map((channel, i) => ({ channel, path: path.join(EXAMPLEHUMAN, 'images', `AS_09125_050116030001_D03f00d${i}.tif`) }));
+    const run = await engine.run({
+      imageSets: [
+        { key: 'SET-A', metadata: {}, files, imageNumber: 101 },
+        { key: 'SET-B', metadata: {}, files, imageNumber: 102 },
+      ],
+      pipelinePath: path.join(EXAMPLEHUMAN, 'ExampleHuman.cppipe'),
+      outDir,
+      tmpDir,
+    });
+    expect(run.sets.map((x) => x.key)).toEqual(['SET-A', 'SET-B']);
     const root = path.join(work, 'real', 'sets');
     let cells = 0;
-    for await (const object of listObjects(experiment.bucket, setsPrefix)) {
-      if (!object.key.endsWith('.csv')) continue;
-      const local = path.join(root, object.key.slice(setsPrefix.length));
-      fs.mkdirSync(path.dirname(local), { recursive: true });
-      await downloadToFile(experiment.bucket, object.key, local);
-      if (path.basename(local) === 'Cells.csv') cells += readCsv(local).length;
+    for (const key of ['SET-A', 'SET-B']) {
+      fs.mkdirSync(path.join(root, key), { recursive: true });
+      for (const f of fs.readdirSync(path.join(outDir, key)).filter((n) => n.endsWith('.csv'))) {
+        fs.copyFileSync(path.join(outDir, key, f), path.join(root, key, f));
+      }
+      cells += readCsv(path.join(root, key, 'Cells.csv')).length;
     }
-    expect(cells).toBeGreaterThan(0);
-    const result = await inspect(await convert(root, `experiment-${experiment.id}`, ['--join-by-set']));
+    const result = await inspect(await convert(root, 'cpflow-numbered'));
     expect(result.rows).toBe(cells);
-    expect(result.distinctObjects).toBe(cells);
+    expect(result.distinctImageObjects).toBe(cells);
     expect(result.columns).toEqual(expect.arrayContaining(['Metadata_ImageNumber', 'Nuclei_AreaShape_Area', 'Image_FileName_DNA']));
-  }, 300_000);
+  }, 600_000);
 });
