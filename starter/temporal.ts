@@ -80,11 +80,11 @@ export async function startExperimentWorkflow(
   return { workflowId, runId: handle.firstExecutionRunId };
 }
 
-/** The workflow's execution status, or `undefined` when no execution with that id exists. */
-export async function workflowStatus(client: Client, workflowId: string): Promise<string | undefined> {
+/** The latest execution's status and close time, or `undefined` when no execution with that id exists. */
+export async function workflowStatus(client: Client, workflowId: string): Promise<{ status: string; closeTime?: Date } | undefined> {
   try {
     const d = await client.workflow.getHandle(workflowId).describe();
-    return d.status.name;
+    return { status: d.status.name, closeTime: d.closeTime };
   } catch (err) {
     if (err instanceof WorkflowNotFoundError) return undefined;
     throw err;

@@ -21,6 +21,9 @@ import { startExperimentWorkflow, workflowStatus, type StartTuning } from './tem
  * open experiments' workflows about image sets that other systems inserted.
  */
 
+/** How long a fresh claim is left to the watcher that made it before another one steps in. */
+const CLAIM_GRACE_MS = 30_000;
+
 export interface WatchEvent {
   kind: 'started' | 'restarted' | 'signalled-added' | 'signalled-sealed' | 'marked-failed' | 'start-failed';
   experimentId: number;
@@ -67,8 +70,13 @@ export class Watcher {
   private async reconcile(pool: Db, emit: (e: WatchEvent) => void): Promise<void> {
     for (const active of await activeExperiments(pool)) {
       const workflowId = active.workflow_id ?? workflowIdFor(active.id);
-      const status = await workflowStatus(this.client, workflowId);
-      if (status === undefined) {
+      const execution = await workflowStatus(this.client, workflowId);
+      // A run that closed before the latest claim belongs to an earlier attempt (e.g. before `cpflow
+      // retry`): the claiming watcher is about to start the new run, or died before it could.
+      const previousRun =
+        execution?.closeTime !== undefined && active.claimed_at !== null && execution.closeTime.getTime() < active.claimed_at.getTime();
+      if (execution === undefined || previousRun) {
+        if (previousRun && active.claimed_at && Date.now() - active.claimed_at.getTime() < CLAIM_GRACE_MS) continue;
         // Claimed by a watcher that died before starting the workflow: start it now.
         const e = await getExperiment(pool, active.id);
         if (!e) continue;
@@ -76,6 +84,7 @@ export class Watcher {
         emit({ kind: 'restarted', experimentId: active.id, detail: workflowId });
         continue;
       }
+      const status = execution.status;
       if (status === 'RUNNING' || status === 'CONTINUED_AS_NEW') {
         await this.signalChanges(pool, active.id, active.sealed, workflowId, emit);
         continue;

@@ -32,7 +32,8 @@ export function analyzeOptions(timeoutMinutes: number): ActivityOptions {
     retry: {
       initialInterval: '2 seconds',
       backoffCoefficient: 2,
-      maximumInterval: '1 minute',
+      // Short enough that analysis resumes within seconds of an outage ending.
+      maximumInterval: '15 seconds',
       nonRetryableErrorTypes: ['ImageSetInputError', 'EngineFailure', 'EngineUnavailable'],
     },
   };

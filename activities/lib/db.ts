@@ -197,6 +197,7 @@ export const experimentRowSchema = z.object({
   created_at: z.date(),
   updated_at: z.date(),
   started_at: dateOrNull,
+  claimed_at: dateOrNull.optional(),
   finished_at: dateOrNull,
 });
 export type ExperimentRow = z.infer<typeof experimentRowSchema>;
@@ -297,7 +298,8 @@ export async function listExperiments(
  */
 export async function claimSubmittedExperiment(pool: Db, id: number, workflowId: string): Promise<boolean> {
   const res = await pool.query<{ affectedRows: number }>(
-    `UPDATE experiment SET status = 'running', workflow_id = ?, started_at = COALESCE(started_at, NOW(3)), error = NULL
+    `UPDATE experiment SET status = 'running', workflow_id = ?, started_at = COALESCE(started_at, NOW(3)),
+       claimed_at = NOW(3), error = NULL
      WHERE id = ? AND status = 'submitted'`,
     [workflowId, id],
   );
@@ -320,11 +322,13 @@ export async function submittedExperimentIds(pool: Db, limit = 50): Promise<numb
 }
 
 /** Experiments the database says are in progress: the watcher checks each still has a workflow. */
-export async function activeExperiments(pool: Db): Promise<Array<{ id: number; workflow_id: string | null; sealed: boolean }>> {
-  const rows = await pool.query<Array<{ id: number; workflow_id: string | null; sealed: number }>>(
-    `SELECT id, workflow_id, sealed FROM experiment WHERE status IN ('running','reducing') ORDER BY id`,
+export async function activeExperiments(
+  pool: Db,
+): Promise<Array<{ id: number; workflow_id: string | null; sealed: boolean; claimed_at: Date | null }>> {
+  const rows = await pool.query<Array<{ id: number; workflow_id: string | null; sealed: number; claimed_at: Date | null }>>(
+    `SELECT id, workflow_id, sealed, claimed_at FROM experiment WHERE status IN ('running','reducing') ORDER BY id`,
   );
-  return rows.map((r) => ({ id: r.id, workflow_id: r.workflow_id, sealed: r.sealed === 1 }));
+  return rows.map((r) => ({ id: r.id, workflow_id: r.workflow_id, sealed: r.sealed === 1, claimed_at: r.claimed_at }));
 }
 
 export async function setExperimentSealed(pool: Db, id: number): Promise<void> {
