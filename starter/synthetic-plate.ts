@@ -8,6 +8,7 @@
 import { promises as fs } from 'fs';
 import path from 'path';
 import sharp, { type Sharp } from 'sharp';
+import { seededRandom } from '../activities/reduce/reservoir';
 
 export interface SyntheticPlateOptions {
   outDir: string;
@@ -83,7 +84,7 @@ export async function generateSyntheticPlate(options: SyntheticPlateOptions): Pr
   if (!Number.isInteger(size) || size < 64) throw new RangeError(`size must be an integer >= 64, got ${size}`);
 
   await fs.mkdir(options.outDir, { recursive: true });
-  const random = mulberry32(seed);
+  const random = seededRandom(seed);
   const sets: SyntheticSet[] = [];
   for (let row = 0; row < rows; row++) {
     for (let col = 0; col < cols; col++) {
@@ -261,18 +262,6 @@ async function writeGrayscale(
   }
   const encoded = format === 'png' ? image.png() : image.tiff({ compression });
   await encoded.toFile(filePath);
-}
-
-/** Mulberry32: a tiny, well-distributed 32-bit seeded PRNG; returns floats in [0,1). */
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Standard normal sample by the Box–Muller transform. */
