@@ -25,11 +25,10 @@
  * a venv without a matching marker is rebuilt. pip's cache (~/.cache/pip) is kept so a rebuild is
  * quick.
  */
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import execa from 'execa';
-import { z } from 'zod';
+import { installPinnedVenv, pipInstall, readyEntryPoint, runLogged, venvPython } from './venv';
 
 /** The one CellProfiler build cpflow runs (PyPI nightly of CellProfiler 5). */
 export const CELLPROFILER_BUILD = '5.0.0.dev784';
@@ -128,36 +127,15 @@ export const RUNTIME_PINS: readonly string[] = [
 const EXPECTED_MISSING = ['mysqlclient', 'wxpython'];
 
 const MARKER_FILE = 'cpflow-cellprofiler.json';
-const markerSchema = z.object({
-  build: z.string(),
-  pinsSha256: z.string(),
-  python: z.string(),
-  version: z.string(),
-  installedAt: z.string(),
-});
-type Marker = z.infer<typeof markerSchema>;
+/** Hashed into the marker in this order; changing it would rebuild every installed venv. */
+const ALL_PINS: readonly string[] = [`cellprofiler-nightly==${CELLPROFILER_BUILD}`, ...RUNTIME_PINS];
+/** cellprofiler-core/library require scipy < 1.11, and scipy 1.10.1 has wheels for 3.8–3.11 only. */
+const PYTHON_MINORS = { min: 9, max: 11 };
+/** Headless: matplotlib must not look for a display. */
+const HEADLESS_ENV = { MPLBACKEND: 'Agg' };
 
 export function cellProfilerVenv(cacheDir: string): string {
   return path.join(cacheDir, 'cellprofiler-venv');
-}
-
-function executableIn(venv: string): string {
-  return path.join(venv, 'bin', 'cellprofiler');
-}
-
-function pinsSha256(): string {
-  return createHash('sha256')
-    .update([`cellprofiler-nightly==${CELLPROFILER_BUILD}`, ...RUNTIME_PINS].join('\n'))
-    .digest('hex');
-}
-
-function readMarker(venv: string): Marker | undefined {
-  try {
-    const parsed = markerSchema.safeParse(JSON.parse(fs.readFileSync(path.join(venv, MARKER_FILE), 'utf8')));
-    return parsed.success ? parsed.data : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /**
@@ -165,12 +143,7 @@ function readMarker(venv: string): Marker | undefined {
  * (its marker is written only after a verified run), else undefined. Cheap: no process is started.
  */
 export function cellProfilerExecutable(cacheDir: string): string | undefined {
-  const venv = cellProfilerVenv(cacheDir);
-  const marker = readMarker(venv);
-  const executable = executableIn(venv);
-  if (!marker || marker.pinsSha256 !== pinsSha256()) return undefined;
-  if (!fs.existsSync(executable) || !fs.existsSync(path.join(venv, 'bin', 'python'))) return undefined;
-  return executable;
+  return readyEntryPoint(cellProfilerVenv(cacheDir), MARKER_FILE, ALL_PINS, 'bin/cellprofiler');
 }
 
 export interface CellProfilerInstall {
@@ -186,94 +159,32 @@ export async function installCellProfiler(
   cacheDir: string,
   log: (line: string) => void = () => undefined,
 ): Promise<CellProfilerInstall> {
-  const started = Date.now();
-  const elapsed = () => (Date.now() - started) / 1000;
-  await fs.promises.mkdir(cacheDir, { recursive: true });
   const venv = cellProfilerVenv(cacheDir);
-
-  const ready = cellProfilerExecutable(cacheDir);
-  if (ready) {
-    const version = await cellProfilerVersion(ready);
-    log(`CellProfiler ${version} already installed in ${venv}`);
-    return { executable: ready, version, seconds: elapsed() };
-  }
-
-  const release = await acquireLock(`${venv}.lock`, log);
-  try {
-    // Another process may have finished the install while we waited.
-    const installedMeanwhile = cellProfilerExecutable(cacheDir);
-    if (installedMeanwhile) {
-      return { executable: installedMeanwhile, version: await cellProfilerVersion(installedMeanwhile), seconds: elapsed() };
-    }
-
-    const python = process.env.CPFLOW_PYTHON?.trim() || 'python3';
-    const pythonVersion = await checkPython(python);
-    log(`installing CellProfiler ${CELLPROFILER_BUILD} with ${python} (Python ${pythonVersion}) into ${venv}`);
-    await fs.promises.rm(venv, { recursive: true, force: true });
-    await run(python, ['-m', 'venv', venv], log);
-    const pip = [path.join(venv, 'bin', 'python'), '-m', 'pip'];
-    const pipFlags = ['--disable-pip-version-check', '--no-input', '--progress-bar', 'off'];
-    await run(pip[0], [...pip.slice(1), 'install', ...pipFlags, ...RUNTIME_PINS], log);
-    await run(pip[0], [...pip.slice(1), 'install', ...pipFlags, '--no-deps', `cellprofiler-nightly==${CELLPROFILER_BUILD}`], log);
-    await checkOnlyExpectedMissing(pip, log);
-
-    const executable = executableIn(venv);
-    const version = await cellProfilerVersion(executable);
-    if (version !== CELLPROFILER_BUILD) {
-      throw new Error(`installed CellProfiler reports version ${version}, expected ${CELLPROFILER_BUILD}`);
-    }
-    await verifyHeadlessRun(venv, executable, log);
-
-    const marker: Marker = {
-      build: CELLPROFILER_BUILD,
-      pinsSha256: pinsSha256(),
-      python: pythonVersion,
-      version,
-      installedAt: new Date().toISOString(),
-    };
-    await fs.promises.writeFile(path.join(venv, MARKER_FILE), `${JSON.stringify(marker, null, 2)}\n`);
-    log(`CellProfiler ${version} installed and verified in ${elapsed().toFixed(0)} s`);
-    return { executable, version, seconds: elapsed() };
-  } finally {
-    await release();
-  }
+  const installed = await installPinnedVenv(
+    {
+      label: 'CellProfiler',
+      venv,
+      markerFile: MARKER_FILE,
+      pins: ALL_PINS,
+      expectedVersion: CELLPROFILER_BUILD,
+      entryPoint: 'bin/cellprofiler',
+      pythonMinors: PYTHON_MINORS,
+      markerExtras: { build: CELLPROFILER_BUILD },
+      installedVersion: cellProfilerVersion,
+      install: async (python, log) => {
+        await pipInstall(python, RUNTIME_PINS, log);
+        await pipInstall(python, ['--no-deps', `cellprofiler-nightly==${CELLPROFILER_BUILD}`], log);
+        await checkOnlyExpectedMissing(python, log);
+      },
+      verify: (executable, log) => verifyHeadlessRun(venv, executable, log),
+    },
+    log,
+  );
+  return { executable: installed.entryPoint, version: installed.version, seconds: installed.seconds };
 }
 
-async function run(file: string, args: string[], log: (line: string) => void): Promise<void> {
-  const child = execa(file, args, { all: true, reject: false, stdin: 'ignore', env: { ...process.env, MPLBACKEND: 'Agg' } });
-  const lastLines: string[] = [];
-  child.all?.setEncoding('utf8');
-  let partial = '';
-  child.all?.on('data', (chunk: string) => {
-    const lines = (partial + chunk).split('\n');
-    partial = lines.pop() ?? '';
-    for (const line of lines) {
-      if (line.trim() === '') continue;
-      lastLines.push(line);
-      if (lastLines.length > 30) lastLines.shift();
-      log(line);
-    }
-  });
-  const result = await child;
-  if (result.exitCode !== 0) {
-    throw new Error(`\`${path.basename(file)} ${args.slice(0, 4).join(' ')} …\` failed (exit ${result.exitCode}):\n${lastLines.join('\n')}`);
-  }
-}
-
-async function checkPython(python: string): Promise<string> {
-  const result = await execa(python, ['-c', 'import sys; print("%d.%d.%d" % sys.version_info[:3])'], { reject: false });
-  if (result.exitCode !== 0) throw new Error(`cannot run ${python} (set CPFLOW_PYTHON to a Python 3.9–3.11 interpreter)`);
-  const version = result.stdout.trim();
-  const [major, minor] = version.split('.').map(Number);
-  // scipy 1.10.1 (required < 1.11) has wheels for 3.8–3.11 only.
-  if (major !== 3 || minor < 9 || minor > 11) {
-    throw new Error(`${python} is Python ${version}; the pinned CellProfiler build needs Python 3.9–3.11 (set CPFLOW_PYTHON)`);
-  }
-  return version;
-}
-
-async function checkOnlyExpectedMissing(pip: string[], log: (line: string) => void): Promise<void> {
-  const result = await execa(pip[0], [...pip.slice(1), 'check'], { reject: false });
+async function checkOnlyExpectedMissing(python: string, log: (line: string) => void): Promise<void> {
+  const result = await execa(python, ['-m', 'pip', 'check'], { reject: false });
   const problems = result.stdout
     .split('\n')
     .map((l) => l.trim())
@@ -286,7 +197,7 @@ async function checkOnlyExpectedMissing(pip: string[], log: (line: string) => vo
 }
 
 export async function cellProfilerVersion(executable: string): Promise<string> {
-  const result = await execa(executable, ['--version'], { reject: false, env: { ...process.env, MPLBACKEND: 'Agg' } });
+  const result = await execa(executable, ['--version'], { reject: false, env: { ...process.env, ...HEADLESS_ENV } });
   const version = result.stdout.trim().split('\n').pop()?.trim() ?? '';
   if (result.exitCode !== 0 || version === '') {
     throw new Error(`\`${executable} --version\` failed (exit ${result.exitCode}): ${result.stderr.split('\n').slice(-10).join('\n')}`);
@@ -311,7 +222,7 @@ async function verifyHeadlessRun(venv: string, executable: string, log: (line: s
       '    img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = 200',
       'tifffile.imwrite(sys.argv[1], img)',
     ].join('\n');
-    await run(path.join(venv, 'bin', 'python'), ['-c', makeImage, image], log);
+    await runLogged(venvPython(venv), ['-c', makeImage, image], log, HEADLESS_ENV);
     const pipeline = path.join(dir, 'verify.cppipe');
     await fs.promises.writeFile(pipeline, VERIFY_PIPELINE);
     const fileList = path.join(dir, 'files.txt');
@@ -322,7 +233,7 @@ async function verifyHeadlessRun(venv: string, executable: string, log: (line: s
     const result = await execa(
       executable,
       ['-c', '-r', '-p', pipeline, '--file-list', fileList, '-o', out, '-t', dir, '-d', done, '-e', 'imageio_reader'],
-      { reject: false, all: true, stdin: 'ignore', env: { ...process.env, MPLBACKEND: 'Agg' } },
+      { reject: false, all: true, stdin: 'ignore', env: { ...process.env, ...HEADLESS_ENV } },
     );
     const doneText = await fs.promises.readFile(done, 'utf8').catch(() => '');
     if (doneText.trim() !== 'Complete') {
@@ -334,36 +245,6 @@ async function verifyHeadlessRun(venv: string, executable: string, log: (line: s
     log('verification run: 4 of 4 objects found');
   } finally {
     await fs.promises.rm(dir, { recursive: true, force: true });
-  }
-}
-
-async function acquireLock(lockDir: string, log: (line: string) => void): Promise<() => Promise<void>> {
-  const deadline = Date.now() + 30 * 60 * 1000;
-  for (;;) {
-    try {
-      await fs.promises.mkdir(lockDir);
-      await fs.promises.writeFile(path.join(lockDir, 'pid'), String(process.pid));
-      return () => fs.promises.rm(lockDir, { recursive: true, force: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
-    const holder = Number(await fs.promises.readFile(path.join(lockDir, 'pid'), 'utf8').catch(() => 'NaN'));
-    if (Number.isInteger(holder) && !isAlive(holder)) {
-      log(`removing stale install lock of process ${holder}`);
-      await fs.promises.rm(lockDir, { recursive: true, force: true });
-      continue;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for another CellProfiler install (lock ${lockDir})`);
-    await new Promise((resolve) => setTimeout(resolve, 2000));
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

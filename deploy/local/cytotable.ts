@@ -19,12 +19,10 @@
  * A marker file written last (`cpflow-cytotable.json`, holding a hash of the pins) says the venv is
  * complete; a venv without a matching marker is rebuilt.
  */
-import { createHash } from 'node:crypto';
-import fs from 'node:fs';
 import path from 'node:path';
 import execa from 'execa';
-import { z } from 'zod';
 import { cacheDir as defaultCacheDir } from './state';
+import { installPinnedVenv, pipInstall, readyEntryPoint, runLogged } from './venv';
 
 export const CYTOTABLE_VERSION = '1.2.6';
 
@@ -93,13 +91,10 @@ export const CYTOTABLE_RUNTIME_PINS: readonly string[] = [
 ];
 
 const MARKER_FILE = 'cpflow-cytotable.json';
-const markerSchema = z.object({
-  version: z.string(),
-  pinsSha256: z.string(),
-  python: z.string(),
-  installedAt: z.string(),
-});
-type Marker = z.infer<typeof markerSchema>;
+/** Hashed into the marker in this order; changing it would rebuild every installed venv. */
+const ALL_PINS: readonly string[] = [`cytotable==${CYTOTABLE_VERSION}`, ...CYTOTABLE_RUNTIME_PINS];
+/** numpy 2.4 (pinned) needs ≥ 3.11; CytoTable 1.2.6 declares < 3.15. Verified on 3.11 only. */
+const PYTHON_MINORS = { min: 11, max: 14 };
 
 export interface CytoTableInstall {
   /** The venv's python, which can `import cytotable, duckdb, pyarrow`. */
@@ -114,31 +109,9 @@ export function cytoTableVenv(cacheDir: string): string {
   return path.join(cacheDir, 'cytotable-venv');
 }
 
-function pythonIn(venv: string): string {
-  return path.join(venv, 'bin', 'python');
-}
-
-function pinsSha256(): string {
-  return createHash('sha256')
-    .update([`cytotable==${CYTOTABLE_VERSION}`, ...CYTOTABLE_RUNTIME_PINS].join('\n'))
-    .digest('hex');
-}
-
-function readMarker(venv: string): Marker | undefined {
-  try {
-    const parsed = markerSchema.safeParse(JSON.parse(fs.readFileSync(path.join(venv, MARKER_FILE), 'utf8')));
-    return parsed.success ? parsed.data : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 /** The venv's python if the venv is complete and built from the current pins, else undefined. */
 export function cytoTablePython(cacheDir: string): string | undefined {
-  const venv = cytoTableVenv(cacheDir);
-  const marker = readMarker(venv);
-  if (!marker || marker.pinsSha256 !== pinsSha256() || !fs.existsSync(pythonIn(venv))) return undefined;
-  return pythonIn(venv);
+  return readyEntryPoint(cytoTableVenv(cacheDir), MARKER_FILE, ALL_PINS, 'bin/python');
 }
 
 /** Installs (or reuses) the pinned CytoTable venv. Safe to call from several processes at once. */
@@ -146,50 +119,27 @@ export async function installCytoTable(
   cacheDir: string,
   log: (line: string) => void = () => undefined,
 ): Promise<CytoTableInstall> {
-  const started = Date.now();
-  const elapsed = () => (Date.now() - started) / 1000;
-  await fs.promises.mkdir(cacheDir, { recursive: true });
-  const venv = cytoTableVenv(cacheDir);
-
-  const ready = cytoTablePython(cacheDir);
-  if (ready) {
-    const version = await importedVersion(ready);
-    log(`CytoTable ${version} already installed in ${venv}`);
-    return { python: ready, version, seconds: elapsed() };
-  }
-
-  const release = await acquireLock(`${venv}.lock`, log);
-  try {
-    // Another process may have finished the install while we waited.
-    const installedMeanwhile = cytoTablePython(cacheDir);
-    if (installedMeanwhile) {
-      return { python: installedMeanwhile, version: await importedVersion(installedMeanwhile), seconds: elapsed() };
-    }
-
-    const basePython = process.env.CPFLOW_PYTHON?.trim() || 'python3';
-    const pythonVersion = await checkPython(basePython);
-    log(`installing CytoTable ${CYTOTABLE_VERSION} with ${basePython} (Python ${pythonVersion}) into ${venv}`);
-    await fs.promises.rm(venv, { recursive: true, force: true });
-    await run(basePython, ['-m', 'venv', venv], log);
-    const python = pythonIn(venv);
-    const pipFlags = ['--disable-pip-version-check', '--no-input', '--progress-bar', 'off'];
-    await run(python, ['-m', 'pip', 'install', ...pipFlags, `cytotable==${CYTOTABLE_VERSION}`, ...CYTOTABLE_RUNTIME_PINS], log);
-    await run(python, ['-m', 'pip', 'check', '--disable-pip-version-check'], log);
-
-    const version = await importedVersion(python);
-    if (version !== CYTOTABLE_VERSION) {
-      throw new Error(`installed CytoTable reports version ${version}, expected ${CYTOTABLE_VERSION}`);
-    }
-    // The call whose removal in duckdb 2 breaks CytoTable 1.2.6 (see the header).
-    await run(python, ['-c', "import duckdb; duckdb.connect().execute('SELECT 1').fetch_arrow_table()"], log);
-
-    const marker: Marker = { version, pinsSha256: pinsSha256(), python: pythonVersion, installedAt: new Date().toISOString() };
-    await fs.promises.writeFile(path.join(venv, MARKER_FILE), `${JSON.stringify(marker, null, 2)}\n`);
-    log(`CytoTable ${version} installed and verified in ${elapsed().toFixed(0)} s`);
-    return { python, version, seconds: elapsed() };
-  } finally {
-    await release();
-  }
+  const installed = await installPinnedVenv(
+    {
+      label: 'CytoTable',
+      venv: cytoTableVenv(cacheDir),
+      markerFile: MARKER_FILE,
+      pins: ALL_PINS,
+      expectedVersion: CYTOTABLE_VERSION,
+      entryPoint: 'bin/python',
+      pythonMinors: PYTHON_MINORS,
+      installedVersion: importedVersion,
+      install: async (python, log) => {
+        await pipInstall(python, ALL_PINS, log);
+        await runLogged(python, ['-m', 'pip', 'check', '--disable-pip-version-check'], log);
+      },
+      // The call whose removal in duckdb 2 breaks CytoTable 1.2.6 (see the header).
+      verify: (python, log) =>
+        runLogged(python, ['-c', "import duckdb; duckdb.connect().execute('SELECT 1').fetch_arrow_table()"], log),
+    },
+    log,
+  );
+  return { python: installed.entryPoint, version: installed.version, seconds: installed.seconds };
 }
 
 async function importedVersion(python: string): Promise<string> {
@@ -199,70 +149,6 @@ async function importedVersion(python: string): Promise<string> {
     throw new Error(`\`import cytotable\` failed (exit ${result.exitCode}): ${result.stderr.split('\n').slice(-10).join('\n')}`);
   }
   return version;
-}
-
-async function checkPython(python: string): Promise<string> {
-  const result = await execa(python, ['-c', 'import sys; print("%d.%d.%d" % sys.version_info[:3])'], { reject: false });
-  if (result.exitCode !== 0) throw new Error(`cannot run ${python} (set CPFLOW_PYTHON to a Python 3.11 interpreter)`);
-  const version = result.stdout.trim();
-  const [major, minor] = version.split('.').map(Number);
-  // numpy 2.4 (pinned) needs ≥ 3.11; CytoTable 1.2.6 declares < 3.15. Verified on 3.11 only.
-  if (major !== 3 || minor < 11 || minor > 14) {
-    throw new Error(`${python} is Python ${version}; the pinned CytoTable venv needs Python 3.11–3.14 (set CPFLOW_PYTHON)`);
-  }
-  return version;
-}
-
-async function run(file: string, args: string[], log: (line: string) => void): Promise<void> {
-  const child = execa(file, args, { all: true, reject: false, stdin: 'ignore' });
-  const lastLines: string[] = [];
-  child.all?.setEncoding('utf8');
-  let partial = '';
-  child.all?.on('data', (chunk: string) => {
-    const lines = (partial + chunk).split('\n');
-    partial = lines.pop() ?? '';
-    for (const line of lines) {
-      if (line.trim() === '') continue;
-      lastLines.push(line);
-      if (lastLines.length > 30) lastLines.shift();
-      log(line);
-    }
-  });
-  const result = await child;
-  if (result.exitCode !== 0) {
-    throw new Error(`\`${path.basename(file)} ${args.slice(0, 4).join(' ')} …\` failed (exit ${result.exitCode}):\n${lastLines.join('\n')}`);
-  }
-}
-
-/** A directory as a cross-process lock; a lock whose holder died is taken over. */
-async function acquireLock(lockDir: string, log: (line: string) => void): Promise<() => Promise<void>> {
-  const deadline = Date.now() + 30 * 60 * 1000;
-  for (;;) {
-    try {
-      await fs.promises.mkdir(lockDir);
-      await fs.promises.writeFile(path.join(lockDir, 'pid'), String(process.pid));
-      return () => fs.promises.rm(lockDir, { recursive: true, force: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
-    const holder = Number(await fs.promises.readFile(path.join(lockDir, 'pid'), 'utf8').catch(() => 'NaN'));
-    if (Number.isInteger(holder) && !isAlive(holder)) {
-      log(`removing stale install lock of process ${holder}`);
-      await fs.promises.rm(lockDir, { recursive: true, force: true });
-      continue;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for another CytoTable install (lock ${lockDir})`);
-    await new Promise((resolve) => setTimeout(resolve, 2000));
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 // `npx tsx deploy/local/cytotable.ts [cacheDir]` installs (or reuses) the venv in cacheDir (default:
