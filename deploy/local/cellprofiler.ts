@@ -24,6 +24,7 @@
  * A marker file written last (`cpflow-cellprofiler.json`, holding the pins) says the venv is complete;
  * a venv without a matching marker is rebuilt. pip's cache (~/.cache/pip) is kept so a rebuild is
  * quick.
+ * The venv, marker and lock mechanics live in venv.ts.
  */
 import fs from 'node:fs';
 import path from 'node:path';

@@ -18,6 +18,7 @@
  *
  * A marker file written last (`cpflow-cytotable.json`, holding a hash of the pins) says the venv is
  * complete; a venv without a matching marker is rebuilt.
+ * The venv, marker and lock mechanics live in venv.ts.
  */
 import path from 'node:path';
 import execa from 'execa';
