@@ -35,9 +35,13 @@ export interface ManagedProcess {
   stop: (signal?: NodeJS.Signals) => Promise<number | null>;
 }
 
-/** Run a TypeScript entry point of this repo (e.g. `workers/all.ts`) as a child process. */
+/**
+ * Run a TypeScript entry point of this repo (e.g. `workers/all.ts`) as ONE node process
+ * (`node --import tsx`): the tsx CLI would put a relaying parent in between, so a signal sent in a
+ * test would not reach the worker the way Kubernetes' SIGTERM does.
+ */
 export function startProcess(entry: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): ManagedProcess {
-  const child = spawn(process.execPath, [TSX_CLI, path.join(REPO_ROOT, entry), ...args], {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO_ROOT, entry), ...args], {
     cwd: REPO_ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
