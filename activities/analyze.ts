@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Context, ApplicationFailure } from '@temporalio/activity';
 import { workerConfig } from './lib/config';
-import { downloadToFile, getBytesIfExists, headObject, layout, parseS3Uri, putBytes, putFile, s3Uri, sha256File } from './lib/s3';
+import { downloadIfExists, downloadToFile, getBytesIfExists, layout, parseS3Uri, putBytes, putFile, s3Uri } from './lib/s3';
 import { CPFLOW_VERSION, gitCommit, workerIdentity } from './lib/version';
 import { DatabaseUnavailableError, type ImageSetOutcome } from './lib/db';
 import { readChunkManifest, type ChunkManifest } from './manifest';
@@ -164,11 +164,10 @@ async function runBatch(
         // Keep the original file name: CellProfiler pipelines match channels by name.
         let local = path.join(setDir, path.posix.basename(key));
         if (files.some((x) => x.path === local)) local = path.join(setDir, `${f.channel}-${path.posix.basename(key)}`);
-        const head = await headObject(bucket, key);
-        if (!head) throw new ImageSetInputError(`image set ${set.key}: missing image ${f.uri} (channel ${f.channel})`, set.key);
-        if (head.size === 0) throw new ImageSetInputError(`image set ${set.key}: empty image ${f.uri} (channel ${f.channel})`, set.key);
-        await downloadToFile(bucket, key, local);
-        inputs.push({ channel: f.channel, uri: f.uri, size: head.size, checksum: f.checksum, sha256: await sha256File(local) });
+        const got = await downloadIfExists(bucket, key, local);
+        if (!got) throw new ImageSetInputError(`image set ${set.key}: missing image ${f.uri} (channel ${f.channel})`, set.key);
+        if (got.size === 0) throw new ImageSetInputError(`image set ${set.key}: empty image ${f.uri} (channel ${f.channel})`, set.key);
+        inputs.push({ channel: f.channel, uri: f.uri, size: got.size, checksum: f.checksum, sha256: got.sha256 });
         files.push({ channel: f.channel, path: local });
       }
       inputsBySet.set(set.id, inputs);

@@ -29,10 +29,7 @@ export function cellProfilerExecutablePath(): string | undefined {
  * (tables without analysis), so dispatch throughput can be measured without the analysis cost.
  */
 function engineOverride(): 'noop' | undefined {
-  const value = process.env.CPFLOW_ENGINE_OVERRIDE;
-  if (value === undefined || value === '') return undefined;
-  if (value !== 'noop') throw new EngineUnavailableError(`CPFLOW_ENGINE_OVERRIDE="${value}": the only override is "noop"`);
-  return value;
+  return workerConfig().CPFLOW_ENGINE_OVERRIDE;
 }
 
 export function engineFor(selection: EngineSelection): Engine {

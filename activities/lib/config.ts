@@ -46,6 +46,8 @@ const workerSchema = z.object({
   CPFLOW_CELLPROFILER: z.string().min(1).optional(),
   CPFLOW_CELLPROFILER_TIMEOUT_SECONDS: positiveInt(3600),
   CPFLOW_WORK_DIR: z.string().min(1).default(os.tmpdir()),
+  /** Benchmarks only: `noop` replaces every engine on this worker with one that writes tables without analysis. */
+  CPFLOW_ENGINE_OVERRIDE: z.preprocess((v) => (v === '' ? undefined : v), z.enum(['noop']).optional()),
   /** When set, workers serve Temporal SDK metrics for Prometheus on this port (0.0.0.0). */
   CPFLOW_METRICS_PORT: z.coerce.number().int().min(1).max(65535).optional(),
 });

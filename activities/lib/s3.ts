@@ -154,6 +154,33 @@ export async function downloadToFile(bucket: string, key: string, localPath: str
   await pipeline(body, fs.createWriteStream(localPath));
 }
 
+/**
+ * Download an object to a file, hashing it on the way: one GET, no HEAD and no second read.
+ * `undefined` when the object does not exist; other errors propagate (and are retried).
+ */
+export async function downloadIfExists(
+  bucket: string,
+  key: string,
+  localPath: string,
+  client = s3(),
+): Promise<{ size: number; sha256: string } | undefined> {
+  let body: Readable;
+  try {
+    body = await getStream(bucket, key, client);
+  } catch (err) {
+    if (isNotFound(err)) return undefined;
+    throw err;
+  }
+  const hash = crypto.createHash('sha256');
+  let size = 0;
+  body.on('data', (chunk: Buffer) => {
+    hash.update(chunk);
+    size += chunk.length;
+  });
+  await pipeline(body, fs.createWriteStream(localPath));
+  return { size, sha256: hash.digest('hex') };
+}
+
 export async function headObject(
   bucket: string,
   key: string,
