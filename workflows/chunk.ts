@@ -85,7 +85,8 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
         }
         throw err;
       }
-      // Input errors (non-retryable) and transient errors that exhausted their retries fail only these sets.
+      // Input errors and engine failures (both made non-retryable by the activity) fail only these sets;
+      // outages never get here, they retry without an attempt limit.
       const cause = err instanceof ActivityFailure && err.cause ? err.cause : err;
       const message = cause instanceof Error ? cause.message : String(cause);
       const detail = cause instanceof ApplicationFailure ? (cause.details?.[0] as { attempt?: number } | undefined) : undefined;

@@ -6,7 +6,6 @@ import {
   CreateBucketCommand,
   GetObjectCommand,
   HeadBucketCommand,
-  HeadObjectCommand,
   ListObjectsV2Command,
   NoSuchKey,
   NotFound,
@@ -179,20 +178,6 @@ export async function downloadIfExists(
   });
   await pipeline(body, fs.createWriteStream(localPath));
   return { size, sha256: hash.digest('hex') };
-}
-
-export async function headObject(
-  bucket: string,
-  key: string,
-  client = s3(),
-): Promise<{ size: number; etag: string; sha256?: string } | undefined> {
-  try {
-    const res = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
-    return { size: res.ContentLength ?? 0, etag: (res.ETag ?? '').replace(/"/g, ''), sha256: res.Metadata?.sha256 };
-  } catch (err) {
-    if (isNotFound(err)) return undefined;
-    throw err;
-  }
 }
 
 export async function* listObjects(

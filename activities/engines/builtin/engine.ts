@@ -1,7 +1,7 @@
 import { promises as fs } from 'fs';
 import path from 'path';
 import { stringify } from 'csv-stringify/sync';
-import packageJson from '../../../package.json';
+import { CPFLOW_VERSION } from '../../lib/version';
 import {
   ImageSetInputError,
   type Engine,
@@ -30,7 +30,7 @@ export interface BuiltinEngineOptions {
 }
 
 export const BUILTIN_ENGINE_NAME = 'builtin';
-export const BUILTIN_ENGINE_VERSION = `cpflow-builtin ${packageJson.version}`;
+export const BUILTIN_ENGINE_VERSION = `cpflow-builtin ${CPFLOW_VERSION}`;
 
 /**
  * The builtin engine: nucleus segmentation and measurement in TypeScript, writing CellProfiler
