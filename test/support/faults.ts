@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,7 +11,7 @@ import { generateSyntheticPlate, type SyntheticSet } from '../../starter/synthet
 import { workflowIdFor } from '../../workflows/task-queues';
 import { cacheDir, ensureStackUp, stopStack, type StackEnv } from '../../deploy/local/services';
 import { preparePrivateStack } from '../bench/isolation';
-import { REPO_ROOT, readCsvFromS3, s3Keys, tempDir, type ManagedProcess } from './harness';
+import { readCsvFromS3, s3Keys, startProcess, tempDir, type ManagedProcess } from './harness';
 
 /**
  * Helpers for the fault drills (test/integration/faults.test.ts): worker pools as separate,
@@ -48,65 +47,9 @@ export async function stopPrivateStack(): Promise<void> {
 /** Where the drill processes' output goes (also kept in memory), to read after a failed drill. */
 export const DRILL_LOG_DIR = fs.mkdtempSync(path.join(os.tmpdir(), 'cpflow-fault-logs-'));
 
-/**
- * Run a TypeScript entry point as ONE node process (`node --import tsx`), not through the tsx CLI:
- * the CLI forks a child and relays signals, so `kill -9` of the CLI would orphan a live worker and
- * the drill would kill nothing.
- */
+/** A drill process: one node process (harness.startProcess), its output also kept in DRILL_LOG_DIR. */
 export function startNodeProcess(entry: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): ManagedProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO_ROOT, entry), ...args], {
-    cwd: REPO_ROOT,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  const logName = `${path.basename(entry, '.ts')}${args[0] ? `-${args[0]}` : ''}-${child.pid ?? 'nopid'}.log`;
-  const log = fs.createWriteStream(path.join(DRILL_LOG_DIR, logName));
-  const listeners = new Set<() => void>();
-  const onData = (b: Buffer): void => {
-    log.write(b);
-    out += b.toString();
-    if (out.length > 2_000_000) out = out.slice(-1_000_000);
-    for (const l of listeners) l();
-  };
-  child.stdout?.on('data', onData);
-  child.stderr?.on('data', onData);
-  const exited = new Promise<number | null>((resolve) =>
-    child.once('exit', (code, signal) => {
-      log.end(`\n[exit code ${code} signal ${signal} at ${new Date().toISOString()}]\n`);
-      resolve(code);
-    }),
-  );
-  const alive = (): boolean => child.exitCode === null && child.signalCode === null;
-  return {
-    child,
-    output: () => out,
-    waitFor: (pattern, timeoutMs = 60_000) =>
-      new Promise<void>((resolve, reject) => {
-        const finish = (err?: Error): void => {
-          listeners.delete(check);
-          clearTimeout(timer);
-          if (err) reject(err);
-          else resolve();
-        };
-        const check = (): void => {
-          if (pattern.test(out)) finish();
-        };
-        const timer = setTimeout(
-          () => finish(new Error(`${entry}: no output matching ${pattern} within ${timeoutMs} ms; output:\n${out.slice(-3000)}`)),
-          timeoutMs,
-        );
-        listeners.add(check);
-        void exited.then(() => {
-          if (!pattern.test(out)) finish(new Error(`${entry} exited before printing ${pattern}; output:\n${out.slice(-3000)}`));
-        });
-        check();
-      }),
-    stop: async (signal = 'SIGTERM') => {
-      if (alive()) child.kill(signal);
-      return exited;
-    },
-  };
+  return startProcess(entry, args, env, { logDir: DRILL_LOG_DIR });
 }
 
 /** Drill settings for every process: enough analysis slots for the window (default is one per core). */

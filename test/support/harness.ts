@@ -40,22 +40,37 @@ export interface ManagedProcess {
  * (`node --import tsx`): the tsx CLI would put a relaying parent in between, so a signal sent in a
  * test would not reach the worker the way Kubernetes' SIGTERM does.
  */
-export function startProcess(entry: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): ManagedProcess {
+export function startProcess(
+  entry: string,
+  args: string[] = [],
+  env: NodeJS.ProcessEnv = {},
+  opts: { logDir?: string } = {},
+): ManagedProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO_ROOT, entry), ...args], {
     cwd: REPO_ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  // Optionally also to a file, to read after a failed run (the in-memory copy is trimmed).
+  const log = opts.logDir
+    ? fs.createWriteStream(path.join(opts.logDir, `${path.basename(entry, '.ts')}${args[0] ? `-${args[0]}` : ''}-${child.pid ?? 'nopid'}.log`))
+    : undefined;
   let out = '';
   const listeners = new Set<() => void>();
   const onData = (b: Buffer): void => {
+    log?.write(b);
     out += b.toString();
     if (out.length > 2_000_000) out = out.slice(-1_000_000);
     for (const l of listeners) l();
   };
   child.stdout?.on('data', onData);
   child.stderr?.on('data', onData);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code, signal) => {
+      log?.end(`\n[exit code ${code} signal ${signal} at ${new Date().toISOString()}]\n`);
+      resolve(code);
+    }),
+  );
   return {
     child,
     output: () => out,
