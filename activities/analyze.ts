@@ -1,65 +1,50 @@
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
-import { Context, ApplicationFailure } from '@temporalio/activity';
-import { workerConfig } from './lib/config';
-import { downloadIfExists, downloadToFile, getBytesIfExists, layout, parseS3Uri, putBytes, putFile, s3Uri } from './lib/s3';
-import { CPFLOW_VERSION, gitCommit, workerIdentity } from './lib/version';
-import { DatabaseUnavailableError, type ImageSetOutcome } from './lib/db';
-import { readChunkManifest, type ChunkManifest } from './manifest';
-import { engineFor, EngineUnavailableError, ImageSetInputError, type EngineIdentity, type EngineImageSet } from './engines';
+import { ApplicationFailure, Context } from '@temporalio/activity';
+import { workerConfig } from '../core/config';
+import { isInfrastructureError } from '../core/errors';
+import type { AnalysisActivities, AnalyzeInput, ImageSetOutcome } from '../core/model';
+import { layout, s3Store, s3Uri, type ObjectStore } from '../core/s3';
+import { runBatch, kindOf } from './analyze-batch';
+import { engineFor, EngineUnavailableError, ImageSetInputError, type Engine, type EngineIdentity, type EngineSelection } from './engines';
+import { createManifestReader, type ChunkManifest, type ManifestReader, type ManifestSet } from './manifest';
 import { provenanceSchema, type SetProvenance } from './provenance';
 
 /**
- * analyzeImageSets: the per-image-set unit of work. Downloads the set's files from S3, runs the
- * engine, uploads its tables under the set's deterministic prefix and writes provenance.json last as
- * the done marker. A set whose provenance already matches its inputs, pipeline and engine is skipped.
+ * analyzeImageSets: the per-image-set unit of work. Skips the sets whose provenance.json proves the
+ * work was done; runs the rest in one engine invocation (analyze-batch.ts); when an input error hits
+ * a batch, reruns its sets one by one so one bad set fails alone; caps engine failures at the
+ * experiment's maxEngineAttempts, while outages retry without limit.
  */
 
-/** Attempts an engine failure (not an input error, not an outage) gets before its sets are failed. */
-export const DEFAULT_ENGINE_ATTEMPTS = 3;
-
-const TRANSIENT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
-
-/** S3 or database unavailable, throttling or 5xx: worth retrying without limit. */
-export function isInfrastructureError(err: unknown): boolean {
-  if (!(err instanceof Error)) return false;
-  if (err instanceof DatabaseUnavailableError) return true;
-  const e = err as Error & { code?: string; $metadata?: { httpStatusCode?: number }; $retryable?: unknown; sqlState?: string; fatal?: boolean };
-  if (e.code && TRANSIENT_CODES.has(e.code)) return true;
-  if (/ECONNREFUSED|ECONNRESET|ETIMEDOUT|socket hang up/.test(e.message)) return true;
-  if (e.name === 'TimeoutError' || e.name === 'SlowDown' || e.$retryable) return true;
-  const status = e.$metadata?.httpStatusCode;
-  if (status !== undefined && (status >= 500 || status === 429)) return true;
-  return e.fatal === true; // a mariadb connection that died
+/** What the activity needs from the world; tests replace them with in-memory fakes. */
+export interface AnalysisDeps {
+  store: ObjectStore;
+  readManifest: ManifestReader;
+  engineFor: (selection: EngineSelection) => Engine;
+  /** Parent of each attempt's scratch folder. */
+  workDir: () => string;
 }
 
-export interface AnalyzeInput {
-  bucket: string;
-  manifestKey: string;
-  /** Positions in the chunk manifest: one set, or several run in one engine invocation. */
-  indices: number[];
-  /** Attempts an engine failure gets (default DEFAULT_ENGINE_ATTEMPTS). */
-  maxEngineAttempts?: number;
+export function defaultAnalysisDeps(store: ObjectStore = s3Store): AnalysisDeps {
+  return { store, readManifest: createManifestReader(store), engineFor, workDir: () => workerConfig().CPFLOW_WORK_DIR };
 }
 
-type ManifestSet = ChunkManifest['sets'][number];
+export function createAnalysisActivities(deps: AnalysisDeps = defaultAnalysisDeps()): AnalysisActivities {
+  return { analyzeImageSets: (input) => analyzeImageSets(deps, input) };
+}
 
-const HEARTBEAT_MS = 2_000;
-
-export async function analyzeImageSets(input: AnalyzeInput): Promise<ImageSetOutcome[]> {
-  const ctx = Context.current();
-  const manifest = await readChunkManifest(input.bucket, input.manifestKey);
+async function analyzeImageSets(deps: AnalysisDeps, input: AnalyzeInput): Promise<ImageSetOutcome[]> {
+  const attempt = Context.current().info.attempt;
+  const manifest = await deps.readManifest(input);
   const sets = input.indices.map((i) => {
     const s = manifest.sets[i];
     if (!s) throw ApplicationFailure.nonRetryable(`manifest ${input.manifestKey} has no image set at index ${i}`);
     return s;
   });
-  const attempt = ctx.info.attempt;
 
-  let engine;
+  let engine: Engine;
   try {
-    engine = engineFor({ engine: manifest.engine, ...manifest.engineOptions });
+    engine = deps.engineFor({ engine: manifest.engine, ...manifest.engineOptions });
   } catch (err) {
     if (err instanceof EngineUnavailableError) throw ApplicationFailure.nonRetryable(err.message, 'EngineUnavailable');
     throw err;
@@ -69,48 +54,31 @@ export async function analyzeImageSets(input: AnalyzeInput): Promise<ImageSetOut
   const outcomes: ImageSetOutcome[] = [];
   const toRun: ManifestSet[] = [];
   for (const set of sets) {
-    const finished = await matchingProvenance(manifest, set, identity);
-    if (finished) {
-      outcomes.push({
-        imageSetId: set.id,
-        status: 'done',
-        attempts: attempt,
-        skipped: true,
-        outputPrefix: layout.setPrefix(manifest.experimentId, set.key),
-        // The same rows a fresh run records, provenance.json included: a set whose first run wrote
-        // its outputs but never reported back (worker killed) must not end with its marker unrecorded.
-        results: [
-          ...finished.provenance.outputs.map((o) => ({ kind: kindOf(o.name), uri: o.uri, size: o.size, checksum: o.checksum })),
-          { kind: 'provenance', ...finished.marker },
-        ],
-      });
-    } else {
-      toRun.push(set);
-    }
+    const finished = await matchingProvenance(deps.store, manifest, set, identity);
+    if (finished) outcomes.push(skippedOutcome(manifest, set, attempt, finished));
+    else toRun.push(set);
   }
   if (toRun.length === 0) return outcomes;
 
-  const runSets = async (batch: ManifestSet[]): Promise<ImageSetOutcome[]> => runBatch(manifest, batch, identity, attempt);
+  const run = (batch: ManifestSet[]): Promise<ImageSetOutcome[]> => runBatch(deps, { manifest, sets: batch, engine, identity, attempt });
   try {
-    outcomes.push(...(await runSets(toRun)));
+    outcomes.push(...(await run(toRun)));
   } catch (err) {
     if (err instanceof ImageSetInputError && toRun.length > 1) {
       // One bad set must not fail its batch neighbours: rerun them one by one to find it.
       for (const set of toRun) {
         try {
-          outcomes.push(...(await runSets([set])));
+          outcomes.push(...(await run([set])));
         } catch (single) {
           if (single instanceof ImageSetInputError) outcomes.push(failedOutcome(manifest, set, attempt, single));
           else throw single;
         }
       }
     } else if (err instanceof ImageSetInputError) {
-      const set = toRun[0];
-      if (!set) throw err;
       // Input errors are final for the set: non-retryable, so Temporal does not retry a file that will
       // never decode; the workflow records the reason on the image set and carries on with the others.
-      throw ApplicationFailure.nonRetryable(err.message, 'ImageSetInputError', { setKey: set.key, attempt });
-    } else if (!isInfrastructureError(err) && attempt >= (input.maxEngineAttempts ?? DEFAULT_ENGINE_ATTEMPTS)) {
+      throw ApplicationFailure.nonRetryable(err.message, 'ImageSetInputError', { setKey: toRun[0]?.key, attempt });
+    } else if (!isInfrastructureError(err) && attempt >= manifest.dispatch.maxEngineAttempts) {
       // The engine itself keeps failing on these sets (crash, timeout, pipeline error it did not
       // classify): give up on them after a few attempts. Infrastructure errors are not counted: they
       // retry (with backoff) for as long as S3 or the database is away, so an outage fails nothing.
@@ -123,6 +91,27 @@ export async function analyzeImageSets(input: AnalyzeInput): Promise<ImageSetOut
   return outcomes;
 }
 
+interface FinishedSet {
+  provenance: SetProvenance;
+  marker: { uri: string; size: number; checksum: string };
+}
+
+function skippedOutcome(manifest: ChunkManifest, set: ManifestSet, attempt: number, finished: FinishedSet): ImageSetOutcome {
+  return {
+    imageSetId: set.id,
+    status: 'done',
+    attempts: attempt,
+    skipped: true,
+    outputPrefix: layout.setPrefix(manifest.experimentId, set.key),
+    // The same rows a fresh run records, provenance.json included: a set whose first run wrote
+    // its outputs but never reported back (worker killed) must not end with its marker unrecorded.
+    results: [
+      ...finished.provenance.outputs.map((o) => ({ kind: kindOf(o.name), uri: o.uri, size: o.size, checksum: o.checksum })),
+      { kind: 'provenance', ...finished.marker },
+    ],
+  };
+}
+
 function failedOutcome(manifest: ChunkManifest, set: ManifestSet, attempt: number, err: Error): ImageSetOutcome {
   return {
     imageSetId: set.id,
@@ -133,122 +122,15 @@ function failedOutcome(manifest: ChunkManifest, set: ManifestSet, attempt: numbe
   };
 }
 
-async function runBatch(
-  manifest: ChunkManifest,
-  sets: ManifestSet[],
-  identity: EngineIdentity,
-  attempt: number,
-): Promise<ImageSetOutcome[]> {
-  const ctx = Context.current();
-  const engine = engineFor({ engine: manifest.engine, ...manifest.engineOptions });
-  const workRoot = await fs.promises.mkdtemp(path.join(workerConfig().CPFLOW_WORK_DIR, `cpflow-${manifest.experimentId}-`));
-  const startedAt = new Date().toISOString();
-  let lastDetail = 'downloading';
-  const beat = setInterval(() => ctx.heartbeat({ detail: lastDetail }), HEARTBEAT_MS);
-  try {
-    ctx.heartbeat({ detail: lastDetail });
-    const inputDir = path.join(workRoot, 'in');
-    const outDir = path.join(workRoot, `out-attempt-${attempt}`);
-    const tmpDir = path.join(workRoot, 'tmp');
-    await Promise.all([inputDir, outDir, tmpDir].map((d) => fs.promises.mkdir(d, { recursive: true })));
-
-    const engineSets: EngineImageSet[] = [];
-    const inputsBySet = new Map<number, SetProvenance['inputs']>();
-    for (const set of sets) {
-      const setDir = path.join(inputDir, set.key);
-      await fs.promises.mkdir(setDir, { recursive: true });
-      const files: EngineImageSet['files'] = [];
-      const inputs: SetProvenance['inputs'] = [];
-      for (const f of set.files) {
-        const { bucket, key } = parseS3Uri(f.uri);
-        // Keep the original file name: CellProfiler pipelines match channels by name.
-        let local = path.join(setDir, path.posix.basename(key));
-        if (files.some((x) => x.path === local)) local = path.join(setDir, `${f.channel}-${path.posix.basename(key)}`);
-        const got = await downloadIfExists(bucket, key, local);
-        if (!got) throw new ImageSetInputError(`image set ${set.key}: missing image ${f.uri} (channel ${f.channel})`, set.key);
-        if (got.size === 0) throw new ImageSetInputError(`image set ${set.key}: empty image ${f.uri} (channel ${f.channel})`, set.key);
-        inputs.push({ channel: f.channel, uri: f.uri, size: got.size, checksum: f.checksum, sha256: got.sha256 });
-        files.push({ channel: f.channel, path: local });
-      }
-      inputsBySet.set(set.id, inputs);
-      engineSets.push({ key: set.key, metadata: set.metadata, files, imageNumber: set.id });
-    }
-
-    let pipelinePath: string | undefined;
-    if (manifest.pipelineUri) {
-      const { bucket, key } = parseS3Uri(manifest.pipelineUri);
-      pipelinePath = path.join(workRoot, 'pipeline.cppipe');
-      await downloadToFile(bucket, key, pipelinePath);
-    }
-
-    lastDetail = `running ${identity.name} on ${sets.map((s) => s.key).join(', ')}`;
-    const result = await engine.run({
-      imageSets: engineSets,
-      pipelinePath,
-      outDir,
-      tmpDir,
-      signal: ctx.cancellationSignal,
-      onProgress: (detail) => {
-        lastDetail = detail;
-      },
-    });
-
-    lastDetail = 'uploading outputs';
-    const outcomes: ImageSetOutcome[] = [];
-    for (const set of sets) {
-      const produced = result.sets.find((r) => r.key === set.key);
-      if (!produced) throw new Error(`engine ${identity.name} returned no output for image set ${set.key}`);
-      const prefix = layout.setPrefix(manifest.experimentId, set.key);
-      const outputs: SetProvenance['outputs'] = [];
-      for (const name of [...produced.files].sort()) {
-        if (name === 'provenance.json') continue;
-        const stored = await putFile(manifest.bucket, `${prefix}${name}`, path.join(outDir, set.key, name), {
-          contentType: name.endsWith('.csv') ? 'text/csv' : undefined,
-        });
-        outputs.push({ name, ...stored });
-      }
-      const provenance: SetProvenance = {
-        kind: 'cpflow.image-set-provenance/v1',
-        experimentId: manifest.experimentId,
-        imageSet: { id: set.id, key: set.key, metadata: set.metadata },
-        engine: identity,
-        pipelineSha256: manifest.pipelineSha256,
-        inputs: inputsBySet.get(set.id) ?? [],
-        outputs,
-        cpflow: { version: CPFLOW_VERSION, gitCommit: gitCommit() },
-        worker: { ...workerIdentity(), attempt },
-        startedAt,
-        finishedAt: new Date().toISOString(),
-      };
-      // Written last: its presence means every output above is complete.
-      const prov = await putBytes(manifest.bucket, `${prefix}provenance.json`, JSON.stringify(provenance, null, 2), 'application/json');
-      outcomes.push({
-        imageSetId: set.id,
-        status: 'done',
-        attempts: attempt,
-        skipped: false,
-        outputPrefix: prefix,
-        results: [
-          ...outputs.map((o) => ({ kind: kindOf(o.name), uri: o.uri, size: o.size, checksum: o.checksum })),
-          { kind: 'provenance', uri: prov.uri, size: prov.size, checksum: prov.checksum },
-        ],
-      });
-    }
-    return outcomes;
-  } finally {
-    clearInterval(beat);
-    await fs.promises.rm(workRoot, { recursive: true, force: true });
-  }
-}
-
 /** The set's provenance.json, if it proves this exact work was already done. */
 async function matchingProvenance(
+  store: ObjectStore,
   manifest: ChunkManifest,
   set: ManifestSet,
   identity: EngineIdentity,
-): Promise<{ provenance: SetProvenance; marker: { uri: string; size: number; checksum: string } } | undefined> {
+): Promise<FinishedSet | undefined> {
   const markerKey = `${layout.setPrefix(manifest.experimentId, set.key)}provenance.json`;
-  const raw = await getBytesIfExists(manifest.bucket, markerKey);
+  const raw = await store.getBytesIfExists(manifest.bucket, markerKey);
   if (!raw) return undefined;
   const parsed = provenanceSchema.safeParse(JSON.parse(raw.toString('utf8')));
   if (!parsed.success) return undefined;
@@ -267,10 +149,3 @@ async function matchingProvenance(
   };
   return { provenance: p, marker };
 }
-
-function kindOf(name: string): string {
-  if (name === 'provenance.json') return 'provenance';
-  if (name.endsWith('.csv')) return `table:${name.slice(0, -4)}`;
-  return `file:${path.extname(name).slice(1) || 'bin'}`;
-}
-

@@ -1,5 +1,13 @@
-/** Every activity cpflow registers. Workflows import this module's types only. */
-export { loadExperimentPlan, prepareManifestChunks, loadChunkIndex } from './manifest';
-export { analyzeImageSets } from './analyze';
-export { syncImageSets, syncExperimentStatus } from './sync';
-export { reduceExperiment } from './reduce-experiment';
+import type { CpflowActivities } from '../core/model';
+import { createAnalysisActivities } from './analyze';
+import { loadChunkIndex, loadExperimentPlan, prepareManifestChunks } from './manifest';
+import { reduceExperiment } from './reduce-experiment';
+import { syncExperimentStatus, syncImageSets } from './sync';
+
+/** Every activity cpflow registers, grouped by the pool that runs it; the contract is core/model/activities.ts. */
+
+export const controlActivities = { loadExperimentPlan, prepareManifestChunks, loadChunkIndex, syncImageSets, syncExperimentStatus };
+export const analysisActivities = createAnalysisActivities();
+export const reduceActivities = { reduceExperiment };
+
+export const activities = { ...controlActivities, ...analysisActivities, ...reduceActivities } satisfies CpflowActivities;

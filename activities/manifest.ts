@@ -1,6 +1,17 @@
 import { z } from 'zod';
-import { db, getExperiment, pendingImageSets, type EngineOptions, type ExperimentRow } from './lib/db';
-import { getBytes, layout, putBytes } from './lib/s3';
+import { db, getExperiment, pendingImageSets } from '../core/db';
+import {
+  dispatchOptionsSchema,
+  ENGINE_NAMES,
+  engineOptionsSchema,
+  type ChunkIndexEntry,
+  type ChunkManifestRef,
+  type ChunkRef,
+  type ExperimentPlan,
+  type PrepareChunksInput,
+  type PreparedChunks,
+} from '../core/model';
+import { layout, s3Store, type ObjectStore } from '../core/s3';
 
 /**
  * Manifest activities. The workflow never carries file lists: it asks for the next page of pending
@@ -8,21 +19,8 @@ import { getBytes, layout, putBytes } from './lib/s3';
  * Analysis then reads S3 alone, so a MariaDB outage delays the mirror but not the analysis.
  */
 
-export interface ExperimentPlan {
-  experimentId: number;
-  name: string;
-  project: string;
-  bucket: string;
-  engine: ExperimentRow['engine'];
-  status: ExperimentRow['status'];
-  sealed: boolean;
-  totalSets: number;
-  maxFailedFraction: number;
-}
-
 export async function loadExperimentPlan(experimentId: number): Promise<ExperimentPlan> {
-  const pool = await db();
-  const e = await getExperiment(pool, experimentId);
+  const e = await getExperiment(await db(), experimentId);
   if (!e) throw new Error(`experiment ${experimentId} does not exist`);
   return {
     experimentId,
@@ -34,19 +32,16 @@ export async function loadExperimentPlan(experimentId: number): Promise<Experime
     sealed: e.sealed,
     totalSets: e.total_sets,
     maxFailedFraction: e.max_failed_fraction,
+    dispatch: e.dispatch_options,
   };
 }
 
 export const chunkManifestSchema = z.object({
   experimentId: z.number().int(),
   bucket: z.string(),
-  engine: z.enum(['cellprofiler', 'builtin', 'command']),
-  engineOptions: z.object({
-    nucleiChannel: z.string().optional(),
-    minDiameter: z.number().optional(),
-    maxDiameter: z.number().optional(),
-    batchSize: z.number().int().default(1),
-  }),
+  engine: z.enum(ENGINE_NAMES),
+  engineOptions: engineOptionsSchema,
+  dispatch: dispatchOptionsSchema,
   pipelineUri: z.string().nullable(),
   pipelineSha256: z.string().nullable(),
   sets: z.array(
@@ -59,34 +54,13 @@ export const chunkManifestSchema = z.object({
   ),
 });
 export type ChunkManifest = z.infer<typeof chunkManifestSchema>;
-
-export interface ChunkRef {
-  manifestKey: string;
-  count: number;
-  firstSetId: number;
-  lastSetId: number;
-  /** Keys of the first and last image set, for the Web UI's summary of the chunk's run. */
-  firstKey: string;
-  lastKey: string;
-}
-
-export interface PreparedChunks {
-  chunks: ChunkRef[];
-  /** The experiment's sealed flag as the database has it now (a lab system may seal by updating the row). */
-  sealed: boolean;
-  status: ExperimentRow['status'];
-}
+export type ManifestSet = ChunkManifest['sets'][number];
 
 /**
  * Write manifests for up to `maxChunks` chunks of pending image sets with id > afterSetId.
  * Idempotent: a chunk's key derives from its first set id, so a retry rewrites the same objects.
  */
-export async function prepareManifestChunks(input: {
-  experimentId: number;
-  afterSetId: number;
-  chunkSize: number;
-  maxChunks: number;
-}): Promise<PreparedChunks> {
+export async function prepareManifestChunks(input: PrepareChunksInput): Promise<PreparedChunks> {
   const pool = await db();
   const e = await getExperiment(pool, input.experimentId);
   if (!e) throw new Error(`experiment ${input.experimentId} does not exist`);
@@ -97,12 +71,12 @@ export async function prepareManifestChunks(input: {
     const first = sets[0];
     const last = sets[sets.length - 1];
     if (!first || !last) break;
-    const engineOptions: EngineOptions = e.engine_options;
     const manifest: ChunkManifest = {
       experimentId: e.id,
       bucket: e.bucket,
       engine: e.engine,
-      engineOptions,
+      engineOptions: e.engine_options,
+      dispatch: e.dispatch_options,
       pipelineUri: e.pipeline_uri,
       pipelineSha256: e.pipeline_sha256,
       sets: sets.map((s) => ({
@@ -113,7 +87,7 @@ export async function prepareManifestChunks(input: {
       })),
     };
     const manifestKey = layout.manifestChunk(e.id, first.id);
-    await putBytes(e.bucket, manifestKey, JSON.stringify(manifest), 'application/json');
+    await s3Store.putBytes(e.bucket, manifestKey, JSON.stringify(manifest), 'application/json');
     chunks.push({ manifestKey, count: sets.length, firstSetId: first.id, lastSetId: last.id, firstKey: first.set_key, lastKey: last.set_key });
     afterId = last.id;
     if (sets.length < input.chunkSize) break;
@@ -121,30 +95,33 @@ export async function prepareManifestChunks(input: {
   return { chunks, sealed: e.sealed, status: e.status };
 }
 
-// Manifests are immutable once written, so each worker process caches the few it is working on.
-const manifestCache = new Map<string, Promise<ChunkManifest>>();
+/** Manifests are immutable once written, so each reader caches the few its process is working on. */
 const MANIFEST_CACHE_SIZE = 16;
 
-export function readChunkManifest(bucket: string, manifestKey: string): Promise<ChunkManifest> {
-  const cacheKey = `${bucket}/${manifestKey}`;
-  let entry = manifestCache.get(cacheKey);
-  if (!entry) {
-    entry = getBytes(bucket, manifestKey).then((b) => chunkManifestSchema.parse(JSON.parse(b.toString('utf8'))));
-    entry.catch(() => manifestCache.delete(cacheKey));
-    manifestCache.set(cacheKey, entry);
-    if (manifestCache.size > MANIFEST_CACHE_SIZE) {
-      const oldest = manifestCache.keys().next().value;
-      if (oldest !== undefined) manifestCache.delete(oldest);
+export type ManifestReader = (ref: ChunkManifestRef) => Promise<ChunkManifest>;
+
+export function createManifestReader(store: ObjectStore): ManifestReader {
+  const cache = new Map<string, Promise<ChunkManifest>>();
+  return ({ bucket, manifestKey }) => {
+    const cacheKey = `${bucket}/${manifestKey}`;
+    let entry = cache.get(cacheKey);
+    if (!entry) {
+      entry = store.getBytes(bucket, manifestKey).then((b) => chunkManifestSchema.parse(JSON.parse(b.toString('utf8'))));
+      entry.catch(() => cache.delete(cacheKey));
+      cache.set(cacheKey, entry);
+      if (cache.size > MANIFEST_CACHE_SIZE) {
+        const oldest = cache.keys().next().value;
+        if (oldest !== undefined) cache.delete(oldest);
+      }
     }
-  }
-  return entry;
+    return entry;
+  };
 }
 
+export const readChunkManifest = createManifestReader(s3Store);
+
 /** The ids and keys of a chunk, so the workflow can name each image set in its activity summaries. */
-export async function loadChunkIndex(input: {
-  bucket: string;
-  manifestKey: string;
-}): Promise<Array<{ id: number; key: string }>> {
-  const m = await readChunkManifest(input.bucket, input.manifestKey);
+export async function loadChunkIndex(ref: ChunkManifestRef): Promise<ChunkIndexEntry[]> {
+  const m = await readChunkManifest(ref);
   return m.sets.map((s) => ({ id: s.id, key: s.key }));
 }

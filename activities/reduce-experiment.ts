@@ -1,11 +1,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
-import { webUiLink, workerConfig } from './lib/config';
-import { metadataKeysOf } from './lib/grouping';
-import { allImageSets, db, getExperiment, imageSetCounts, upsertExperimentResult, type Db, type ImageSetRow } from './lib/db';
-import { getBytesIfExists, getStream, layout, parseS3Uri, putBytes, putFile } from './lib/s3';
-import { CPFLOW_VERSION, gitCommit, workerIdentity } from './lib/version';
+import { webUiLink, workerConfig } from '../core/config';
+import { metadataKeysOf } from '../core/grouping';
+import { allImageSets, db, getExperiment, imageSetCounts, tableUrisBySet, upsertExperimentResult, type Db, type ImageSetRow } from '../core/db';
+import type { ReduceInput, ReduceOutput } from '../core/model';
+import { getBytesIfExists, getStream, layout, parseS3Uri, putBytes, putFile } from '../core/s3';
+import { CPFLOW_VERSION, gitCommit, workerIdentity } from '../core/version';
 import { provenanceSchema, type SetProvenance } from './provenance';
 import { mergeImageSetTables, type ImageSetResult } from './reduce/summary';
 import { renderReport } from './reduce/report';
@@ -16,32 +17,12 @@ import { renderReport } from './reduce/report';
  * decided on. Streams sets page by page, so memory stays bounded at 100,000 sets.
  */
 
-export interface ReduceOutput {
-  summaryUri: string;
-  reportUri: string;
-  provenanceUri: string;
-  total: number;
-  done: number;
-  failed: number;
-  objects: number;
-}
-
 const PAGE = 500;
-
-async function tablesFor(pool: Db, setIds: number[]): Promise<Map<number, string[]>> {
-  const rows = await pool.query<Array<{ image_set_id: number; uri: string }>>(
-    `SELECT image_set_id, uri FROM result_file WHERE image_set_id IN (?) AND kind LIKE 'table:%' ORDER BY uri`,
-    [setIds],
-  );
-  const map = new Map<number, string[]>();
-  for (const r of rows) map.set(r.image_set_id, [...(map.get(r.image_set_id) ?? []), r.uri]);
-  return map;
-}
 
 async function* setResults(pool: Db, experimentId: number, onSet: () => void): AsyncGenerator<ImageSetResult> {
   let page: ImageSetRow[] = [];
   const emit = async function* (rows: ImageSetRow[]): AsyncGenerator<ImageSetResult> {
-    const tables = await tablesFor(pool, rows.map((r) => r.id));
+    const tables = await tableUrisBySet(pool, rows.map((r) => r.id));
     for (const row of rows) {
       onSet();
       const uris = tables.get(row.id) ?? [];
@@ -73,7 +54,7 @@ async function* setResults(pool: Db, experimentId: number, onSet: () => void): A
   if (page.length > 0) yield* emit(page);
 }
 
-export async function reduceExperiment(input: { experimentId: number; workflowId: string }): Promise<ReduceOutput> {
+export async function reduceExperiment(input: ReduceInput): Promise<ReduceOutput> {
   const ctx = Context.current();
   const startedAt = new Date().toISOString();
   const pool = await db();

@@ -1,11 +1,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { Presets, SingleBar } from 'cli-progress';
-import type { GroupingRule } from '../activities/lib/db';
-import { groupFiles, metadataKeysOf } from '../activities/lib/grouping';
+import type { GroupingRule } from '../core/model';
+import { groupFiles, metadataKeysOf } from '../core/grouping';
 import { engineFor, ImageSetInputError } from '../activities/engines';
 import { builtinOptionsFromPipeline } from '../activities/engines/builtin';
-import { parseCppipe, validatePipelineForCpflow } from '../activities/pipeline/cppipe';
+import { parseCppipe } from '../core/pipeline/cppipe';
+import { validatePipelineForCpflow } from '../core/pipeline/validate';
 import { mergeImageSetTables, type ImageSetResult } from '../activities/reduce/summary';
 
 /**
@@ -51,34 +53,28 @@ export async function analyzeLocal(o: AnalyzeLocalOptions): Promise<AnalyzeLocal
   const bar = o.progress ? new SingleBar({ format: 'analysing {bar} {value}/{total} image sets' }, Presets.shades_classic) : undefined;
   bar?.start(grouped.sets.length, 0);
   const outcome = new Map<string, { error?: string; files: string[] }>();
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(o.jobs, grouped.sets.length) }, async () => {
-      while (next < grouped.sets.length) {
-        const set = grouped.sets[next++];
-        if (!set) break;
-        const attemptDir = fs.mkdtempSync(path.join(o.outDir, '.attempt-'));
-        try {
-          const r = await engine.run({
-            imageSets: [{ key: set.key, metadata: set.metadata, files: set.files.map((f) => ({ channel: f.channel, path: path.join(root, f.file) })) }],
-            pipelinePath: o.pipelineFile,
-            outDir: attemptDir,
-            tmpDir: attemptDir,
-          });
-          const dest = path.join(setsDir, set.key);
-          fs.rmSync(dest, { recursive: true, force: true });
-          fs.renameSync(path.join(attemptDir, set.key), dest);
-          outcome.set(set.key, { files: r.sets[0]?.files ?? [] });
-        } catch (err) {
-          if (!(err instanceof ImageSetInputError)) throw err;
-          outcome.set(set.key, { error: err.message, files: [] });
-        } finally {
-          fs.rmSync(attemptDir, { recursive: true, force: true });
-          bar?.increment();
-        }
-      }
-    }),
-  );
+  const runSet = async (set: (typeof grouped.sets)[number]): Promise<void> => {
+    const attemptDir = fs.mkdtempSync(path.join(o.outDir, '.attempt-'));
+    try {
+      const r = await engine.run({
+        imageSets: [{ key: set.key, metadata: set.metadata, files: set.files.map((f) => ({ channel: f.channel, path: path.join(root, f.file) })) }],
+        pipelinePath: o.pipelineFile,
+        outDir: attemptDir,
+        tmpDir: attemptDir,
+      });
+      const dest = path.join(setsDir, set.key);
+      fs.rmSync(dest, { recursive: true, force: true });
+      fs.renameSync(path.join(attemptDir, set.key), dest);
+      outcome.set(set.key, { files: r.sets[0]?.files ?? [] });
+    } catch (err) {
+      if (!(err instanceof ImageSetInputError)) throw err;
+      outcome.set(set.key, { error: err.message, files: [] });
+    } finally {
+      fs.rmSync(attemptDir, { recursive: true, force: true });
+      bar?.increment();
+    }
+  };
+  await Readable.from(grouped.sets).map(runSet, { concurrency: o.jobs }).toArray();
   bar?.stop();
 
   const summaryPath = path.join(o.outDir, 'summary.csv');

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { Presets, SingleBar } from 'cli-progress';
 import { parse } from 'csv-parse/sync';
 import { ensureStackUp } from '../deploy/local/services';
+import { ensureWorkflowBundle } from '../workers/workflow-bundle';
 
 /**
  * `npm run demo`: the whole of cpflow on a fresh machine. Installs and starts the local stack,
@@ -35,14 +36,16 @@ async function main(): Promise<void> {
   console.log('cpflow demo: starting the local stack (Temporal, MariaDB, MinIO; first run installs them)…');
   const env = await ensureStackUp();
   Object.assign(process.env, env);
+  await ensureWorkflowBundle((line) => console.log(line));
 
   // Loaded after the environment is set: their configuration is read from it.
-  const { db, getExperiment, imageSetCounts, closeDb, TERMINAL_STATUSES } = await import('../activities/lib/db');
-  const { GROUPING_PRESETS } = await import('../activities/lib/grouping');
-  const { downloadToFile, parseS3Uri } = await import('../activities/lib/s3');
+  const { db, getExperiment, imageSetCounts, closeDb } = await import('../core/db');
+  const { isTerminal } = await import('../core/model');
+  const { GROUPING_PRESETS } = await import('../core/grouping');
+  const { downloadToFile, parseS3Uri } = await import('../core/s3');
   const { submit } = await import('./submit');
-  const { generateSyntheticPlate } = await import('./synthetic-plate');
-  const { webUiLink } = await import('./temporal');
+  const { generateSyntheticPlate } = await import('../test/fixtures/synthetic-plate');
+  const { webUiLink } = await import('../core/config');
 
   const cache = process.env.CPFLOW_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'cpflow');
   const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpflow-demo-'));
@@ -86,7 +89,7 @@ async function main(): Promise<void> {
     bar.start(truth.sets.length, 0, { status: 'submitted' });
     let e = await getExperiment(pool, id);
     const deadline = Date.now() + 15 * 60_000;
-    while (e && !TERMINAL_STATUSES.includes(e.status)) {
+    while (e && !isTerminal(e.status)) {
       if (Date.now() > deadline) throw new Error(`experiment ${id} did not finish within 15 minutes (status ${e.status})`);
       await new Promise((r) => setTimeout(r, 500));
       const counts = await imageSetCounts(pool, id);

@@ -1,22 +1,14 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { SingleBar, Presets } from 'cli-progress';
-import { workerConfig } from '../activities/lib/config';
-import {
-  db,
-  findExperimentByName,
-  findProject,
-  registerExperiment,
-  upsertImageSets,
-  upsertProject,
-  type EngineOptions,
-  type ExperimentRow,
-  type GroupingRule,
-  type NewImageSet,
-} from '../activities/lib/db';
-import { groupFiles, type GroupedSet } from '../activities/lib/grouping';
-import { ensureBucket, layout, listObjects, parseS3Uri, putBytes, putFile, s3Uri } from '../activities/lib/s3';
-import { parseCppipe, pipelineSha256, validatePipelineForCpflow } from '../activities/pipeline/cppipe';
+import { configuredCellProfiler } from '../core/cellprofiler';
+import { db, findExperimentByName, findProject, registerExperiment, upsertImageSets, upsertProject, type NewImageSet } from '../core/db';
+import { DEFAULTS, dispatchOptionsSchema, type DispatchOptions, type EngineName, type GroupingRule } from '../core/model';
+import { groupFiles, type GroupedSet } from '../core/grouping';
+import { ensureBucket, layout, listObjects, parseS3Uri, putBytes, putFile, s3Uri } from '../core/s3';
+import { parseCppipe, pipelineSha256 } from '../core/pipeline/cppipe';
+import { validatePipelineForCpflow } from '../core/pipeline/validate';
 
 /**
  * `cpflow submit`: register an experiment from a local folder (uploaded, with checksums) or an S3
@@ -39,8 +31,9 @@ export interface SubmitOptions {
   s3Prefix?: string;
   pipelineFile?: string;
   grouping: GroupingRule;
-  engine: 'auto' | 'builtin' | 'cellprofiler';
-  engineOptions?: Partial<EngineOptions>;
+  engine: 'auto' | EngineName;
+  /** How the experiment's image sets are dispatched; unset fields take the defaults. */
+  dispatch?: Partial<DispatchOptions>;
   /** Open experiments accept more image sets (`--append`) until sealed. */
   open?: boolean;
   append?: boolean;
@@ -54,7 +47,7 @@ export interface SubmitResult {
   project: string;
   bucket: string;
   name: string;
-  engine: ExperimentRow['engine'];
+  engine: EngineName;
   imageSets: number;
   added: number;
   unmatched: string[];
@@ -79,23 +72,10 @@ function listLocalFiles(root: string): string[] {
   return out.sort();
 }
 
-async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i] as T);
-    }
-  });
-  await Promise.all(workers);
-  return results;
-}
-
-function resolveEngine(engine: SubmitOptions['engine'], hasPipeline: boolean): ExperimentRow['engine'] {
+/** `auto`: CellProfiler when this machine has it and a pipeline was given, else the builtin engine. */
+function resolveEngine(engine: SubmitOptions['engine'], hasPipeline: boolean): EngineName {
   if (engine !== 'auto') return engine;
-  const cp = workerConfig().CPFLOW_CELLPROFILER;
-  return cp && fs.existsSync(cp) && hasPipeline ? 'cellprofiler' : 'builtin';
+  return configuredCellProfiler() && hasPipeline ? 'cellprofiler' : 'builtin';
 }
 
 export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
@@ -176,16 +156,22 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
   const bar = opts.progress && opts.folder ? new SingleBar({ format: 'uploading {bar} {value}/{total} files' }, Presets.shades_classic) : undefined;
   bar?.start(flat.length, 0);
   const uploaded = new Map<Source, { uri: string; size: number; checksum: string }>();
-  await mapLimit(flat, opts.uploadConcurrency ?? 8, async ({ f }) => {
-    const src = f.file;
-    if (src.local) {
-      const stored = await putFile(bucket, `inputs/${opts.name}/${src.name}`, src.local);
-      uploaded.set(src, stored);
-    } else if (src.s3) {
-      uploaded.set(src, { uri: s3Uri(src.s3.bucket, src.s3.key), size: src.s3.size, checksum: `etag:${src.s3.etag}` });
-    }
-    bar?.increment();
-  });
+  // Node's stream map: bounded concurrency, the one pool cpflow uses for such fan-outs.
+  await Readable.from(flat)
+    .map(
+    async ({ f }: (typeof flat)[number]) => {
+      const src = f.file;
+      if (src.local) {
+        const stored = await putFile(bucket, `inputs/${opts.name}/${src.name}`, src.local);
+        uploaded.set(src, stored);
+      } else if (src.s3) {
+        uploaded.set(src, { uri: s3Uri(src.s3.bucket, src.s3.key), size: src.s3.size, checksum: `etag:${src.s3.etag}` });
+      }
+      bar?.increment();
+    },
+    { concurrency: opts.uploadConcurrency ?? DEFAULTS.UPLOAD_CONCURRENCY },
+    )
+    .toArray();
   bar?.stop();
 
   const sets: NewImageSet[] = grouped.sets.map((set: GroupedSet<Source>) => ({
@@ -211,11 +197,12 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
         pipelineUri,
         pipelineSha256: pipelineSha,
         engine,
-        engineOptions: { batchSize: 1, ...opts.engineOptions },
+        engineOptions: {},
+        dispatch: dispatchOptionsSchema.parse(opts.dispatch ?? {}),
         inputPrefix,
         groupingRule: opts.grouping,
         sealed: !opts.open,
-        maxFailedFraction: opts.maxFailedFraction ?? 0.5,
+        maxFailedFraction: opts.maxFailedFraction ?? DEFAULTS.MAX_FAILED_FRACTION,
       },
       sets,
     );

@@ -4,14 +4,15 @@ import {
   claimSubmittedExperiment,
   db,
   getExperiment,
+  maxImageSetId,
   releaseClaim,
   setExperimentStatus,
   submittedExperimentIds,
   type Db,
-} from '../activities/lib/db';
-import { workflowIdFor } from '../workflows/task-queues';
+} from '../core/db';
+import { workflowIdFor } from '../core/model';
 import { imageSetsAddedSignal, sealedSignal } from '../workflows/progress';
-import { startExperimentWorkflow, workflowStatus, type StartTuning } from './temporal';
+import { startExperimentWorkflow, workflowStatus } from './experiment-workflows';
 
 /**
  * The starter daemon: turns submitted rows in MariaDB (from `cpflow submit` or any lab system) into
@@ -37,7 +38,6 @@ export class Watcher {
 
   constructor(
     private readonly client: Client,
-    private readonly tuning: StartTuning = {},
     private readonly onEvent: (e: WatchEvent) => void = () => undefined,
   ) {}
 
@@ -55,7 +55,7 @@ export class Watcher {
       const e = await getExperiment(pool, id);
       if (!e) continue;
       try {
-        await startExperimentWorkflow(this.client, e, this.tuning);
+        await startExperimentWorkflow(this.client, e);
         emit({ kind: 'started', experimentId: id, detail: workflowId });
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
@@ -80,7 +80,7 @@ export class Watcher {
         // Claimed by a watcher that died before starting the workflow: start it now.
         const e = await getExperiment(pool, active.id);
         if (!e) continue;
-        await startExperimentWorkflow(this.client, e, this.tuning);
+        await startExperimentWorkflow(this.client, e);
         emit({ kind: 'restarted', experimentId: active.id, detail: workflowId });
         continue;
       }
@@ -108,11 +108,7 @@ export class Watcher {
     workflowId: string,
     emit: (e: WatchEvent) => void,
   ): Promise<void> {
-    const rows = await pool.query<Array<{ maxId: number | null }>>(
-      'SELECT MAX(id) AS maxId FROM image_set WHERE experiment_id = ?',
-      [experimentId],
-    );
-    const maxId = rows[0]?.maxId ?? 0;
+    const maxId = await maxImageSetId(pool, experimentId);
     const handle = this.client.workflow.getHandle(workflowId);
     const previous = this.lastSetId.get(experimentId);
     this.lastSetId.set(experimentId, maxId);

@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { ensureStackUp } from '../deploy/local/services';
+import { ensureWorkflowBundle } from '../workers/workflow-bundle';
 
 /**
  * `npm test`: bring the real local stack up (installing what is missing into the cache), then run
@@ -34,6 +35,8 @@ async function main(): Promise<number> {
     }
   }
   ensureChromium();
+  // Workers load the pre-built workflow bundle; build it once here when the sources changed.
+  await ensureWorkflowBundle((line) => console.log(line));
   console.log(`local stack ready in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   const jest = require.resolve('jest/bin/jest');
   const res = spawnSync(process.execPath, [jest, ...process.argv.slice(2)], {

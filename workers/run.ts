@@ -1,8 +1,10 @@
 import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
-import * as activities from '../activities';
-import { closeDb } from '../activities/lib/db';
-import { temporalConfig, workerConfig } from '../activities/lib/config';
-import { TASK_QUEUES } from '../workflows/task-queues';
+import { analysisActivities, controlActivities, reduceActivities } from '../activities';
+import { temporalConfig, workerConfig } from '../core/config';
+import { closeDb } from '../core/db';
+import { TemporalUnavailableError } from '../core/errors';
+import { DEFAULTS, TASK_QUEUES } from '../core/model';
+import { workflowBundlePath } from './workflow-bundle';
 
 /**
  * Worker pools. Each pool polls its own task queue so it scales on its own backlog in production:
@@ -10,8 +12,6 @@ import { TASK_QUEUES } from '../workflows/task-queues';
  * `reduce` (merging and the report). `all` runs the three in one process for laptops and tests.
  */
 export type PoolName = 'workflow' | 'cellprofiler' | 'reduce';
-
-const { analyzeImageSets, reduceExperiment, ...controlActivities } = activities;
 
 export function workerOptions(pool: PoolName): Omit<WorkerOptions, 'connection'> {
   const cfg = workerConfig();
@@ -26,31 +26,24 @@ export function workerOptions(pool: PoolName): Omit<WorkerOptions, 'connection'>
       return {
         ...common,
         taskQueue: TASK_QUEUES.workflow,
-        workflowsPath: require.resolve('../workflows'),
+        workflowBundle: { codePath: workflowBundlePath() },
         activities: controlActivities,
-        maxConcurrentActivityTaskExecutions: 20,
+        maxConcurrentActivityTaskExecutions: DEFAULTS.CONTROL_SLOTS,
       };
     case 'cellprofiler':
       return {
         ...common,
         taskQueue: TASK_QUEUES.analyze,
-        activities: { analyzeImageSets },
+        activities: analysisActivities,
         maxConcurrentActivityTaskExecutions: cfg.CPFLOW_ANALYZE_SLOTS,
       };
     case 'reduce':
       return {
         ...common,
         taskQueue: TASK_QUEUES.reduce,
-        activities: { reduceExperiment },
+        activities: reduceActivities,
         maxConcurrentActivityTaskExecutions: cfg.CPFLOW_REDUCE_SLOTS,
       };
-  }
-}
-
-export class TemporalUnavailableError extends Error {
-  constructor(address: string, cause: unknown) {
-    super(`Temporal unreachable at ${address}: ${cause instanceof Error ? cause.message : String(cause)}`);
-    this.name = 'TemporalUnavailableError';
   }
 }
 
@@ -69,7 +62,6 @@ export async function connectWorker(): Promise<NativeConnection> {
  * terminationGracePeriodSeconds should be a little longer).
  */
 export async function runPools(pools: PoolName[]): Promise<void> {
-  // We install our own signal handling so shutdown is logged and bounded the same way everywhere.
   const metricsPort = workerConfig().CPFLOW_METRICS_PORT;
   Runtime.install({
     shutdownSignals: ['SIGTERM', 'SIGINT'],

@@ -1,6 +1,13 @@
 import { ActivityCancellationType, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
-import type * as activities from '../activities';
-import { TASK_QUEUES } from './task-queues';
+import {
+  analysisTimeoutSeconds,
+  DEFAULTS,
+  TASK_QUEUES,
+  type AnalysisActivities,
+  type ControlActivities,
+  type DispatchOptions,
+  type ReduceActivities,
+} from '../core/model';
 
 /**
  * Activity stubs per pool. Timeouts and retry policies live here, beside the workflows that use them.
@@ -8,25 +15,27 @@ import { TASK_QUEUES } from './task-queues';
  * exponential backoff; input errors are thrown non-retryable by the activities themselves.
  */
 
-
 /** Manifest reads and DB mirror writes: retried without limit, so an outage only delays them. */
-export const control = proxyActivities<typeof activities>({
+export const control = proxyActivities<ControlActivities>({
   taskQueue: TASK_QUEUES.workflow,
   startToCloseTimeout: '2 minutes',
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
 });
 
+/** Failure types the analysis activity throws when retrying cannot help. */
+export const NON_RETRYABLE_ANALYSIS_ERRORS = ['ImageSetInputError', 'EngineFailure', 'EngineUnavailable'];
+
 /**
  * Analysis retries without an attempt limit: outages (S3, database, a lost worker) must delay a set,
  * never fail it. The activity itself ends retries for input errors at once and for engine failures
- * after `maxEngineAttempts` (it knows which is which; a retry policy cannot).
+ * after the experiment's `maxEngineAttempts` (it knows which is which; a retry policy cannot).
  */
-export function analyzeOptions(timeoutMinutes: number): ActivityOptions {
+export function analysisOptions(dispatch: DispatchOptions): ActivityOptions {
   return {
     taskQueue: TASK_QUEUES.analyze,
-    startToCloseTimeout: `${timeoutMinutes} minutes`,
+    startToCloseTimeout: `${analysisTimeoutSeconds(dispatch)} seconds`,
     // A killed worker stops heartbeating; Temporal notices within this and retries elsewhere.
-    heartbeatTimeout: '20 seconds',
+    heartbeatTimeout: DEFAULTS.ANALYSIS_HEARTBEAT_TIMEOUT,
     // A cancelled experiment is recorded as cancelled only after its engines were really stopped.
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     retry: {
@@ -34,16 +43,16 @@ export function analyzeOptions(timeoutMinutes: number): ActivityOptions {
       backoffCoefficient: 2,
       // Short enough that analysis resumes within seconds of an outage ending.
       maximumInterval: '15 seconds',
-      nonRetryableErrorTypes: ['ImageSetInputError', 'EngineFailure', 'EngineUnavailable'],
+      nonRetryableErrorTypes: NON_RETRYABLE_ANALYSIS_ERRORS,
     },
   };
 }
 
-export const analyze = (options: ActivityOptions) => proxyActivities<typeof activities>(options);
+export const analysis = (options: ActivityOptions) => proxyActivities<AnalysisActivities>(options);
 
-export const reduce = proxyActivities<typeof activities>({
+export const reduce = proxyActivities<ReduceActivities>({
   taskQueue: TASK_QUEUES.reduce,
-  startToCloseTimeout: '2 hours',
+  startToCloseTimeout: DEFAULTS.REDUCE_TIMEOUT,
   heartbeatTimeout: '1 minute',
   retry: { initialInterval: '2 seconds', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
 });

@@ -1,6 +1,6 @@
 import { promises as fs } from 'fs';
 import path from 'path';
-import packageJson from '../../package.json';
+import { CPFLOW_VERSION } from '../../core/version';
 import { ImageSetInputError, type Engine, type EngineIdentity, type EngineRunInput, type EngineRunResult } from './types';
 
 /**
@@ -11,7 +11,7 @@ import { ImageSetInputError, type Engine, type EngineIdentity, type EngineRunInp
  */
 
 export const NOOP_ENGINE_NAME = 'noop';
-export const NOOP_ENGINE_VERSION = `cpflow-noop ${packageJson.version}`;
+export const NOOP_ENGINE_VERSION = `cpflow-noop ${CPFLOW_VERSION}`;
 
 /** A stable per-set count (from the key), so merged summaries vary across wells and are checkable. */
 export function noopNucleusCount(key: string): number {

@@ -4,18 +4,6 @@
  * generator makes the sample, and therefore the report, reproducible for the same input order.
  */
 
-/** mulberry32: tiny, fast, seedable 32-bit PRNG; statistical quality is ample for sampling. */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 export interface DistributionSummary {
   /** Number of finite values seen (not just sampled). */
   count: number;

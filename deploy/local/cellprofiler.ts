@@ -29,6 +29,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import execa from 'execa';
+import { HEADLESS_ENV, probeCellProfilerVersion } from '../../core/cellprofiler';
 import { installPinnedVenv, pipInstall, readyEntryPoint, runLogged, venvPython } from './venv';
 
 /** The one CellProfiler build cpflow runs (PyPI nightly of CellProfiler 5). */
@@ -132,8 +133,6 @@ const MARKER_FILE = 'cpflow-cellprofiler.json';
 const ALL_PINS: readonly string[] = [`cellprofiler-nightly==${CELLPROFILER_BUILD}`, ...RUNTIME_PINS];
 /** cellprofiler-core/library require scipy < 1.11, and scipy 1.10.1 has wheels for 3.8–3.11 only. */
 const PYTHON_MINORS = { min: 9, max: 11 };
-/** Headless: matplotlib must not look for a display. */
-const HEADLESS_ENV = { MPLBACKEND: 'Agg' };
 
 export function cellProfilerVenv(cacheDir: string): string {
   return path.join(cacheDir, 'cellprofiler-venv');
@@ -171,7 +170,7 @@ export async function installCellProfiler(
       entryPoint: 'bin/cellprofiler',
       pythonMinors: PYTHON_MINORS,
       markerExtras: { build: CELLPROFILER_BUILD },
-      installedVersion: cellProfilerVersion,
+      installedVersion: probeCellProfilerVersion,
       install: async (python, log) => {
         await pipInstall(python, RUNTIME_PINS, log);
         await pipInstall(python, ['--no-deps', `cellprofiler-nightly==${CELLPROFILER_BUILD}`], log);
@@ -195,15 +194,6 @@ async function checkOnlyExpectedMissing(python: string, log: (line: string) => v
   );
   if (unexpected.length > 0) throw new Error(`pip check found unexpected problems:\n${unexpected.join('\n')}`);
   log(`pip check: only ${EXPECTED_MISSING.join(' and ')} missing, as intended (GUI / MySQL export only)`);
-}
-
-export async function cellProfilerVersion(executable: string): Promise<string> {
-  const result = await execa(executable, ['--version'], { reject: false, env: { ...process.env, ...HEADLESS_ENV } });
-  const version = result.stdout.trim().split('\n').pop()?.trim() ?? '';
-  if (result.exitCode !== 0 || version === '') {
-    throw new Error(`\`${executable} --version\` failed (exit ${result.exitCode}): ${result.stderr.split('\n').slice(-10).join('\n')}`);
-  }
-  return version;
 }
 
 /**

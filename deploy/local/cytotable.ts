@@ -136,7 +136,7 @@ export async function installCytoTable(
       },
       // The call whose removal in duckdb 2 breaks CytoTable 1.2.6 (see the header).
       verify: (python, log) =>
-        runLogged(python, ['-c', "import duckdb; duckdb.connect().execute('SELECT 1').fetch_arrow_table()"], log),
+        runLogged(python, ['-c', "import duckdb; duckdb.connect().values([1]).fetch_arrow_table()"], log),
     },
     log,
   );

@@ -10,6 +10,7 @@
 import { CreateBucketCommand, GetObjectCommand, HeadBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Connection } from '@temporalio/client';
 import mariadb from 'mariadb';
+import { smokeCheckDatabase } from '../../core/db/admin';
 import { stackEnv, TEMPORAL_NAMESPACE, TEMPORAL_SEARCH_ATTRIBUTES } from './services';
 
 async function checkDatabase(env: Awaited<ReturnType<typeof stackEnv>>, writeMarker?: string, expectMarker?: string): Promise<string> {
@@ -20,15 +21,7 @@ async function checkDatabase(env: Awaited<ReturnType<typeof stackEnv>>, writeMar
     password: env.CPFLOW_DB_PASSWORD,
   });
   try {
-    // The cpflow user may own databases named cpflow_*; keep smoke data out of the application schema.
-    await connection.query(`CREATE DATABASE IF NOT EXISTS \`${env.CPFLOW_DB_NAME}_stack_smoke\``);
-    await connection.query(`USE \`${env.CPFLOW_DB_NAME}_stack_smoke\``);
-    await connection.query('CREATE TABLE IF NOT EXISTS stack_smoke (marker VARCHAR(64) PRIMARY KEY, written_at DATETIME NOT NULL)');
-    if (writeMarker !== undefined) await connection.query('INSERT IGNORE INTO stack_smoke VALUES (?, NOW())', [writeMarker]);
-    const rows: Array<{ marker: string }> = await connection.query('SELECT marker FROM stack_smoke');
-    const markers = rows.map((row) => row.marker);
-    if (expectMarker !== undefined && !markers.includes(expectMarker)) throw new Error(`marker ${expectMarker} missing from MariaDB (found ${markers.join(', ') || 'none'})`);
-    const [{ charset }]: Array<{ charset: string }> = await connection.query('SELECT @@character_set_server AS charset');
+    const { markers, charset } = await smokeCheckDatabase(connection, env.CPFLOW_DB_NAME, { write: writeMarker, expect: expectMarker });
     return `MariaDB ok: markers [${markers.join(', ')}], server charset ${charset}`;
   } finally {
     await connection.end();

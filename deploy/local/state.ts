@@ -87,9 +87,6 @@ export const stackStateSchema = z.object({
   minio: minioState,
 });
 export type StackState = z.infer<typeof stackStateSchema>;
-export type TemporalState = z.infer<typeof temporalState>;
-export type MariadbState = z.infer<typeof mariadbState>;
-export type MinioState = z.infer<typeof minioState>;
 
 export function readState(paths: StackPaths): StackState | undefined {
   let raw: string;

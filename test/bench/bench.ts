@@ -4,14 +4,14 @@ import path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { z } from 'zod';
 import type { Client } from '@temporalio/client';
-import { closeDb } from '../../activities/lib/db';
-import { GROUPING_PRESETS } from '../../activities/lib/grouping';
-import { gitCommit } from '../../activities/lib/version';
+import { closeDb } from '../../core/db';
+import { GROUPING_PRESETS } from '../../core/grouping';
+import { gitCommit } from '../../core/version';
 import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
 import type { EngineImageSet } from '../../activities/engines/types';
 import { ensureStackUp } from '../../deploy/local/services';
 import { submit } from '../../starter/submit';
-import { connectClient, type StartTuning } from '../../starter/temporal';
+import { connectClient } from '../../core/temporal';
 import { foreignPollers, runExperiment, terminateLeftovers, type ExperimentTiming } from './experiment-run';
 import { BENCH_DATABASE, BENCH_NAMESPACE, ensureBenchDatabase, ensureBenchNamespace, preparePrivateStack } from './isolation';
 import { cacheDir } from '../../deploy/local/services';
@@ -85,7 +85,7 @@ function parseArgs(argv: string[]): BenchOptions {
     .option('--size <px>', 'synthetic image width/height in (i)', int('--size'), 512)
     .option('--dispatch-sets <n>', 'image sets in the dispatch run (ii)', int('--dispatch-sets'), 2_000)
     .option('--noop-slots <n>', 'CPFLOW_ANALYZE_SLOTS of the no-op worker in (ii)–(iv)', int('--noop-slots'), 32)
-    .option('--dispatch-batch <n>', 'image sets per activity (engineOptions.batchSize) in (ii)', int('--dispatch-batch'), 1)
+    .option('--dispatch-batch <n>', 'image sets per activity (dispatch batch size) in (ii)', int('--dispatch-batch'), 1)
     .option(
       '--scale-batch <n>',
       'image sets per activity in (iii)/(iv); 8 keeps the default run short (per-chunk history at batch 1 is measured in ii)',
@@ -261,7 +261,7 @@ async function overhead(client: Client, o: BenchOptions): Promise<OverheadResult
   });
   const slots = String(o.jobs);
   const run = await withWorkers(client, { cellprofiler: { CPFLOW_ANALYZE_SLOTS: slots } }, () =>
-    runExperiment(client, submitted.experimentId, {}, { timeoutMs: 3_600_000, label: 'overhead', log }),
+    runExperiment(client, submitted.experimentId, { timeoutMs: 3_600_000, label: 'overhead', log }),
   );
   log(`  cpflow: ${secs(run.result.wallSeconds)} (analysis ${secs(run.result.analysisSeconds)}, reduce ${secs(run.result.reduceSeconds)})`);
   return {
@@ -300,13 +300,16 @@ interface NoopRunResult {
 
 async function noopRun(client: Client, label: string, sets: number, batchSize: number, o: BenchOptions): Promise<NoopRunResult> {
   log(`${label}: registering ${sets.toLocaleString('en')} image sets for the no-op engine …`);
-  const registered = await registerNoopExperiment(`${label.replace(/[^a-z0-9]+/gi, '-')}-${sets}-${stamp()}`, sets, batchSize);
+  const registered = await registerNoopExperiment(`${label.replace(/[^a-z0-9]+/gi, '-')}-${sets}-${stamp()}`, sets, {
+    batchSize,
+    window: o.window,
+    chunkSize: o.chunkSize,
+  });
   log(`  registered in ${secs(registered.seconds)} (experiment ${registered.experimentId})`);
-  const tuning: StartTuning = { window: o.window, chunkSize: o.chunkSize };
   const run = await withWorkers(
     client,
     { cellprofiler: { CPFLOW_ANALYZE_SLOTS: String(o.noopSlots), CPFLOW_ENGINE_OVERRIDE: 'noop' } },
-    () => runExperiment(client, registered.experimentId, tuning, { timeoutMs: Math.max(1_800_000, sets * 200), label, log }),
+    () => runExperiment(client, registered.experimentId, { timeoutMs: Math.max(1_800_000, sets * 200), label, log }),
   );
   const t = run.result;
   log(`  ${label}: ${t.status}, ${secs(t.wallSeconds)} (analysis ${secs(t.analysisSeconds)}, reduce ${secs(t.reduceSeconds)}), max history ${t.maxHistoryLength}`);
@@ -497,7 +500,7 @@ async function main(): Promise<void> {
       rows.push(
         {
           section: 'ii',
-          metric: `no-op dispatch, ${r.sets} sets, batch ${r.batchSize}, window ${r.timing.tuning.window ?? 16}`,
+          metric: `no-op dispatch, ${r.sets} sets, batch ${r.batchSize}, window ${r.timing.tuning.window}`,
           value: `${r.setsPerSecond.toFixed(1)} sets/s`,
           goal: `≥ ${GOALS.setsPerSecond}`,
           met: r.setsPerSecond >= GOALS.setsPerSecond,

@@ -3,10 +3,11 @@ import fs from 'node:fs';
 import type { Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { optionalTsToMs } from '@temporalio/common/lib/time';
-import { claimSubmittedExperiment, db, getExperiment, imageSetCounts, TERMINAL_STATUSES } from '../../activities/lib/db';
-import { temporalConfig } from '../../activities/lib/config';
-import { startExperimentWorkflow, type StartTuning } from '../../starter/temporal';
-import { TASK_QUEUES, workflowIdFor } from '../../workflows/task-queues';
+import { claimSubmittedExperiment, db, getExperiment, imageSetCounts } from '../../core/db';
+import { isTerminal, type DispatchOptions } from '../../core/model';
+import { temporalConfig } from '../../core/config';
+import { startExperimentWorkflow } from '../../starter/experiment-workflows';
+import { TASK_QUEUES, workflowIdFor } from '../../core/model/names';
 
 /**
  * Running one registered experiment through Temporal for the benchmark, and reading back what it
@@ -27,7 +28,8 @@ export interface ExperimentTiming {
   workflowId: string;
   /** Whether this benchmark started the workflow (false: another watcher claimed the row first). */
   startedByBench: boolean;
-  tuning: StartTuning;
+  /** The experiment's dispatch settings, as registered. */
+  tuning: DispatchOptions;
   status: string;
   done: number;
   failed: number;
@@ -63,7 +65,6 @@ export interface ChunkLatency {
 export async function runExperiment(
   client: Client,
   experimentId: number,
-  tuning: StartTuning,
   opts: { timeoutMs: number; label: string; log: (line: string) => void },
 ): Promise<ExperimentTiming> {
   const pool = await db();
@@ -72,9 +73,9 @@ export async function runExperiment(
   if (claimed) {
     const e = await getExperiment(pool, experimentId);
     if (!e) throw new Error(`experiment ${experimentId} vanished`);
-    await startExperimentWorkflow(client, e, tuning);
+    await startExperimentWorkflow(client, e);
   } else {
-    opts.log(`  warning: another watcher claimed experiment ${experimentId} first; measuring its run (its tuning, not ours)`);
+    opts.log(`  warning: another watcher claimed experiment ${experimentId} first; measuring its run `);
   }
 
   const started = Date.now();
@@ -86,7 +87,7 @@ export async function runExperiment(
       opts.log(`  ${opts.label}: polling MariaDB failed (${err instanceof Error ? err.message.split('\n')[0] : String(err)}); retrying`);
       return undefined;
     });
-    if (e && TERMINAL_STATUSES.includes(e.status) && e.finished_at !== null) break;
+    if (e && isTerminal(e.status) && e.finished_at !== null) break;
     if (Date.now() - started > opts.timeoutMs) throw new Error(`${opts.label}: experiment ${experimentId} still ${e?.status} after ${opts.timeoutMs / 1000} s`);
     if (e && Date.now() - lastReport >= 20_000) {
       const counts = await imageSetCounts(pool, experimentId);
@@ -118,7 +119,7 @@ export async function runExperiment(
     experimentId,
     workflowId,
     startedByBench: claimed,
-    tuning,
+    tuning: finished.dispatch_options,
     status: finished.status,
     done: finished.done_sets,
     failed: finished.failed_sets,

@@ -1,10 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { db, registerExperiment, upsertProject, type NewImageSet } from '../../activities/lib/db';
-import { GROUPING_PRESETS } from '../../activities/lib/grouping';
-import { ensureBucket, putBytes, s3Uri } from '../../activities/lib/s3';
+import { db, registerExperiment, upsertProject, type NewImageSet } from '../../core/db';
+import { DEFAULTS, dispatchOptionsSchema, type DispatchOptions } from '../../core/model';
+import { GROUPING_PRESETS } from '../../core/grouping';
+import { ensureBucket, putBytes, s3Uri } from '../../core/s3';
 import { bucketForProject } from '../../starter/submit';
-import { generateSyntheticPlate } from '../../starter/synthetic-plate';
+import { generateSyntheticPlate } from '../fixtures/synthetic-plate';
 
 /**
  * Inputs for the benchmark: synthetic plates on disk (cached between runs, since rendering a few
@@ -65,7 +66,11 @@ function syntheticLayout(index: number, sites: number): { key: string; metadata:
  * (the no-op engine downloads but never decodes them). Rows go in through `registerExperiment`, in
  * one transaction, as a lab system's bulk insert would. Returns the id and how long registering took.
  */
-export async function registerNoopExperiment(name: string, sets: number, batchSize = 1): Promise<{ experimentId: number; seconds: number }> {
+export async function registerNoopExperiment(
+  name: string,
+  sets: number,
+  dispatch: Partial<DispatchOptions> = {},
+): Promise<{ experimentId: number; seconds: number }> {
   if (!SYNTHETIC_RULE) throw new Error('grouping preset "synthetic" is missing');
   const pool = await db();
   const bucket = bucketForProject(BENCH_PROJECT);
@@ -92,11 +97,12 @@ export async function registerNoopExperiment(name: string, sets: number, batchSi
       pipelineSha256: null,
       // The row says builtin; the benchmark's cellprofiler worker runs with CPFLOW_ENGINE_OVERRIDE=noop.
       engine: 'builtin',
-      engineOptions: { batchSize },
+      engineOptions: {},
+      dispatch: dispatchOptionsSchema.parse(dispatch),
       inputPrefix: s3Uri(bucket, 'inputs/noop/'),
       groupingRule: SYNTHETIC_RULE,
       sealed: true,
-      maxFailedFraction: 0.5,
+      maxFailedFraction: DEFAULTS.MAX_FAILED_FRACTION,
     },
     rows,
   );

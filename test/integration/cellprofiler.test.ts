@@ -72,9 +72,9 @@ function exampleCopy(key: string, folder: string, well = 'D03'): EngineImageSet 
   return { key, metadata: { Well: well }, files };
 }
 
-function engine(timeoutMs?: number) {
+function engine() {
   if (!exe) throw new Error('unreachable: test runs only with an executable');
-  return createCellProfilerEngine({ executable: exe, timeoutMs });
+  return createCellProfilerEngine({ executable: exe });
 }
 
 function expectCountsNearReference(image: Row): void {
@@ -307,8 +307,9 @@ describe('cellprofiler engine (real CellProfiler)', () => {
 
   cpIt('kills CellProfiler on timeout with a retryable error', async () => {
     const tmpDir = path.join(work, 'tmp-timeout');
-    const run = engine(1500).run({
+    const run = engine().run({
       imageSets: [exampleCopy('SLOW', 'slow')],
+      timeoutMs: 1500,
       pipelinePath: PIPELINE,
       outDir: path.join(work, 'out-timeout'),
       tmpDir,

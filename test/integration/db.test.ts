@@ -1,4 +1,4 @@
-import { dbConfig } from '../../activities/lib/config';
+import { dbConfig } from '../../core/config';
 import {
   applyImageSetOutcomes,
   createPool,
@@ -11,7 +11,8 @@ import {
   type Db,
   type NewExperiment,
   type NewImageSet,
-} from '../../activities/lib/db';
+} from '../../core/db';
+import { defaultDispatch } from '../../core/model';
 import { requireStack } from '../support/harness';
 
 /** The schema and the mirror's writes, in a throwaway database on the real MariaDB. */
@@ -47,7 +48,8 @@ const experiment = (projectId: number, exp: string): NewExperiment => ({
   pipelineUri: null,
   pipelineSha256: null,
   engine: 'builtin',
-  engineOptions: { batchSize: 1 },
+  engineOptions: {},
+  dispatch: defaultDispatch(),
   inputPrefix: 's3://b/',
   groupingRule: { pattern: '(?<Well>.+)_(?<Channel>.+)', channelGroup: 'Channel', channelMap: {} },
   sealed: true,

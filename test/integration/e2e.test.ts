@@ -1,11 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { db, imageSetCounts } from '../../activities/lib/db';
-import { GROUPING_PRESETS } from '../../activities/lib/grouping';
-import { getBytes, layout, parseS3Uri } from '../../activities/lib/s3';
-import { connectClient } from '../../starter/temporal';
+import { db, imageSetCounts } from '../../core/db';
+import { GROUPING_PRESETS } from '../../core/grouping';
+import { getBytes, layout, parseS3Uri } from '../../core/s3';
+import { connectClient } from '../../core/temporal';
 import { submit } from '../../starter/submit';
-import { generateSyntheticPlate, type GroundTruth } from '../../starter/synthetic-plate';
+import { generateSyntheticPlate, type GroundTruth } from '../fixtures/synthetic-plate';
 import { progressQuery } from '../../workflows/progress';
 import {
   readCsvFromS3,

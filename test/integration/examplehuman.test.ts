@@ -2,9 +2,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse } from 'csv-parse/sync';
-import { db } from '../../activities/lib/db';
-import { GROUPING_PRESETS } from '../../activities/lib/grouping';
-import { getBytes, layout } from '../../activities/lib/s3';
+import { db } from '../../core/db';
+import { GROUPING_PRESETS } from '../../core/grouping';
+import { getBytes, layout } from '../../core/s3';
 import { submit } from '../../starter/submit';
 import { readCsvFromS3, requireStack, startWatcher, startWorkers, teardown, uniqueName, waitForExperiment, type ManagedProcess } from '../support/harness';
 

@@ -1,8 +1,9 @@
 import { startService, stopService } from '../../deploy/local/services';
 import type { Client } from '@temporalio/client';
-import { db, getExperiment, TERMINAL_STATUSES, type ExperimentRow } from '../../activities/lib/db';
-import { layout } from '../../activities/lib/s3';
-import { connectClient } from '../../starter/temporal';
+import { db, getExperiment, type ExperimentRow } from '../../core/db';
+import { isTerminal } from '../../core/model';
+import { layout } from '../../core/s3';
+import { connectClient } from '../../core/temporal';
 import { requireStack, runCli, teardown, uniqueName, waitForExperiment, type ManagedProcess } from '../support/harness';
 import {
   activitiesRunningOn,
@@ -137,7 +138,7 @@ describe('fault drills', () => {
       // Nothing analyses while the only cellprofiler worker is gone (proves the kill hit the worker itself).
       expect(await provenanceCount(e.bucket, e.id)).toBe(atKill);
       analyzePool = await startPool('cellprofiler');
-      await waitForExperiment(e.id, (x) => TERMINAL_STATUSES.includes(x.status), 240_000);
+      await waitForExperiment(e.id, (x) => isTerminal(x.status), 240_000);
       await expectCleanFinish(e.id, plate.sets);
       // The sets in flight on the killed worker ran again (attempt 2) once their heartbeats timed out.
       const retried = await (await db()).query<Array<{ n: number }>>(
@@ -157,7 +158,7 @@ describe('fault drills', () => {
       const { atStop, beforeStart } = await outage('temporal', 10_000, e);
       expect(atStop!).toBeLessThan(TOTAL / 2);
       console.log(`temporal drill: stopped after ${atStop} sets, ${beforeStart} at restart`);
-      await waitForExperiment(e.id, (x) => TERMINAL_STATUSES.includes(x.status), 240_000);
+      await waitForExperiment(e.id, (x) => isTerminal(x.status), 240_000);
       await expectCleanFinish(e.id, plate.sets);
       // The restarted server kept its history: still one execution, now completed.
       const runs = await withClient((c) => workflowExecutions(c, e.id));
@@ -175,7 +176,7 @@ describe('fault drills', () => {
       // Sets kept finishing in S3 while the database was unreachable.
       expect(beforeStart!).toBeGreaterThan(atStop! + 20);
       console.log(`mariadb drill: ${atStop} sets in S3 when MariaDB stopped, ${beforeStart} when it restarted 30 s later`);
-      await waitForExperiment(e.id, (x) => TERMINAL_STATUSES.includes(x.status), 240_000);
+      await waitForExperiment(e.id, (x) => isTerminal(x.status), 240_000);
       await expectCleanFinish(e.id, plate.sets);
       expectPoolsAlive();
     });
@@ -189,7 +190,7 @@ describe('fault drills', () => {
       await outage('minio', 30_000, e);
       expect(doneBefore).toBeLessThan(TOTAL / 2);
       const afterOutage = await provenanceCount(e.bucket, e.id);
-      await waitForExperiment(e.id, (x) => TERMINAL_STATUSES.includes(x.status), 240_000);
+      await waitForExperiment(e.id, (x) => isTerminal(x.status), 240_000);
       const { experiment } = await expectCleanFinish(e.id, plate.sets);
       const maxAttempts = await (await db()).query<Array<{ n: number }>>('SELECT MAX(attempts) AS n FROM image_set WHERE experiment_id = ?', [e.id]);
       // The outage did hit analysis (sets needed more attempts), and those attempts failed nothing.
@@ -209,7 +210,7 @@ describe('fault drills', () => {
       const e = await submitDrill(project, 'racing-watchers', plate);
       const racers = await Promise.all([startDrillWatcher(), startDrillWatcher()]);
       extraProcesses.push(...racers);
-      await waitForExperiment(e.id, (x) => TERMINAL_STATUSES.includes(x.status), 240_000);
+      await waitForExperiment(e.id, (x) => isTerminal(x.status), 240_000);
       await expectCleanFinish(e.id, plate.sets);
       const runs = await withClient((c) => workflowExecutions(c, e.id));
       expect(runs).toHaveLength(1);
@@ -234,7 +235,7 @@ describe('fault drills', () => {
       await waitUntil('sets done in MariaDB', async () => ((await doneCount(e.id)) >= MID_RUN ? true : undefined), 180_000);
       const cancel = await runCli(['cancel', String(e.id)]);
       expect(cancel.code).toBe(0);
-      const cancelled = await waitForExperiment(e.id, (x) => TERMINAL_STATUSES.includes(x.status), 120_000);
+      const cancelled = await waitForExperiment(e.id, (x) => isTerminal(x.status), 120_000);
       expect(cancelled.status).toBe('cancelled');
       // The workflow and its chunk children are closed, so no analysis activity is left anywhere.
       await withClient((c) =>

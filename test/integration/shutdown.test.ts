@@ -1,9 +1,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { db } from '../../activities/lib/db';
-import { GROUPING_PRESETS } from '../../activities/lib/grouping';
+import { db } from '../../core/db';
+import { GROUPING_PRESETS } from '../../core/grouping';
 import { submit } from '../../starter/submit';
-import { generateSyntheticPlate } from '../../starter/synthetic-plate';
+import { generateSyntheticPlate } from '../fixtures/synthetic-plate';
 import { requireStack, startProcess, startWatcher, tempDir, teardown, uniqueName, waitForExperiment, type ManagedProcess } from '../support/harness';
 
 /**

@@ -1,11 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { db, getExperiment, upsertImageSets } from '../../activities/lib/db';
-import { GROUPING_PRESETS, groupFiles } from '../../activities/lib/grouping';
-import { putFile } from '../../activities/lib/s3';
+import { db, getExperiment, upsertImageSets } from '../../core/db';
+import { GROUPING_PRESETS, groupFiles } from '../../core/grouping';
+import { putFile } from '../../core/s3';
 import { submit } from '../../starter/submit';
-import { generateSyntheticPlate } from '../../starter/synthetic-plate';
-import { connectClient } from '../../starter/temporal';
+import { generateSyntheticPlate } from '../fixtures/synthetic-plate';
+import { connectClient } from '../../core/temporal';
 import { progressQuery } from '../../workflows/progress';
 import { readCsvFromS3, requireStack, runCli, startWatcher, startWorkers, tempDir, teardown, uniqueName, waitForExperiment, type ManagedProcess } from '../support/harness';
 

@@ -1,13 +1,10 @@
-import { ApplicationFailure, Context } from '@temporalio/activity';
 import { WorkflowFailedError } from '@temporalio/client';
-import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, DefaultLogger, Runtime, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import type * as realActivities from '../../activities';
-import type { ImageSetOutcome } from '../../activities/lib/db';
+import { SEARCH_ATTRIBUTE_KEYS, TASK_QUEUES, type ExperimentProgress } from '../../core/model';
 import type { ExperimentWorkflowInput } from '../../workflows/experiment';
-import { imageSetsAddedSignal, progressQuery, sealedSignal, type ExperimentProgress } from '../../workflows/progress';
-import { TASK_QUEUES } from '../../workflows/task-queues';
+import { imageSetsAddedSignal, progressQuery, sealedSignal } from '../../workflows/progress';
+import { FakeLab } from '../support/fake-lab';
 
 /**
  * The workflows' logic against Temporal's own servers (the dev server and the time-skipping test
@@ -16,94 +13,6 @@ import { TASK_QUEUES } from '../../workflows/task-queues';
  * cancellation, and bounded history.
  */
 jest.setTimeout(300_000);
-
-type Activities = typeof realActivities;
-
-/** An in-memory stand-in for MariaDB + S3 that the fake activities share. */
-class FakeLab {
-  sets: Array<{ id: number; key: string; status: 'pending' | 'done' | 'failed' | 'cancelled' }> = [];
-  sealed = true;
-  manifests = new Map<string, number[]>();
-  analyzed = new Map<number, number>();
-  inFlight = 0;
-  maxInFlight = 0;
-  statuses: string[] = [];
-  reduced = 0;
-  cancelledActivities = 0;
-  constructor(
-    n: number,
-    readonly bad: Set<number> = new Set(),
-    readonly delayMs = 0,
-  ) {
-    this.addSets(n);
-  }
-  addSets(n: number): void {
-    const start = this.sets.length;
-    for (let i = 1; i <= n; i++) this.sets.push({ id: start + i, key: `S${start + i}`, status: 'pending' });
-  }
-  activities(): Activities {
-    const lab = this;
-    const impl: Partial<Activities> = {
-      async loadExperimentPlan(experimentId) {
-        return { experimentId, name: 'fake', project: 'fake', bucket: 'b', engine: 'builtin', status: 'running', sealed: lab.sealed, totalSets: lab.sets.length, maxFailedFraction: 0.5 };
-      },
-      async prepareManifestChunks({ afterSetId, chunkSize, maxChunks }) {
-        const chunks = [];
-        let after = afterSetId;
-        for (let c = 0; c < maxChunks; c++) {
-          const page = lab.sets.filter((s) => s.id > after && s.status === 'pending').slice(0, chunkSize);
-          if (page.length === 0) break;
-          const key = `chunk-${page[0]!.id}`;
-          lab.manifests.set(key, page.map((s) => s.id));
-          chunks.push({ manifestKey: key, count: page.length, firstSetId: page[0]!.id, lastSetId: page[page.length - 1]!.id, firstKey: page[0]!.key, lastKey: page[page.length - 1]!.key });
-          after = page[page.length - 1]!.id;
-        }
-        return { chunks, sealed: lab.sealed, status: 'running' as const };
-      },
-      async loadChunkIndex({ manifestKey }) {
-        return (lab.manifests.get(manifestKey) ?? []).map((id) => ({ id, key: `S${id}` }));
-      },
-      async analyzeImageSets({ manifestKey, indices }) {
-        const ids = indices.map((i) => lab.manifests.get(manifestKey)![i]!);
-        lab.inFlight++;
-        lab.maxInFlight = Math.max(lab.maxInFlight, lab.inFlight);
-        try {
-          if (lab.delayMs > 0) {
-            const ctx = Context.current();
-            // Cancellation reaches an activity through its heartbeats, as it does for the real engine.
-            const beat = setInterval(() => ctx.heartbeat(), 200);
-            await Promise.race([ctx.sleep(lab.delayMs), ctx.cancelled]).finally(() => clearInterval(beat)).catch((err) => {
-              lab.cancelledActivities++;
-              throw err;
-            });
-          }
-          for (const id of ids) lab.analyzed.set(id, (lab.analyzed.get(id) ?? 0) + 1);
-          if (ids.some((id) => lab.bad.has(id))) {
-            throw ApplicationFailure.nonRetryable(`image set S${ids[0]}: undecodable image`, 'ImageSetInputError');
-          }
-          return ids.map((id): ImageSetOutcome => ({ imageSetId: id, status: 'done', attempts: 1 }));
-        } finally {
-          lab.inFlight--;
-        }
-      },
-      async syncImageSets({ outcomes }) {
-        for (const o of outcomes) {
-          const s = lab.sets.find((x) => x.id === o.imageSetId);
-          if (s && o.status !== 'running') s.status = o.status;
-        }
-      },
-      async syncExperimentStatus({ status }) {
-        lab.statuses.push(status);
-      },
-      async reduceExperiment() {
-        lab.reduced++;
-        const failed = lab.sets.filter((s) => s.status !== 'done').length;
-        return { summaryUri: 's3://b/summary.csv', reportUri: 's3://b/report.html', provenanceUri: 's3://b/p.json', total: lab.sets.length, done: lab.sets.length - failed, failed, objects: 0 };
-      },
-    };
-    return impl as Activities;
-  }
-}
 
 let bundle: WorkflowBundleWithSourceMap;
 
@@ -151,8 +60,8 @@ describe('on the time-skipping test server', () => {
   });
 
   it('fans 1,000 sets out through chunk children within the window and isolates bad sets', async () => {
-    const lab = new FakeLab(1_000, new Set([7, 512, 999]));
-    const input: ExperimentWorkflowInput = { experimentId: 1, window: 6, chunkSize: 300, concurrentChunks: 2, searchAttributes: false };
+    const lab = new FakeLab(1_000, new Set([7, 512, 999]), 0, { window: 6, chunkSize: 300, concurrentChunks: 2 });
+    const input: ExperimentWorkflowInput = { experimentId: 1, searchAttributes: false };
     const result = await withWorkers(env, lab, () =>
       env.client.workflow.execute('ExperimentWorkflow', { taskQueue: TASK_QUEUES.workflow, workflowId: 'exp-tsk-1', args: [input] }),
     ) as ExperimentProgress;
@@ -182,12 +91,7 @@ describe('on the Temporal dev server', () => {
     env = await TestWorkflowEnvironment.createLocal({
       server: {
         executable: executable('CPFLOW_TEMPORAL_CLI'),
-        searchAttributes: [
-          defineSearchAttributeKey('CpflowExperimentId', SearchAttributeType.KEYWORD),
-          defineSearchAttributeKey('CpflowProject', SearchAttributeType.KEYWORD),
-          defineSearchAttributeKey('CpflowStatus', SearchAttributeType.KEYWORD),
-          defineSearchAttributeKey('CpflowImageSetCount', SearchAttributeType.INT),
-        ],
+        searchAttributes: Object.values(SEARCH_ATTRIBUTE_KEYS),
       },
     });
   });
@@ -229,12 +133,12 @@ describe('on the Temporal dev server', () => {
   });
 
   it('cancels running activities and records the experiment as cancelled', async () => {
-    const lab = new FakeLab(40, new Set(), 60_000);
+    const lab = new FakeLab(40, new Set(), 60_000, { window: 4 });
     await withWorkers(env, lab, async () => {
       const handle = await env.client.workflow.start('ExperimentWorkflow', {
         taskQueue: TASK_QUEUES.workflow,
         workflowId: 'exp-cancel-1',
-        args: [{ experimentId: 4, window: 4 } satisfies ExperimentWorkflowInput],
+        args: [{ experimentId: 4 } satisfies ExperimentWorkflowInput],
       });
       for (let i = 0; i < 100 && lab.inFlight < 4; i++) await new Promise((r) => setTimeout(r, 100));
       expect(lab.inFlight).toBe(4);
@@ -247,12 +151,12 @@ describe('on the Temporal dev server', () => {
   });
 
   it('keeps every execution far below 10,240 history events with continue-as-new and children', async () => {
-    const lab = new FakeLab(3_000);
+    const lab = new FakeLab(3_000, new Set(), 0, { window: 64, chunkSize: 250, concurrentChunks: 4 });
     const run = (): Promise<ExperimentProgress> =>
       env.client.workflow.execute('ExperimentWorkflow', {
         taskQueue: TASK_QUEUES.workflow,
         workflowId: 'exp-big-1',
-        args: [{ experimentId: 5, window: 64, chunkSize: 250, concurrentChunks: 4, historyEventsBudget: 40 } satisfies ExperimentWorkflowInput],
+        args: [{ experimentId: 5, historyEventsBudget: 40 } satisfies ExperimentWorkflowInput],
       }) as Promise<ExperimentProgress>;
     const result = await withWorkers(env, lab, run, 64);
     expect(result).toMatchObject({ done: 3000, failed: 0, total: 3000 });

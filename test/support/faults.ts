@@ -3,12 +3,12 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
-import { db, getExperiment, imageSetCounts, type ExperimentRow } from '../../activities/lib/db';
-import { GROUPING_PRESETS } from '../../activities/lib/grouping';
-import { layout, listObjects } from '../../activities/lib/s3';
+import { db, getExperiment, imageSetCounts, type ExperimentRow } from '../../core/db';
+import { GROUPING_PRESETS } from '../../core/grouping';
+import { layout, listObjects } from '../../core/s3';
 import { submit } from '../../starter/submit';
-import { generateSyntheticPlate, type SyntheticSet } from '../../starter/synthetic-plate';
-import { workflowIdFor } from '../../workflows/task-queues';
+import { generateSyntheticPlate, type SyntheticSet } from '../fixtures/synthetic-plate';
+import { workflowIdFor } from '../../core/model/names';
 import { cacheDir, ensureStackUp, stopStack, type StackEnv } from '../../deploy/local/services';
 import { preparePrivateStack } from '../bench/isolation';
 import { readCsvFromS3, s3Keys, startProcess, tempDir, type ManagedProcess } from './harness';
@@ -67,7 +67,7 @@ export async function startPool(pool: 'workflow' | 'cellprofiler' | 'reduce'): P
 }
 
 export async function startDrillWatcher(): Promise<ManagedProcess> {
-  const p = startNodeProcess('starter/cli.ts', ['watch', '--interval', '500', '--window', String(DRILL_WINDOW)]);
+  const p = startNodeProcess('starter/cli.ts', ['watch', '--interval', '500']);
   await p.waitFor(/polling MariaDB/, 60_000);
   return p;
 }
@@ -126,6 +126,7 @@ export async function submitDrill(project: string, name: string, plate: DrillPla
     ...(plate.inputsPrefix ? { s3Prefix: plate.inputsPrefix } : { folder: plate.dir }),
     grouping: GROUPING_PRESETS.synthetic!.rule,
     engine: 'builtin',
+    dispatch: { window: DRILL_WINDOW },
   });
   const e = await getExperiment(await db(), res.experimentId);
   if (!e) throw new Error(`experiment ${res.experimentId} vanished after submit`);

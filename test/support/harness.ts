@@ -2,8 +2,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { closeDb, db, getExperiment, TERMINAL_STATUSES, type ExperimentRow } from '../../activities/lib/db';
-import { getBytes, listObjects, parseS3Uri } from '../../activities/lib/s3';
+import { closeDb, db, getExperiment, type ExperimentRow } from '../../core/db';
+import { isTerminal } from '../../core/model';
+import { getBytes, listObjects, parseS3Uri } from '../../core/s3';
 import { parse } from 'csv-parse/sync';
 
 /**
@@ -141,7 +142,7 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 
 
 export async function waitForExperiment(
   experimentId: number,
-  until: (e: ExperimentRow) => boolean = (e) => TERMINAL_STATUSES.includes(e.status),
+  until: (e: ExperimentRow) => boolean = (e) => isTerminal(e.status),
   timeoutMs = 300_000,
 ): Promise<ExperimentRow> {
   const deadline = Date.now() + timeoutMs;

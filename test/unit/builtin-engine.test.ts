@@ -6,7 +6,7 @@ import sharp from 'sharp';
 import packageJson from '../../package.json';
 import { createBuiltinEngine, builtinOptionsFromPipeline } from '../../activities/engines/builtin';
 import { ImageSetInputError, type EngineImageSet } from '../../activities/engines/types';
-import { generateSyntheticPlate, type GroundTruth } from '../../starter/synthetic-plate';
+import { generateSyntheticPlate, type GroundTruth } from '../fixtures/synthetic-plate';
 
 // Image generation and segmentation share two cores with other suites; allow for a slow machine.
 jest.setTimeout(60_000);

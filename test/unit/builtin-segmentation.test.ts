@@ -12,7 +12,7 @@ import {
   segmentNuclei,
   type GrayscaleImage,
 } from '../../activities/engines/builtin';
-import { generateSyntheticPlate } from '../../starter/synthetic-plate';
+import { generateSyntheticPlate } from '../fixtures/synthetic-plate';
 
 // Image generation and segmentation share two cores with other suites; allow for a slow machine.
 jest.setTimeout(60_000);

@@ -1,6 +1,5 @@
-import { ConfigError, dbConfig, s3Config, temporalConfig, workerConfig } from '../../activities/lib/config';
-import { isInfrastructureError } from '../../activities/analyze';
-import { DatabaseUnavailableError } from '../../activities/lib/db';
+import { ConfigError, dbConfig, s3Config, temporalConfig, workerConfig } from '../../core/config';
+import { DatabaseUnavailableError, isInfrastructureError } from '../../core/errors';
 
 describe('configuration from the environment', () => {
   it('fills defaults', () => {

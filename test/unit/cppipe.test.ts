@@ -1,13 +1,7 @@
 import fs from 'node:fs';
 import { createHash } from 'node:crypto';
-import {
-  parseCppipe,
-  pipelineSha256,
-  PipelineError,
-  spreadsheetFilePrefix,
-  validatePipelineForCpflow,
-  type Pipeline,
-} from '../../activities/pipeline/cppipe';
+import { parseCppipe, pipelineSha256, PipelineError, type Pipeline } from '../../core/pipeline/cppipe';
+import { spreadsheetFilePrefix, validatePipelineForCpflow } from '../../core/pipeline/validate';
 
 const EXAMPLE_PATH = '/work/shared/data/examplehuman/ExampleHuman.cppipe';
 const example = fs.readFileSync(EXAMPLE_PATH, 'utf8');

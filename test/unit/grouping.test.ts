@@ -1,4 +1,4 @@
-import { GROUPING_PRESETS, GroupingError, groupFiles, resolveGroupingRule } from '../../activities/lib/grouping';
+import { GROUPING_PRESETS, GroupingError, groupFiles, resolveGroupingRule } from '../../core/grouping';
 
 describe('grouping rules', () => {
   const names = (list: string[]) => list;

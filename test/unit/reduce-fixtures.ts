@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import type { ImageSetResult, ImageSetTable } from '../../activities/reduce/summary';
-import { seededRandom } from '../../activities/reduce/reservoir';
+import { seededRandom } from '../../core/random';
 
 export const EXAMPLEHUMAN_OUTPUT = '/work/shared/data/examplehuman/reference-output';
 

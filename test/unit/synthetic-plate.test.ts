@@ -3,7 +3,7 @@ import os from 'os';
 import path from 'path';
 import sharp from 'sharp';
 import { decodeGrayscale, gaussianBlur, labelComponents, otsuThreshold } from '../../activities/engines/builtin';
-import { generateSyntheticPlate, SYNTHETIC_GROUPING } from '../../starter/synthetic-plate';
+import { generateSyntheticPlate, SYNTHETIC_GROUPING } from '../fixtures/synthetic-plate';
 
 // Image generation and segmentation share two cores with other suites; allow for a slow machine.
 jest.setTimeout(60_000);

@@ -1,7 +1,7 @@
 import { promises as fs } from 'fs';
 import path from 'path';
 import { stringify } from 'csv-stringify/sync';
-import { CPFLOW_VERSION } from '../../lib/version';
+import { CPFLOW_VERSION } from '../../../core/version';
 import {
   ImageSetInputError,
   type Engine,

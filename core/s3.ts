@@ -202,6 +202,30 @@ export function isNotFound(err: unknown): boolean {
   return err instanceof S3ServiceException && (err.$metadata.httpStatusCode === 404 || err.name === 'NoSuchKey');
 }
 
+/**
+ * The object operations activities use, as one interface: the real one is S3 (`s3Store`); unit
+ * tests of activity logic pass an in-memory one.
+ */
+export interface ObjectStore {
+  getBytes(bucket: string, key: string): Promise<Buffer>;
+  /** `undefined` when the object does not exist. */
+  getBytesIfExists(bucket: string, key: string): Promise<Buffer | undefined>;
+  /** Download to a file, hashing on the way; `undefined` when the object does not exist. */
+  downloadIfExists(bucket: string, key: string, localPath: string): Promise<{ size: number; sha256: string } | undefined>;
+  downloadToFile(bucket: string, key: string, localPath: string): Promise<void>;
+  putFile(bucket: string, key: string, localPath: string, opts?: { contentType?: string }): Promise<StoredObject>;
+  putBytes(bucket: string, key: string, body: string | Buffer, contentType?: string): Promise<StoredObject>;
+}
+
+export const s3Store: ObjectStore = {
+  getBytes: (bucket, key) => getBytes(bucket, key),
+  getBytesIfExists: (bucket, key) => getBytesIfExists(bucket, key),
+  downloadIfExists: (bucket, key, localPath) => downloadIfExists(bucket, key, localPath),
+  downloadToFile: (bucket, key, localPath) => downloadToFile(bucket, key, localPath),
+  putFile: (bucket, key, localPath, opts) => putFile(bucket, key, localPath, opts),
+  putBytes: (bucket, key, body, contentType) => putBytes(bucket, key, body, contentType),
+};
+
 /** S3 key layout (DESIGN.md §3). Deterministic, so a retried attempt writes to the same place. */
 export const layout = {
   pipeline: (sha256: string) => `pipelines/${sha256}.cppipe`,

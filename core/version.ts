@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import pkg from '../../package.json';
+import pkg from '../package.json';
 
 /** What produced an output: recorded in every provenance.json. */
 export const CPFLOW_VERSION: string = pkg.version;

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { groupingRuleSchema, type GroupingRule } from './db';
+import { groupingRuleSchema, type GroupingRule } from './model/domain';
 
 /**
  * Grouping rules map file names to image sets and channels with one regular expression whose named

@@ -1,0 +1,160 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { Context } from '@temporalio/activity';
+import { DEFAULTS, type ImageSetOutcome } from '../core/model';
+import { layout, parseS3Uri } from '../core/s3';
+import { CPFLOW_VERSION, gitCommit, workerIdentity } from '../core/version';
+import type { AnalysisDeps } from './analyze';
+import { ImageSetInputError, type Engine, type EngineIdentity, type EngineImageSet } from './engines';
+import type { ChunkManifest, ManifestSet } from './manifest';
+import type { SetProvenance } from './provenance';
+
+/**
+ * One engine invocation over a batch of image sets: download each set's files from S3 (hashing on
+ * the way), run the engine, upload its outputs under the set's deterministic prefix and write
+ * provenance.json last as the done marker. Heartbeats carry what it is doing.
+ */
+
+export interface BatchRun {
+  manifest: ChunkManifest;
+  sets: ManifestSet[];
+  engine: Engine;
+  identity: EngineIdentity;
+  attempt: number;
+}
+
+export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<ImageSetOutcome[]> {
+  const { manifest, sets, engine, identity, attempt } = batch;
+  const ctx = Context.current();
+  const workRoot = await fs.promises.mkdtemp(path.join(deps.workDir(), `cpflow-${manifest.experimentId}-`));
+  const startedAt = new Date().toISOString();
+  let lastDetail = 'downloading';
+  const beat = setInterval(() => ctx.heartbeat({ detail: lastDetail }), DEFAULTS.ANALYSIS_HEARTBEAT_EVERY_MS);
+  try {
+    ctx.heartbeat({ detail: lastDetail });
+    const inputDir = path.join(workRoot, 'in');
+    const outDir = path.join(workRoot, `out-attempt-${attempt}`);
+    const tmpDir = path.join(workRoot, 'tmp');
+    await Promise.all([inputDir, outDir, tmpDir].map((d) => fs.promises.mkdir(d, { recursive: true })));
+
+    const engineSets: EngineImageSet[] = [];
+    const inputsBySet = new Map<number, SetProvenance['inputs']>();
+    for (const set of sets) {
+      const downloaded = await downloadSet(deps, set, path.join(inputDir, set.key));
+      inputsBySet.set(set.id, downloaded.inputs);
+      engineSets.push({ key: set.key, metadata: set.metadata, files: downloaded.files, imageNumber: set.id });
+    }
+
+    let pipelinePath: string | undefined;
+    if (manifest.pipelineUri) {
+      const { bucket, key } = parseS3Uri(manifest.pipelineUri);
+      pipelinePath = path.join(workRoot, 'pipeline.cppipe');
+      await deps.store.downloadToFile(bucket, key, pipelinePath);
+    }
+
+    lastDetail = `running ${identity.name} on ${sets.map((s) => s.key).join(', ')}`;
+    const result = await engine.run({
+      imageSets: engineSets,
+      pipelinePath,
+      outDir,
+      tmpDir,
+      signal: ctx.cancellationSignal,
+      timeoutMs: manifest.dispatch.engineTimeoutSeconds * 1000,
+      onProgress: (detail) => {
+        lastDetail = detail;
+      },
+    });
+
+    lastDetail = 'uploading outputs';
+    const outcomes: ImageSetOutcome[] = [];
+    for (const set of sets) {
+      const produced = result.sets.find((r) => r.key === set.key);
+      if (!produced) throw new Error(`engine ${identity.name} returned no output for image set ${set.key}`);
+      outcomes.push(
+        await uploadSet(deps, batch, set, path.join(outDir, set.key), produced.files, {
+          inputs: inputsBySet.get(set.id) ?? [],
+          startedAt,
+        }),
+      );
+    }
+    return outcomes;
+  } finally {
+    clearInterval(beat);
+    await fs.promises.rm(workRoot, { recursive: true, force: true });
+  }
+}
+
+async function downloadSet(
+  deps: AnalysisDeps,
+  set: ManifestSet,
+  setDir: string,
+): Promise<{ files: EngineImageSet['files']; inputs: SetProvenance['inputs'] }> {
+  await fs.promises.mkdir(setDir, { recursive: true });
+  const files: EngineImageSet['files'] = [];
+  const inputs: SetProvenance['inputs'] = [];
+  for (const f of set.files) {
+    const { bucket, key } = parseS3Uri(f.uri);
+    // Keep the original file name: CellProfiler pipelines match channels by name.
+    let local = path.join(setDir, path.posix.basename(key));
+    if (files.some((x) => x.path === local)) local = path.join(setDir, `${f.channel}-${path.posix.basename(key)}`);
+    const got = await deps.store.downloadIfExists(bucket, key, local);
+    if (!got) throw new ImageSetInputError(`image set ${set.key}: missing image ${f.uri} (channel ${f.channel})`, set.key);
+    if (got.size === 0) throw new ImageSetInputError(`image set ${set.key}: empty image ${f.uri} (channel ${f.channel})`, set.key);
+    inputs.push({ channel: f.channel, uri: f.uri, size: got.size, checksum: f.checksum, sha256: got.sha256 });
+    files.push({ channel: f.channel, path: local });
+  }
+  return { files, inputs };
+}
+
+async function uploadSet(
+  deps: AnalysisDeps,
+  batch: BatchRun,
+  set: ManifestSet,
+  localDir: string,
+  produced: string[],
+  record: { inputs: SetProvenance['inputs']; startedAt: string },
+): Promise<ImageSetOutcome> {
+  const { manifest, identity, attempt } = batch;
+  const prefix = layout.setPrefix(manifest.experimentId, set.key);
+  const outputs: SetProvenance['outputs'] = [];
+  for (const name of [...produced].sort()) {
+    if (name === 'provenance.json') continue;
+    const stored = await deps.store.putFile(manifest.bucket, `${prefix}${name}`, path.join(localDir, name), {
+      contentType: name.endsWith('.csv') ? 'text/csv' : undefined,
+    });
+    outputs.push({ name, ...stored });
+  }
+  const provenance: SetProvenance = {
+    kind: 'cpflow.image-set-provenance/v1',
+    experimentId: manifest.experimentId,
+    imageSet: { id: set.id, key: set.key, metadata: set.metadata },
+    engine: identity,
+    pipelineSha256: manifest.pipelineSha256,
+    inputs: record.inputs,
+    outputs,
+    cpflow: { version: CPFLOW_VERSION, gitCommit: gitCommit() },
+    worker: { ...workerIdentity(), attempt },
+    startedAt: record.startedAt,
+    finishedAt: new Date().toISOString(),
+  };
+  // Written last: its presence means every output above is complete.
+  const marker = await deps.store.putBytes(manifest.bucket, `${prefix}provenance.json`, JSON.stringify(provenance, null, 2), 'application/json');
+  return {
+    imageSetId: set.id,
+    status: 'done',
+    attempts: attempt,
+    skipped: false,
+    outputPrefix: prefix,
+    results: [
+      ...outputs.map((o) => ({ kind: kindOf(o.name), uri: o.uri, size: o.size, checksum: o.checksum })),
+      { kind: 'provenance', uri: marker.uri, size: marker.size, checksum: marker.checksum },
+    ],
+  };
+}
+
+/** The result_file kind of an output: `table:<Name>` for tables, `file:<ext>` for the rest. */
+export function kindOf(name: string): string {
+  if (name === 'provenance.json') return 'provenance';
+  if (name.endsWith('.csv')) return `table:${name.slice(0, -4)}`;
+  return `file:${path.extname(name).slice(1) || 'bin'}`;
+}

@@ -1,0 +1,181 @@
+/**
+ * The `cellprofiler` engine: runs the real CellProfiler 5 CLI headless on one or more image sets and
+ * splits ExportToSpreadsheet's tables into one folder per image set.
+ *
+ * One invocation:
+ *   cellprofiler -c -r -p <pipeline> --file-list <list> -o <out> -t <tmp> -d <done> -e imageio_reader
+ *
+ * - `-e imageio_reader` enables only the imageio reader. Without it CellProfiler 5 also enables the
+ *   Bio-Formats reader, which starts a JVM through scyjava/jgo and fetches `ome:formats-gpl` from
+ *   maven.scijava.org at first use; that host is unreachable here, so the run fails in NamesAndTypes
+ *   (verified with 5.0.0.dev784). imageio reads the plain TIFF/PNG files cpflow handles.
+ * - Success is only a done file that says `Complete` (CellProfiler writes `Failure` otherwise, and
+ *   exits 255). `--always-continue` is not used: with a broken image in the batch this build crashes
+ *   with no done file at all instead of skipping the set.
+ * - Every attempt gets fresh directories under the caller's tmpDir, so a retry never meets the
+ *   outputs of the previous one (ExportToSpreadsheet may refuse to overwrite).
+ * - CellProfiler runs in its own process group (detached) so that cancellation and timeouts kill it
+ *   and every child it started with one `kill(-pid)`.
+ *
+ * Batching: the files of all sets go into one file list. Each set's files are symlinked into their
+ * own folder `<attempt>/input/sNNNNN/<original file name>` first. The original file names are kept
+ * because NamesAndTypes assigns channels by file-name rules (ExampleHuman: `file does contain
+ * "d0.tif"`); the per-set folder is what maps CellProfiler's ImageNumber back to our set afterwards:
+ * the PathName_<channel> columns of Image.csv name the folder each image set's files came from. That
+ * mapping is read from the output, never assumed from the order of the file list.
+ *
+ * Per-set outputs (`<outDir>/<setKey>/`):
+ * - Every table with an `ImageNumber` column (Image.csv, Nuclei.csv, …) keeps only that set's rows,
+ *   with ImageNumber set to the number cpflow gives the set (`EngineImageSet.imageNumber`: the image
+ *   set's id, unique within the experiment), so the folders of one experiment concatenate without
+ *   collisions (CytoTable's cellprofiler_csv preset joins on ImageNumber alone). Without a number
+ *   (analyze-local) a set's rows are numbered from 1, as a CellProfiler run on that set alone would.
+ *   Group_Number/Group_Index are left as CellProfiler wrote them.
+ * - Relationship tables (`First Image Number`/`Second Image Number`) are split by the first image.
+ * - Tables without image numbers (Experiment.csv) are copied into every set.
+ * - Other files (SaveImages output) go to the set whose Image.csv row names them in a
+ *   FileName_X/PathName_X pair; with one set per invocation every file belongs to it. Files that no
+ *   row or several rows name are left out in a batch (they cannot be attributed safely).
+ * - ExportToSpreadsheet's optional file-name prefix is removed (`MyExpt_Image.csv` → `Image.csv`).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { probeCellProfilerVersion } from '../../../core/cellprofiler';
+import { DEFAULTS } from '../../../core/model';
+import { parseCppipe, PipelineError, type Pipeline } from '../../../core/pipeline/cppipe';
+import { ImageSetInputError, type Engine, type EngineIdentity, type EngineImageSet, type EngineRunInput, type EngineRunResult } from '../types';
+import { classifyFailure, invoke } from './invoke';
+import { setFolderName, splitOutputs, type AttemptPaths } from './split-outputs';
+
+export interface CellProfilerEngineOptions {
+  /** Path of the `cellprofiler` executable (e.g. `<cache>/cellprofiler-venv/bin/cellprofiler`). */
+  executable: string;
+  /** Readers passed to `-e`; defaults to `['imageio_reader']` (no JVM, see above). */
+  readers?: string[];
+}
+
+export function createCellProfilerEngine(opts: CellProfilerEngineOptions): Engine {
+  let identityPromise: Promise<EngineIdentity> | undefined;
+  const identity = (): Promise<EngineIdentity> => {
+    identityPromise ??= probeCellProfilerVersion(opts.executable).then((version) => ({ name: 'cellprofiler', version }));
+    // A failed probe (e.g. a venv being installed) is not cached: the next call tries again.
+    identityPromise.catch(() => {
+      identityPromise = undefined;
+    });
+    return identityPromise;
+  };
+  return {
+    identity,
+    run: async (input) => {
+      const engine = await identity();
+      return runCellProfiler(opts, engine, input);
+    },
+  };
+}
+
+async function runCellProfiler(
+  opts: CellProfilerEngineOptions,
+  engine: EngineIdentity,
+  input: EngineRunInput,
+): Promise<EngineRunResult> {
+  const { imageSets } = input;
+  if (imageSets.length === 0) throw new Error('cellprofiler engine: no image sets to run');
+  if (!input.pipelinePath) throw new Error('cellprofiler engine: a pipeline file is required');
+  assertUsableKeys(imageSets);
+  const singleKey = imageSets.length === 1 ? imageSets[0].key : undefined;
+
+  let pipeline: Pipeline;
+  try {
+    pipeline = parseCppipe(await fs.promises.readFile(input.pipelinePath, 'utf8'), path.basename(input.pipelinePath));
+  } catch (err) {
+    // The pipeline is the same for every attempt: unreadable is final, not transient.
+    if (err instanceof PipelineError) throw new ImageSetInputError(err.message, singleKey);
+    throw err;
+  }
+
+  await fs.promises.mkdir(input.tmpDir, { recursive: true });
+  const root = await fs.promises.mkdtemp(path.join(input.tmpDir, 'cellprofiler-'));
+  const paths: AttemptPaths = {
+    root,
+    inputDir: path.join(root, 'input'),
+    fileList: path.join(root, 'files.txt'),
+    outDir: path.join(root, 'out'),
+    tmpDir: path.join(root, 'tmp'),
+    doneFile: path.join(root, 'done.txt'),
+  };
+  await Promise.all([paths.inputDir, paths.outDir, paths.tmpDir].map((d) => fs.promises.mkdir(d, { recursive: true })));
+  const linked = await linkInputs(imageSets, paths.inputDir);
+  await fs.promises.writeFile(paths.fileList, `${linked.join('\n')}\n`);
+
+  const args = [
+    '-c',
+    '-r',
+    '-p',
+    input.pipelinePath,
+    '--file-list',
+    paths.fileList,
+    '-o',
+    paths.outDir,
+    '-t',
+    paths.tmpDir,
+    '-d',
+    paths.doneFile,
+    '-e',
+    ...(opts.readers ?? ['imageio_reader']),
+  ];
+  const timeoutMs = input.timeoutMs ?? DEFAULTS.ENGINE_TIMEOUT_SECONDS * 1000;
+  const run = await invoke(opts.executable, args, imageSets.length, timeoutMs, input);
+
+  const done = await fs.promises.readFile(paths.doneFile, 'utf8').catch(() => undefined);
+  if (done?.trim() !== 'Complete') {
+    throw classifyFailure(run, done, imageSets);
+  }
+
+  input.onProgress?.('splitting CellProfiler outputs per image set');
+  const sets = await splitOutputs(pipeline, paths, imageSets, input.outDir);
+  return { engine, sets };
+}
+
+function assertUsableKeys(sets: EngineImageSet[]): void {
+  const seen = new Set<string>();
+  for (const set of sets) {
+    // Keys become folder names under outDir.
+    if (set.key === '' || set.key === '.' || set.key === '..' || /[/\\\0]/.test(set.key)) {
+      throw new Error(`cellprofiler engine: image set key ${JSON.stringify(set.key)} cannot be a folder name`);
+    }
+    if (seen.has(set.key)) throw new Error(`cellprofiler engine: image set key ${set.key} appears twice in one batch`);
+    seen.add(set.key);
+  }
+}
+
+/** Symlinks each set's files into its own folder, keeping file names; returns the file list lines. */
+async function linkInputs(sets: EngineImageSet[], inputDir: string): Promise<string[]> {
+  const lines: string[] = [];
+  for (const [index, set] of sets.entries()) {
+    const dir = path.join(inputDir, setFolderName(index));
+    await fs.promises.mkdir(dir);
+    const names = new Set<string>();
+    for (const file of set.files) {
+      const stat = await fs.promises.stat(file.path).catch(() => undefined);
+      if (!stat?.isFile()) {
+        throw new ImageSetInputError(`image set ${set.key}: image for channel ${file.channel} is missing: ${file.path}`, set.key);
+      }
+      if (stat.size === 0) {
+        throw new ImageSetInputError(`image set ${set.key}: image for channel ${file.channel} is empty: ${file.path}`, set.key);
+      }
+      const name = path.basename(file.path);
+      if (names.has(name) || /[\r\n]/.test(name)) {
+        throw new ImageSetInputError(
+          `image set ${set.key}: file name ${JSON.stringify(name)} is used twice or unusable in a CellProfiler file list`,
+          set.key,
+        );
+      }
+      names.add(name);
+      const link = path.join(dir, name);
+      await fs.promises.symlink(path.resolve(file.path), link);
+      lines.push(link);
+    }
+  }
+  return lines;
+}
+

@@ -1,0 +1,6 @@
+/** The db room: the only code that speaks SQL. Split by table family; rows checked with zod. */
+export * from './pool';
+export * from './rows';
+export * from './experiments';
+export * from './image-sets';
+export * from './results';

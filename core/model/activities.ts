@@ -1,0 +1,79 @@
+/**
+ * The activities cpflow registers, as the workflows see them: names, inputs and outputs only.
+ * activities/index.ts implements this contract (checked with `satisfies`), and workflows proxy it,
+ * so workflow code never imports activity code.
+ */
+import type { ChunkRef, ExperimentPlan, ExperimentStatus, ImageSetOutcome, PreparedChunks } from './domain';
+
+export interface PrepareChunksInput {
+  experimentId: number;
+  /** The workflow's cursor: only image sets with a larger id are paged. */
+  afterSetId: number;
+  chunkSize: number;
+  maxChunks: number;
+}
+
+export interface ChunkManifestRef {
+  bucket: string;
+  manifestKey: string;
+}
+
+export interface ChunkIndexEntry {
+  id: number;
+  key: string;
+}
+
+export interface AnalyzeInput extends ChunkManifestRef {
+  /** Positions in the chunk manifest: one set, or several run in one engine invocation. */
+  indices: number[];
+}
+
+export interface SyncImageSetsInput {
+  experimentId: number;
+  outcomes: ImageSetOutcome[];
+}
+
+export interface SyncExperimentStatusInput {
+  experimentId: number;
+  status: ExperimentStatus;
+  error?: string | null;
+  summaryUri?: string;
+  reportUri?: string;
+}
+
+export interface ReduceInput {
+  experimentId: number;
+  workflowId: string;
+}
+
+export interface ReduceOutput {
+  summaryUri: string;
+  reportUri: string;
+  provenanceUri: string;
+  total: number;
+  done: number;
+  failed: number;
+  objects: number;
+}
+
+/** Manifest and mirror activities: queue `cpflow` (the workflow pool). */
+export interface ControlActivities {
+  loadExperimentPlan(experimentId: number): Promise<ExperimentPlan>;
+  prepareManifestChunks(input: PrepareChunksInput): Promise<PreparedChunks>;
+  loadChunkIndex(input: ChunkManifestRef): Promise<ChunkIndexEntry[]>;
+  syncImageSets(input: SyncImageSetsInput): Promise<void>;
+  syncExperimentStatus(input: SyncExperimentStatusInput): Promise<void>;
+}
+
+/** Image set analysis: queue `cellprofiler`. */
+export interface AnalysisActivities {
+  analyzeImageSets(input: AnalyzeInput): Promise<ImageSetOutcome[]>;
+}
+
+/** Merging and the report: queue `reduce`. */
+export interface ReduceActivities {
+  reduceExperiment(input: ReduceInput): Promise<ReduceOutput>;
+}
+
+export type CpflowActivities = ControlActivities & AnalysisActivities & ReduceActivities;
+export type { ChunkRef };

@@ -1,0 +1,161 @@
+/**
+ * cpflow's domain model: the words every part shares (statuses, grouping rules, engine and dispatch
+ * options, image set outcomes, progress), as zod schemas where they cross a boundary and as types.
+ * Node-free, so workflow code can import it; the database, the CLI, activities and workers all
+ * speak these types.
+ */
+import { z } from 'zod';
+import * as DEFAULTS from './defaults';
+
+// ---------------------------------------------------------------------------------------------
+// Statuses
+
+export const EXPERIMENT_STATUSES = ['submitted', 'running', 'reducing', 'done', 'done_with_failures', 'failed', 'cancelled'] as const;
+export type ExperimentStatus = (typeof EXPERIMENT_STATUSES)[number];
+export const TERMINAL_STATUSES: readonly ExperimentStatus[] = ['done', 'done_with_failures', 'failed', 'cancelled'];
+export const isTerminal = (status: ExperimentStatus): boolean => TERMINAL_STATUSES.includes(status);
+
+export const IMAGE_SET_STATUSES = ['pending', 'running', 'done', 'failed', 'cancelled'] as const;
+export type ImageSetStatus = (typeof IMAGE_SET_STATUSES)[number];
+
+// ---------------------------------------------------------------------------------------------
+// Engines and their options
+
+/** `builtin`: cpflow's own TypeScript segmentation; `cellprofiler`: the real CellProfiler CLI. */
+export const ENGINE_NAMES = ['cellprofiler', 'builtin'] as const;
+export type EngineName = (typeof ENGINE_NAMES)[number];
+
+/** What the engine computes: options of the builtin engine (CellProfiler reads its pipeline instead). */
+export const engineOptionsSchema = z.object({
+  nucleiChannel: z.string().optional(),
+  minDiameter: z.number().positive().optional(),
+  maxDiameter: z.number().positive().optional(),
+});
+export type EngineOptions = z.infer<typeof engineOptionsSchema>;
+
+/** How an experiment's image sets are dispatched; every field defaults to core/model/defaults.ts. */
+export const dispatchOptionsSchema = z.object({
+  batchSize: z.number().int().min(1).max(DEFAULTS.MAX_BATCH_SIZE).default(DEFAULTS.BATCH_SIZE),
+  window: z.number().int().min(1).default(DEFAULTS.WINDOW),
+  chunkSize: z.number().int().min(1).default(DEFAULTS.CHUNK_SIZE),
+  concurrentChunks: z.number().int().min(1).default(DEFAULTS.CONCURRENT_CHUNKS),
+  maxEngineAttempts: z.number().int().min(1).default(DEFAULTS.MAX_ENGINE_ATTEMPTS),
+  engineTimeoutSeconds: z.number().int().min(1).default(DEFAULTS.ENGINE_TIMEOUT_SECONDS),
+});
+export type DispatchOptions = z.infer<typeof dispatchOptionsSchema>;
+export const defaultDispatch = (): DispatchOptions => dispatchOptionsSchema.parse({});
+
+/** The analysis activity's start-to-close time-out: the engine's own limit plus time to move files. */
+export const analysisTimeoutSeconds = (d: Pick<DispatchOptions, 'engineTimeoutSeconds'>): number =>
+  d.engineTimeoutSeconds + DEFAULTS.TRANSFER_ALLOWANCE_SECONDS;
+
+// ---------------------------------------------------------------------------------------------
+// Grouping rules: file names → image sets and channels
+
+export const groupingRuleSchema = z.object({
+  /** Regular expression with named groups; `Channel` (or the group named by `channelGroup`) picks the channel. */
+  pattern: z.string().min(1),
+  channelGroup: z.string().default('Channel'),
+  /** Maps raw channel values from file names to pipeline channel names (e.g. `d0` → `DNA`). */
+  channelMap: z.record(z.string(), z.string()).default({}),
+  /** Set key template over the named groups, e.g. `{Plate}-{Well}-s{Site}`; default joins them with `-`. */
+  keyTemplate: z.string().optional(),
+  preset: z.string().optional(),
+});
+export type GroupingRule = z.infer<typeof groupingRuleSchema>;
+
+// ---------------------------------------------------------------------------------------------
+// Outcomes and results
+
+export interface ResultFileRecord {
+  /** `table:<Name>`, `file:<ext>`, `provenance`, `summary`, `report`, … */
+  kind: string;
+  uri: string;
+  size: number;
+  checksum: string;
+}
+
+export interface ImageSetOutcome {
+  imageSetId: number;
+  status: 'running' | 'done' | 'failed' | 'cancelled';
+  attempts: number;
+  /** Done because its provenance.json proved the work was already finished. */
+  skipped?: boolean;
+  outputPrefix?: string;
+  error?: string;
+  results?: ResultFileRecord[];
+}
+
+/** The experiment's final status from its counts over ALL its image sets. */
+export function finalStatus(counts: { total: number; failed: number }, maxFailedFraction: number): ExperimentStatus {
+  if (counts.total > 0 && (counts.failed === counts.total || counts.failed / counts.total > maxFailedFraction)) return 'failed';
+  return counts.failed > 0 ? 'done_with_failures' : 'done';
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the workflow knows of an experiment
+
+export interface ExperimentPlan {
+  experimentId: number;
+  name: string;
+  project: string;
+  bucket: string;
+  engine: EngineName;
+  status: ExperimentStatus;
+  sealed: boolean;
+  totalSets: number;
+  maxFailedFraction: number;
+  dispatch: DispatchOptions;
+}
+
+export interface ChunkRef {
+  manifestKey: string;
+  count: number;
+  firstSetId: number;
+  lastSetId: number;
+  /** Keys of the first and last image set, for the Web UI's summary of the chunk's run. */
+  firstKey: string;
+  lastKey: string;
+}
+
+export interface PreparedChunks {
+  chunks: ChunkRef[];
+  /** The experiment's sealed flag as the database has it now (a lab system may seal by updating the row). */
+  sealed: boolean;
+  status: ExperimentStatus;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Progress (the workflow's `progress` query, `cpflow status`, the Web UI summary)
+
+export type ExperimentPhase = 'starting' | 'analyzing' | 'waiting-for-images' | 'reducing' | 'finished' | 'cancelled';
+
+export interface SetFailure {
+  key: string;
+  error: string;
+  attempts: number;
+}
+
+export interface ExperimentProgress {
+  experimentId: number;
+  phase: ExperimentPhase;
+  /** Image sets known to this run so far (grows while an open experiment receives sets). */
+  total: number;
+  done: number;
+  failed: number;
+  /** Done because provenance.json proved the work was already finished (counted in `done`). */
+  skipped: number;
+  running: number;
+  sealed: boolean;
+  /** How many times this workflow has continued as new (history stays bounded). */
+  runsSoFar: number;
+  recentFailures: SetFailure[];
+}
+
+/** Progress of one chunk child, returned to its parent. */
+export interface ChunkResult {
+  done: number;
+  failed: number;
+  skipped: number;
+  failures: SetFailure[];
+}

@@ -1,0 +1,5 @@
+/** The Node-free model: domain types, activity contract, names and every default. */
+export * from './domain';
+export * from './activities';
+export * from './names';
+export * as DEFAULTS from './defaults';

@@ -1,0 +1,24 @@
+import { Client, Connection } from '@temporalio/client';
+import { temporalConfig, type TemporalConfig } from './config';
+import { TemporalUnavailableError } from './errors';
+
+/** The client side of Temporal for the CLI, the watcher and tests: one way to connect. */
+
+export async function connectClient(config: TemporalConfig = temporalConfig()): Promise<Client> {
+  try {
+    const connection = await Connection.connect({ address: config.CPFLOW_TEMPORAL_ADDRESS, connectTimeout: '5s' });
+    return new Client({ connection, namespace: config.CPFLOW_TEMPORAL_NAMESPACE });
+  } catch (err) {
+    throw new TemporalUnavailableError(config.CPFLOW_TEMPORAL_ADDRESS, err);
+  }
+}
+
+/** Run `fn` with a connected client and close the connection afterwards. */
+export async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
+  const client = await connectClient();
+  try {
+    return await fn(client);
+  } finally {
+    await client.connection.close();
+  }
+}

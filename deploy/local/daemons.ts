@@ -1,0 +1,222 @@
+/**
+ * Starting each daemon of the local stack (the Temporal dev server, MariaDB, MinIO) on 127.0.0.1 with
+ * the ports and credentials of the stack state, and waiting until it answers.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import execa from 'execa';
+import mariadb, { type Connection } from 'mariadb';
+import { provisionDatabase as provisionAccount } from '../../core/db/admin';
+import { DEFAULTS, SEARCH_ATTRIBUTE_KEYS } from '../../core/model';
+import { currentUserName } from './install';
+import { isPortAnswering, spawnDetached, waitUntilReady } from './processes';
+import { StackError, type ServiceName, type StackPaths, type StackState } from './state';
+
+export const TEMPORAL_NAMESPACE = DEFAULTS.TEMPORAL_NAMESPACE;
+export const DATABASE_NAME = DEFAULTS.DB_NAME;
+export const DATABASE_USER = DEFAULTS.DB_USER;
+export const S3_REGION = DEFAULTS.S3_REGION;
+
+/** Custom search attributes the workflows set, as the Temporal CLI names their types (KEYWORD → Keyword). */
+export const TEMPORAL_SEARCH_ATTRIBUTES: Record<string, string> = Object.fromEntries(
+  Object.values(SEARCH_ATTRIBUTE_KEYS).map((key) => [key.name, key.type.charAt(0) + key.type.slice(1).toLowerCase()]),
+);
+
+export const HOST = '127.0.0.1';
+const READY_TIMEOUT_MS: Record<ServiceName, number> = { temporal: 60_000, mariadb: 60_000, minio: 60_000 };
+
+/** The string we expect in /proc/<pid>/cmdline, to tell our daemon from a recycled pid. */
+export function expectedCommand(name: ServiceName): string {
+  return name === 'mariadb' ? 'mariadbd' : name;
+}
+
+export function logFileOf(paths: StackPaths, name: ServiceName): string {
+  return path.join(paths.logsDir, `${name}.log`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temporal
+
+async function temporalIsServing(state: StackState): Promise<boolean> {
+  const result = await execa(
+    state.binaries.temporal,
+    ['operator', 'cluster', 'health', '--address', `${HOST}:${state.temporal.port}`, '--command-timeout', '2s'],
+    { reject: false, timeout: 5000, stdin: 'ignore' },
+  );
+  return result.exitCode === 0 && result.stdout.includes('SERVING');
+}
+
+async function startTemporal(paths: StackPaths, state: StackState): Promise<number> {
+  fs.mkdirSync(paths.temporalDir, { recursive: true });
+  const searchAttributeArgs = Object.entries(TEMPORAL_SEARCH_ATTRIBUTES).flatMap(([key, type]) => ['--search-attribute', `${key}=${type}`]);
+  const logFile = logFileOf(paths, 'temporal');
+  const pid = spawnDetached(
+    state.binaries.temporal,
+    [
+      'server',
+      'start-dev',
+      '--ip',
+      HOST,
+      '--port',
+      String(state.temporal.port),
+      '--ui-port',
+      String(state.temporal.uiPort),
+      // Pinned rather than left random so a restart keeps every port and nothing collides.
+      '--http-port',
+      String(state.temporal.httpPort),
+      '--metrics-port',
+      String(state.temporal.metricsPort),
+      '--db-filename',
+      paths.temporalDb,
+      '--namespace',
+      TEMPORAL_NAMESPACE,
+      ...searchAttributeArgs,
+    ],
+    logFile,
+  );
+  await waitUntilReady({
+    service: 'Temporal',
+    logFile,
+    timeoutMs: READY_TIMEOUT_MS.temporal,
+    pid,
+    expectedCommand: expectedCommand('temporal'),
+    probe: async () => (await isPortAnswering(state.temporal.port)) && (await temporalIsServing(state)),
+  });
+  return pid;
+}
+
+// ---------------------------------------------------------------------------------------------
+// MariaDB
+
+function mariadbIsInitialised(paths: StackPaths): boolean {
+  return fs.existsSync(path.join(paths.mariadbDataDir, 'mysql'));
+}
+
+async function initialiseMariadbDataDir(paths: StackPaths, state: StackState): Promise<void> {
+  fs.mkdirSync(paths.mariadbDataDir, { recursive: true });
+  const logFile = path.join(paths.logsDir, 'mariadb-install-db.log');
+  const result = await execa(
+    state.binaries.mariadbInstallDb,
+    ['--no-defaults', `--datadir=${paths.mariadbDataDir}`, `--user=${currentUserName()}`, '--skip-test-db'],
+    { all: true, reject: false, stdin: 'ignore' },
+  );
+  fs.mkdirSync(paths.logsDir, { recursive: true });
+  fs.writeFileSync(logFile, result.all ?? '');
+  if (result.exitCode !== 0) {
+    // Remove the half-made datadir so the next attempt starts clean instead of failing differently.
+    fs.rmSync(paths.mariadbDataDir, { recursive: true, force: true });
+    throw new StackError(`mariadb-install-db failed (exit ${result.exitCode}); see ${logFile}`);
+  }
+}
+
+/** Root over the Unix socket: mariadb-install-db gives the OS user that ran it socket authentication. */
+function connectAsRoot(paths: StackPaths): Promise<Connection> {
+  return mariadb.createConnection({ socketPath: paths.mariadbSocket, user: currentUserName(), connectTimeout: 2000 });
+}
+
+async function mariadbAcceptsRoot(paths: StackPaths): Promise<boolean> {
+  try {
+    const connection = await connectAsRoot(paths);
+    await connection.end();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Create the cpflow database and user (idempotent; also resets the password to the one in the state). */
+async function provisionDatabase(paths: StackPaths, state: StackState): Promise<void> {
+  const connection = await connectAsRoot(paths);
+  try {
+    await provisionAccount(connection, {
+      database: DATABASE_NAME,
+      user: DATABASE_USER,
+      password: state.mariadb.password,
+      hosts: ['127.0.0.1', 'localhost'],
+    });
+  } finally {
+    await connection.end();
+  }
+}
+
+async function startMariadb(paths: StackPaths, state: StackState): Promise<number> {
+  if (!mariadbIsInitialised(paths)) await initialiseMariadbDataDir(paths, state);
+  const logFile = logFileOf(paths, 'mariadb');
+  const pid = spawnDetached(
+    state.binaries.mariadbd,
+    [
+      // --no-defaults: ignore /etc/mysql so the system's configuration cannot change our private server.
+      '--no-defaults',
+      `--datadir=${paths.mariadbDataDir}`,
+      `--socket=${paths.mariadbSocket}`,
+      `--pid-file=${paths.mariadbPidFile}`,
+      `--log-error=${logFile}`,
+      `--port=${state.mariadb.port}`,
+      `--bind-address=${HOST}`,
+      `--user=${currentUserName()}`,
+      '--skip-name-resolve',
+      '--max-connections=500',
+      // Debian's my.cnf sets utf8mb4, which --no-defaults skips; the server default would be latin1.
+      '--character-set-server=utf8mb4',
+      '--collation-server=utf8mb4_unicode_ci',
+      // Flush the redo log once a second instead of per commit: a killed mariadbd loses nothing
+      // (the OS still has the writes), only an OS crash could, which is fine for a local stack.
+      '--innodb-flush-log-at-trx-commit=2',
+    ],
+    logFile,
+  );
+  await waitUntilReady({
+    service: 'MariaDB',
+    logFile,
+    timeoutMs: READY_TIMEOUT_MS.mariadb,
+    pid,
+    expectedCommand: expectedCommand('mariadb'),
+    probe: async () => (await isPortAnswering(state.mariadb.port)) && (await mariadbAcceptsRoot(paths)),
+  });
+  await provisionDatabase(paths, state);
+  return pid;
+}
+
+// ---------------------------------------------------------------------------------------------
+// MinIO
+
+async function minioIsLive(state: StackState): Promise<boolean> {
+  try {
+    const response = await fetch(`http://${HOST}:${state.minio.port}/minio/health/live`, { signal: AbortSignal.timeout(2000) });
+    return response.status === 200;
+  } catch {
+    return false;
+  }
+}
+
+async function startMinio(paths: StackPaths, state: StackState): Promise<number> {
+  fs.mkdirSync(paths.minioDataDir, { recursive: true });
+  const logFile = logFileOf(paths, 'minio');
+  const pid = spawnDetached(
+    state.binaries.minio,
+    ['server', paths.minioDataDir, '--address', `${HOST}:${state.minio.port}`, '--console-address', `${HOST}:${state.minio.consolePort}`, '--quiet'],
+    logFile,
+    {
+      ...process.env,
+      MINIO_ROOT_USER: state.minio.accessKey,
+      MINIO_ROOT_PASSWORD: state.minio.secretKey,
+      // No phoning home for updates from a local development server.
+      MINIO_UPDATE: 'off',
+    },
+  );
+  await waitUntilReady({
+    service: 'MinIO',
+    logFile,
+    timeoutMs: READY_TIMEOUT_MS.minio,
+    pid,
+    expectedCommand: expectedCommand('minio'),
+    probe: () => minioIsLive(state),
+  });
+  return pid;
+}
+
+export const starters: Record<ServiceName, (paths: StackPaths, state: StackState) => Promise<number>> = {
+  temporal: startTemporal,
+  mariadb: startMariadb,
+  minio: startMinio,
+};

@@ -1,0 +1,89 @@
+import { Option, type Command } from 'commander';
+import { UsageError } from '../../core/errors';
+import { GROUPING_PRESETS, resolveGroupingRule } from '../../core/grouping';
+import { DEFAULTS, workflowIdFor } from '../../core/model';
+import { withClient } from '../../core/temporal';
+import { imageSetsAddedSignal } from '../../workflows/progress';
+import { submit } from '../submit';
+import { fractionArg, intArg, print } from './common';
+
+interface SubmitFlags {
+  project: string;
+  name: string;
+  folder?: string;
+  s3Prefix?: string;
+  pipeline?: string;
+  grouping: string;
+  channelMap?: string;
+  engine: 'auto' | 'builtin' | 'cellprofiler';
+  batchSize: number;
+  window: number;
+  engineTimeout: number;
+  bucket?: string;
+  open: boolean;
+  append: boolean;
+  maxFailedFraction: number;
+  json: boolean;
+}
+
+function parseChannelMap(spec: string | undefined): Record<string, string> {
+  const channelMap: Record<string, string> = {};
+  for (const pair of (spec ?? '').split(',').filter(Boolean)) {
+    const [k, v] = pair.split('=');
+    if (!k || !v) throw new UsageError(`--channel-map: "${pair}" is not raw=Name`);
+    channelMap[k] = v;
+  }
+  return channelMap;
+}
+
+export function registerSubmit(program: Command): void {
+  program
+    .command('submit')
+    .description('register an experiment from a local folder or an S3 prefix')
+    .requiredOption('--project <name>', 'project (one S3 bucket per project; created if new)')
+    .requiredOption('--name <name>', 'experiment name, unique within the project')
+    .option('--folder <dir>', 'local folder of images to upload')
+    .option('--s3-prefix <uri>', 'images already in S3, e.g. s3://bucket/plate1/')
+    .option('--pipeline <file>', 'CellProfiler pipeline (.cppipe); required for the cellprofiler engine')
+    .requiredOption('--grouping <rule>', `preset (${Object.keys(GROUPING_PRESETS).join(', ')}), a regex with named groups, or a JSON rule`)
+    .option('--channel-map <map>', 'raw channel → pipeline name, e.g. d0=DNA,d1=PH3')
+    .addOption(new Option('--engine <engine>', 'analysis engine').choices(['auto', 'builtin', 'cellprofiler']).default('auto'))
+    .option('--batch-size <n>', 'image sets per engine invocation', intArg('--batch-size'), DEFAULTS.BATCH_SIZE)
+    .option('--window <n>', 'image sets in flight at once for this experiment', intArg('--window'), DEFAULTS.WINDOW)
+    .option('--engine-timeout <seconds>', 'longest one engine invocation may run', intArg('--engine-timeout'), DEFAULTS.ENGINE_TIMEOUT_SECONDS)
+    .option('--bucket <bucket>', 'bucket for a new project (default cpflow-<project>)')
+    .option('--open', 'accept more image sets later (seal with `cpflow seal`)', false)
+    .option('--append', 'add image sets to an open experiment', false)
+    .option('--max-failed-fraction <f>', 'above this fraction of failed sets the experiment is failed', fractionArg, DEFAULTS.MAX_FAILED_FRACTION)
+    .option('--json', 'machine-readable output', false)
+    .action(async (o: SubmitFlags) => {
+      const result = await submit({
+        project: o.project,
+        bucket: o.bucket,
+        name: o.name,
+        folder: o.folder,
+        s3Prefix: o.s3Prefix,
+        pipelineFile: o.pipeline,
+        grouping: resolveGroupingRule(o.grouping, parseChannelMap(o.channelMap)),
+        engine: o.engine,
+        dispatch: { batchSize: o.batchSize, window: o.window, engineTimeoutSeconds: o.engineTimeout },
+        open: o.open,
+        append: o.append,
+        maxFailedFraction: o.maxFailedFraction,
+        progress: !o.json && process.stderr.isTTY,
+      });
+      if (result.appended) {
+        // The watcher would notice too; signalling now just saves its poll interval.
+        await withClient((client) => client.workflow.getHandle(workflowIdFor(result.experimentId)).signal(imageSetsAddedSignal)).catch(
+          () => undefined,
+        );
+      }
+      print(o.json, result, () =>
+        [
+          `${result.appended ? 'appended' : 'submitted'} experiment ${result.experimentId} (${result.project}/${result.name}): ` +
+            `${result.imageSets} image sets, channels ${result.channels.join(', ')}, engine ${result.engine}`,
+          ...(result.unmatched.length ? [`note: ${result.unmatched.length} files matched no image set (first: ${result.unmatched[0]})`] : []),
+        ].join('\n'),
+      );
+    });
+}
