@@ -29,7 +29,7 @@ import { cacheDir } from '../../deploy/local/state';
 import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const EXAMPLEHUMAN = path.resolve(REPO_ROOT, '..', 'shared', 'data', 'examplehuman');
+const EXAMPLEHUMAN = EXAMPLE_HUMAN;
 const REFERENCE = path.join(EXAMPLEHUMAN, 'reference-output');
 const CONVERT_SCRIPT = path.join(REPO_ROOT, 'test', 'support', 'cytotable_convert.py');
 const SET_KEYS = ['SET-A', 'SET-B'] as const;
@@ -107,6 +107,7 @@ if reference:
         """).fetchone()[0]
 print(json.dumps(out))
 `;
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
 let python = '';
 let work = '';
