@@ -27,6 +27,7 @@ import { z } from 'zod';
 import { cytoTablePython, installCytoTable, CYTOTABLE_VERSION } from '../../deploy/local/cytotable';
 import { cacheDir } from '../../deploy/local/state';
 import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
 const EXAMPLEHUMAN = EXAMPLE_HUMAN;
@@ -107,7 +108,6 @@ if reference:
         """).fetchone()[0]
 print(json.dumps(out))
 `;
-import { EXAMPLE_HUMAN } from '../support/fixtures';
 
 let python = '';
 let work = '';
