@@ -9,6 +9,7 @@ import { DatabaseUnavailableError, type ImageSetOutcome } from './lib/db';
 import { readChunkManifest, type ChunkManifest } from './manifest';
 import { engineFor, EngineUnavailableError, ImageSetInputError, type EngineIdentity, type EngineImageSet } from './engines';
 import { provenanceSchema, type SetProvenance } from './provenance';
+import { sameEnvironment } from './engines/cellprofiler-environment';
 
 /**
  * analyzeImageSets: the per-image-set unit of work. Downloads the set's files from S3, runs the
@@ -254,6 +255,8 @@ async function matchingProvenance(
   if (!parsed.success) return undefined;
   const p = parsed.data;
   if (p.engine.name !== identity.name || p.engine.version !== identity.version) return undefined;
+  // Same build in another environment (packages, Python) is not the same work.
+  if (!sameEnvironment(p.engine.environment, identity.environment)) return undefined;
   if (p.pipelineSha256 !== manifest.pipelineSha256) return undefined;
   if (p.inputs.length !== set.files.length) return undefined;
   for (const f of set.files) {
