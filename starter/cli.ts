@@ -27,6 +27,7 @@ import { SubmitError, submit } from './submit';
 import { TemporalUnreachableError, connectClient, webUiLink } from './temporal';
 import { Watcher } from './watch';
 import { analyzeLocal } from './analyze-local';
+import { cellProfilerDoctorCheck } from './doctor-cellprofiler';
 
 /** `cpflow`: the starter CLI. Every failure ends in one line naming what is wrong and a non-zero exit. */
 
@@ -307,7 +308,8 @@ program
 program
   .command('doctor')
   .description('check configuration and connectivity')
-  .action(async () => {
+  .option('--recheck', 'run the CellProfiler module-coverage pipeline even if this environment passed before', false)
+  .action(async (o: { recheck: boolean }) => {
     const checks: Array<[string, () => Promise<string>]> = [
       ['configuration', async () => {
         temporalConfig(); dbConfig(); s3Config(); workerConfig();
@@ -332,7 +334,7 @@ program
         const exe = workerConfig().CPFLOW_CELLPROFILER;
         if (!exe) return 'not configured (CPFLOW_CELLPROFILER unset): the builtin engine is used';
         if (!fs.existsSync(exe)) throw new Error(`CPFLOW_CELLPROFILER=${exe} does not exist`);
-        return exe;
+        return cellProfilerDoctorCheck(exe, { fresh: o.recheck });
       }],
     ];
     let failed = 0;

@@ -239,7 +239,7 @@ const PYTHON_CHECKS_DIR = path.join(__dirname, 'python');
  * module-coverage pipeline runs; throws naming the first module that breaks. The coverage result is
  * cached per environment, so `cpflow doctor` finds it without running CellProfiler again.
  */
-async function verifyEveryModule(venv: string, cacheDir: string, executable: string, log: (line: string) => void): Promise<void> {
+export async function verifyEveryModule(venv: string, cacheDir: string, executable: string, log: (line: string) => void): Promise<void> {
   const python = venvPython(venv);
   for (const script of ['module_inventory.py', 'api_audit.py']) {
     const result = await execa(python, [path.join(PYTHON_CHECKS_DIR, script)], {

@@ -11,6 +11,7 @@
  * package set) in `<cacheDir>/module-coverage/`, so doctor runs CellProfiler only when the
  * environment changed.
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -171,8 +172,13 @@ export function describeModuleCoverage(r: ModuleCoverageResult): string {
   return `module ${r.module ?? '(none identified)'} breaks: ${r.error ?? 'unknown error'} (${env})`;
 }
 
-export function moduleCoverageCacheFile(cacheDir: string, environment: EngineEnvironment): string {
-  return path.join(cacheDir, 'module-coverage', `${environmentKey(environment)}.json`);
+/**
+ * One cached result per executable and environment: the same venv behind another entry point (a
+ * wrapper, a different CellProfiler launcher) is checked on its own.
+ */
+export function moduleCoverageCacheFile(cacheDir: string, executable: string, environment: EngineEnvironment): string {
+  const key = createHash('sha256').update(`${path.resolve(executable)}\n${environmentKey(environment)}`).digest('hex');
+  return path.join(cacheDir, 'module-coverage', `${key}.json`);
 }
 
 /**
@@ -186,7 +192,7 @@ export async function cachedModuleCoverage(
   opts: { fresh?: boolean; log?: (line: string) => void } = {},
 ): Promise<ModuleCoverageResult & { cached: boolean }> {
   const environment = await cellProfilerEnvironment(executable, await probeVersion(executable));
-  const file = moduleCoverageCacheFile(cacheDir, environment);
+  const file = moduleCoverageCacheFile(cacheDir, executable, environment);
   if (!opts.fresh) {
     try {
       const parsed = resultSchema.safeParse(JSON.parse(await fs.promises.readFile(file, 'utf8')));
