@@ -243,7 +243,7 @@ async function runBatch(
 }
 
 /** The set's provenance.json, if it proves this exact work was already done. */
-async function matchingProvenance(
+export async function matchingProvenance(
   manifest: ChunkManifest,
   set: ManifestSet,
   identity: EngineIdentity,
