@@ -269,8 +269,13 @@ const EXCEPTION_LINE = /^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): ?(.*)$/
 const NO_IMAGE_SETS = /No images passed group filters|no image sets|image set list is empty/i;
 /** Failures that another attempt (later, or on another worker) may not meet again. */
 const RESOURCE_EXHAUSTION = /MemoryError|Killed|No space left on device|Errno 28|Errno 12|Cannot allocate memory|Too many open files/;
-/** Exceptions CellProfiler's own process raises when the run may not be at fault (transient I/O). */
-const TRANSIENT_EXCEPTION = /^(OSError|IOError|BlockingIOError|ConnectionError|TimeoutError|BrokenPipeError|InterruptedError|KeyboardInterrupt)\b/;
+/**
+ * Exceptions that say the machine, not the run, was at fault (I/O error, no memory or disk, too many
+ * files, a connection or timeout). A plain OSError is not among them: on a local, checksummed input it
+ * is the decoder saying the file is not an image, which the next attempt meets again.
+ */
+const TRANSIENT_EXCEPTION =
+  /^(BlockingIOError|ConnectionError|ConnectionResetError|ConnectionRefusedError|TimeoutError|BrokenPipeError|InterruptedError|KeyboardInterrupt)\b|\[Errno (5|11|12|24|28|110|111)\]/;
 
 async function invoke(
   executable: string,
