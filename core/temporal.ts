@@ -1,12 +1,13 @@
 import { Client, Connection } from '@temporalio/client';
 import { temporalConfig, type TemporalConfig } from './config';
 import { TemporalUnavailableError } from './errors';
+import { temporalConnectionOptions } from './temporal-settings';
 
-/** The client side of Temporal for the CLI, the watcher and tests: one way to connect. */
+/** The client side of Temporal for the CLI, the watcher and tests: one way to connect (TLS, mTLS, API key: temporal-settings.ts). */
 
 export async function connectClient(config: TemporalConfig = temporalConfig()): Promise<Client> {
   try {
-    const connection = await Connection.connect({ address: config.CPFLOW_TEMPORAL_ADDRESS, connectTimeout: '5s' });
+    const connection = await Connection.connect({ ...temporalConnectionOptions(config.settings), connectTimeout: '5s' });
     return new Client({ connection, namespace: config.CPFLOW_TEMPORAL_NAMESPACE });
   } catch (err) {
     throw new TemporalUnavailableError(config.CPFLOW_TEMPORAL_ADDRESS, err);

@@ -3,6 +3,7 @@ import { analysisActivities, controlActivities, reduceActivities } from '../acti
 import { temporalConfig, workerConfig } from '../core/config';
 import { closeDb } from '../core/db';
 import { TemporalUnavailableError } from '../core/errors';
+import { temporalConnectionOptions } from '../core/temporal-settings';
 import { DEFAULTS, TASK_QUEUES } from '../core/model';
 import { workflowBundlePath } from './workflow-bundle';
 
@@ -47,12 +48,13 @@ export function workerOptions(pool: PoolName): Omit<WorkerOptions, 'connection'>
   }
 }
 
+/** The worker's connection, with the same address, namespace, TLS/mTLS and API key as every client. */
 export async function connectWorker(): Promise<NativeConnection> {
-  const { CPFLOW_TEMPORAL_ADDRESS: address } = temporalConfig();
+  const { settings } = temporalConfig();
   try {
-    return await NativeConnection.connect({ address });
+    return await NativeConnection.connect(temporalConnectionOptions(settings));
   } catch (err) {
-    throw new TemporalUnavailableError(address, err);
+    throw new TemporalUnavailableError(settings.address, err);
   }
 }
 

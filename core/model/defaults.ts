@@ -86,7 +86,10 @@ export const DB_PORT = 3306;
 export const DB_USER = 'cpflow';
 /** MariaDB database. `CPFLOW_DB_NAME`. */
 export const DB_NAME = 'cpflow';
-/** S3 region. `CPFLOW_S3_REGION`. */
+/**
+ * S3 region used only when CPFLOW_S3_REGION is unset, the AWS SDK's chain (AWS_REGION, profile) finds
+ * none, and a custom endpoint (MinIO) is configured, which ignores regions. `CPFLOW_S3_REGION`.
+ */
 export const S3_REGION = 'us-east-1';
 
 // ---------------------------------------------------------------------------------------------
