@@ -11,7 +11,8 @@ import { z } from 'zod';
  * and refuses a bundle that no longer matches the workflow sources beside it.
  */
 
-const ROOT = path.resolve(__dirname, '..');
+/** The package root, also when this file runs compiled from dist/workers/ (the image, the npm package). */
+const ROOT = path.basename(path.resolve(__dirname, '..')) === 'dist' ? path.resolve(__dirname, '..', '..') : path.resolve(__dirname, '..');
 /** Sources that end up in the bundle (workflow code and the model it imports) plus the locked dependencies. */
 const SOURCE_ROOTS = ['workflows', path.join('core', 'model')];
 export const WORKFLOW_BUNDLE = path.join(ROOT, 'dist', 'workflow-bundle.js');
