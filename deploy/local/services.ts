@@ -198,27 +198,13 @@ async function ensureServiceRunning(paths: StackPaths, state: StackState, name: 
   log(`${displayName[name]} is up (pid ${pid}, port ${mainPortOf(state, name)}) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 }
 
-/**
- * The binaries a stack directory other than the cache's own can reuse: those of the cache's main
- * stack, so a second stack (the secure-stack tests) installs nothing again.
- */
-function sharedBinaries(paths: StackPaths): Binaries | undefined {
-  const main = stackPaths(cacheDir());
-  if (main.root === paths.root) return undefined;
-  try {
-    return readState(main)?.binaries;
-  } catch {
-    return undefined;
-  }
-}
-
 async function prepareState(paths: StackPaths, log: Logger, requested?: Partial<StackMode>): Promise<StackState> {
   const previous = readState(paths);
   const mode: StackMode = {
     secure: requested?.secure ?? previous?.secure ?? false,
     host: requested?.host ?? previous?.host ?? HOST,
   };
-  const installed = await ensureInstalled(paths, log, previous?.binaries ?? sharedBinaries(paths));
+  const installed = await ensureInstalled(paths, log, previous?.binaries);
   const binaries: Binaries = { ...installed, nginx: installed.nginx ?? previous?.binaries.nginx };
   if (mode.secure) binaries.nginx = await ensureNginx(cacheDir(), log);
   if (previous !== undefined && (previous.secure !== mode.secure || previous.host !== mode.host)) {
@@ -270,8 +256,8 @@ function envFromState(paths: StackPaths, state: StackState): StackEnv {
  * Install what is missing, start every service that is not running, and return the connection
  * settings. Safe to call from several processes at once (they take turns through a lock).
  */
-export async function ensureStackUp(opts: { quiet?: boolean; root?: string } & Partial<StackMode> = {}): Promise<StackEnv> {
-  const paths = stackPaths(opts.root);
+export async function ensureStackUp(opts: { quiet?: boolean } & Partial<StackMode> = {}): Promise<StackEnv> {
+  const paths = stackPaths();
   const log = makeLogger(opts.quiet);
   return withLock(paths.lockDir, 'stack operation', log, async () => {
     const state = await prepareState(paths, log, { secure: opts.secure ?? secureFromEnv(), host: opts.host });
@@ -292,8 +278,8 @@ function secureFromEnv(): boolean | undefined {
 }
 
 /** Connection settings from the state file, without checking that the services run. */
-export async function stackEnv(root?: string): Promise<StackEnv> {
-  const paths = stackPaths(root);
+export async function stackEnv(): Promise<StackEnv> {
+  const paths = stackPaths();
   const state = readState(paths);
   if (state === undefined) throw new StackError(`no local stack in ${paths.root}; run "npm run stack -- up" first`);
   return envFromState(paths, state);
@@ -335,8 +321,8 @@ async function stopOne(paths: StackPaths, state: StackState, name: ServiceName, 
 }
 
 /** Stop every service; with `wipe`, also delete their data and the state file (installs are kept). */
-export async function stopStack(opts: { wipe?: boolean; quiet?: boolean; root?: string } = {}): Promise<void> {
-  const paths = stackPaths(opts.root);
+export async function stopStack(opts: { wipe?: boolean; quiet?: boolean } = {}): Promise<void> {
+  const paths = stackPaths();
   const log = makeLogger(opts.quiet);
   await withLock(paths.lockDir, 'stack operation', log, async () => {
     const state = readState(paths);
