@@ -66,8 +66,10 @@ const workerSchema = z.object({
   CPFLOW_WORK_DIR: z.string().min(1).default(os.tmpdir()),
   /** Benchmarks only: `noop` replaces every engine on this worker with one that writes tables without analysis. */
   CPFLOW_ENGINE_OVERRIDE: z.preprocess((v) => (v === '' ? undefined : v), z.enum(['noop']).optional()),
-  /** When set, workers serve Temporal SDK metrics for Prometheus on this port (0.0.0.0). */
+  /** When set, workers serve Temporal SDK metrics and cpflow's own for Prometheus on this port (0.0.0.0). */
   CPFLOW_METRICS_PORT: port.optional(),
+  /** When set, workers and the starter serve /healthz and /readyz on this port (0.0.0.0), for probes. */
+  CPFLOW_HEALTH_PORT: port.optional(),
 });
 
 export type TemporalConfig = z.infer<typeof temporalSchema> & {

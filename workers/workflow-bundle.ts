@@ -4,6 +4,9 @@ import path from 'node:path';
 import { bundleWorkflowCode } from '@temporalio/worker';
 import { z } from 'zod';
 
+/** OpenTelemetry's workflow interceptors (trace context from the starter through to every activity). */
+const OTEL_WORKFLOW_INTERCEPTORS = require.resolve('@temporalio/interceptors-opentelemetry/lib/workflow-interceptors');
+
 /**
  * The workflow code, bundled once ahead of time (as the Temporal samples' `production` does) rather
  * than by every worker at start-up. `npm run build` writes it; `npm test`, the demo and
@@ -61,6 +64,8 @@ export async function buildWorkflowBundle(log: (line: string) => void = () => un
   const started = Date.now();
   const { code } = await bundleWorkflowCode({
     workflowsPath: require.resolve('../workflows'),
+    // Always in the bundle; the worker gives them a no-op span sink unless tracing is on (run.ts).
+    workflowInterceptorModules: [OTEL_WORKFLOW_INTERCEPTORS],
     logger: { log: () => undefined, info: () => undefined, warn: (m) => log(m), error: (m) => log(m), debug: () => undefined, trace: () => undefined },
   });
   await fs.promises.mkdir(path.dirname(WORKFLOW_BUNDLE), { recursive: true });
