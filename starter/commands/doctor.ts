@@ -5,13 +5,15 @@ import { db } from '../../core/db';
 import { describeError } from '../../core/errors';
 import { ensureBucket, s3Endpoint } from '../../core/s3';
 import { withClient } from '../../core/temporal';
+import { describeTemporal } from '../../core/temporal-settings';
 
 /** `cpflow doctor`: configuration and every service, one line each. */
 export function registerDoctor(program: Command): void {
   program
     .command('doctor')
     .description('check configuration and connectivity')
-    .action(async () => {
+    .option('--json', 'machine-readable output', false)
+    .action(async (o: { json: boolean }) => {
       const checks: Array<[string, () => Promise<string>]> = [
         [
           'configuration',
@@ -42,7 +44,7 @@ export function registerDoctor(program: Command): void {
           'Temporal',
           async () => {
             await withClient((client) => client.workflowService.getSystemInfo({}));
-            return temporalConfig().CPFLOW_TEMPORAL_ADDRESS;
+            return describeTemporal(temporalConfig().settings);
           },
         ],
         [
@@ -55,15 +57,17 @@ export function registerDoctor(program: Command): void {
           },
         ],
       ];
-      let failed = 0;
+      const results: Array<{ check: string; ok: boolean; detail: string }> = [];
       for (const [name, check] of checks) {
         try {
-          console.log(`ok    ${name.padEnd(13)} ${await check()}`);
+          results.push({ check: name, ok: true, detail: await check() });
         } catch (err) {
-          failed++;
-          console.log(`FAIL  ${name.padEnd(13)} ${describeError(err, s3Endpoint)}`);
+          results.push({ check: name, ok: false, detail: describeError(err, s3Endpoint) });
         }
+        const last = results[results.length - 1]!;
+        if (!o.json) console.log(`${last.ok ? 'ok  ' : 'FAIL'}  ${name.padEnd(13)} ${last.detail}`);
       }
-      if (failed) process.exitCode = 1;
+      if (o.json) console.log(JSON.stringify({ ok: results.every((r) => r.ok), checks: results }, null, 2));
+      if (results.some((r) => !r.ok)) process.exitCode = 1;
     });
 }
