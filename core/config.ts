@@ -72,6 +72,9 @@ const workerSchema = z.object({
   CPFLOW_HEALTH_PORT: port.optional(),
 });
 
+/** Every environment variable these schemas read (deploy/k8s is checked against it, with temporal-settings' and tracing's). */
+export const SETTING_NAMES: readonly string[] = [temporalSchema, dbSchema, s3Schema, workerSchema].flatMap((schema) => Object.keys(schema.shape));
+
 export type TemporalConfig = z.infer<typeof temporalSchema> & {
   /** Resolved from TEMPORAL_ADDRESS / CPFLOW_TEMPORAL_ADDRESS / the TOML profile. */
   CPFLOW_TEMPORAL_ADDRESS: string;

@@ -21,6 +21,9 @@ const tracingSchema = z.object({
   OTEL_SERVICE_NAME: z.string().min(1).optional(),
 });
 
+/** The tracing settings cpflow reads itself (the exporter also honours the rest of OTEL_EXPORTER_OTLP_*). */
+export const TRACING_SETTING_NAMES: readonly string[] = [...Object.keys(tracingSchema.shape), 'OTEL_EXPORTER_OTLP_HEADERS'];
+
 export function tracingEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
   const parsed = tracingSchema.safeParse(env);
   if (!parsed.success) {
