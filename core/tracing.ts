@@ -1,7 +1,7 @@
-import * as otel from '@opentelemetry/api';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { Resource } from '@opentelemetry/resources';
-import { BasicTracerProvider, BatchSpanProcessor, type SpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { BatchSpanProcessor, type SpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
 import { z } from 'zod';
 import { ConfigError } from './errors';
 import { CPFLOW_VERSION } from './version';
@@ -35,7 +35,7 @@ export function tracingEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
 }
 
 interface ActiveTracing {
-  provider: BasicTracerProvider;
+  provider: NodeTracerProvider;
   processor: SpanProcessor;
   resource: Resource;
 }
@@ -54,9 +54,11 @@ export function startTracing(service: string, env: NodeJS.ProcessEnv = process.e
     'service.version': CPFLOW_VERSION,
   });
   const processor = new BatchSpanProcessor(new OTLPTraceExporter(), { scheduledDelayMillis: 1000 });
-  const provider = new BasicTracerProvider({ resource });
+  const provider = new NodeTracerProvider({ resource });
   provider.addSpanProcessor(processor);
-  otel.trace.setGlobalTracerProvider(provider);
+  // Global provider, W3C trace-context propagation (the interceptors carry it in Temporal headers) and
+  // an AsyncLocalStorage context manager, so a workflow start or an activity continues its parent's trace.
+  provider.register();
   active = { provider, processor, resource };
   return active;
 }
