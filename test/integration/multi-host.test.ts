@@ -78,7 +78,7 @@ drill('finishes on the remaining host when one is cut off mid-run, every set rec
     const hostEnv = {
       ...withoutStackSettings(process.env),
       ...Object.fromEntries(Object.entries(env).filter(([key]) => /^CPFLOW_(TEMPORAL|DB|S3)_/.test(key))),
-      ...hostSecrets(hostDir, env),
+      ...hostSecrets(hostDir, { ...env }),
       HOME: hostDir,
       TMPDIR: path.join(hostDir, 'work'),
       CPFLOW_WORK_DIR: path.join(hostDir, 'work'),
