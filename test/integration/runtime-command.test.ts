@@ -2,13 +2,14 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { closeDb, db } from '../../core/db';
+import { closeDb, db, getExperiment } from '../../core/db';
+import { layout } from '../../core/s3';
 import { GROUPING_PRESETS } from '../../core/grouping';
 import { findFreePort } from '../../deploy/local/processes';
 import pkg from '../../package.json';
 import { submit } from '../../starter/submit';
 import { generateSyntheticPlate } from '../fixtures/synthetic-plate';
-import { requireStack, tempDir, uniqueName, waitForExperiment } from '../support/harness';
+import { requireStack, s3Keys, tempDir, uniqueName, waitForExperiment } from '../support/harness';
 import { dockerfileCommands, manifestRoles, packAndInstall, startAsPid1, type Pid1Process } from '../support/image-runtime';
 import { STACK_VARIABLES } from '../support/secure-stack';
 
@@ -161,12 +162,21 @@ it('runs every role with the image command as PID 1; SIGTERM lets a running anal
   expect(metrics).toMatch(/cpflow_bytes_total\{[^}]*direction="download"[^}]*\} [1-9]/);
   expect(metrics).toMatch(/temporal_activity_execution_latency/);
 
+  // Done markers (provenance.json, written last by each analysis) say what had finished when.
+  const experiment = (await getExperiment(pool, experimentId))!;
+  const markers = async (): Promise<number> =>
+    (await s3Keys(`s3://${experiment.bucket}/${layout.experimentRoot(experimentId)}sets/`)).filter((k) => k.endsWith('/provenance.json')).length;
+
   // The pod is deleted: SIGTERM to PID 1 (tini), which passes it to node.
   const signalled = Date.now();
+  const markersAtSignal = await markers();
   const code = await analysis.stop('SIGTERM');
   const seconds = (Date.now() - signalled) / 1000;
   expect(code).toBe(0);
   expect(seconds).toBeLessThan(GRACE_SECONDS);
+  // Analyses were running at the signal and finished during the grace time (nothing else ran them).
+  expect(markersAtSignal).toBeLessThan(8);
+  expect(await markers()).toBeGreaterThan(markersAtSignal);
   expect(analysis.output()).not.toMatch(/Error|Warning: Tini is not running as PID 1/);
 
   const replacementHealth = await health();
