@@ -7,6 +7,7 @@ import { layout, s3Store, s3Uri, type ObjectStore } from '../core/s3';
 import { runBatch, kindOf } from './analyze-batch';
 import { engineFor, EngineUnavailableError, ImageSetInputError, type Engine, type EngineIdentity, type EngineSelection } from './engines';
 import { createManifestReader, type ChunkManifest, type ManifestReader, type ManifestSet } from './manifest';
+import { countedAnalysis, instrumentedDeps } from './metrics';
 import { provenanceSchema, type SetProvenance } from './provenance';
 import { sameEnvironment } from './engines/cellprofiler/environment';
 
@@ -31,7 +32,9 @@ export function defaultAnalysisDeps(store: ObjectStore = s3Store): AnalysisDeps 
 }
 
 export function createAnalysisActivities(deps: AnalysisDeps = defaultAnalysisDeps()): AnalysisActivities {
-  return { analyzeImageSets: (input) => analyzeImageSets(deps, input) };
+  // Engine time, bytes moved and set outcomes for Prometheus (metrics.ts).
+  const measured = instrumentedDeps(deps);
+  return { analyzeImageSets: (input) => countedAnalysis(measured, input, () => analyzeImageSets(measured, input)) };
 }
 
 async function analyzeImageSets(deps: AnalysisDeps, input: AnalyzeInput): Promise<ImageSetOutcome[]> {

@@ -6,6 +6,7 @@ import { describeError } from '../../core/errors';
 import { ensureBucket, s3Endpoint } from '../../core/s3';
 import { withClient } from '../../core/temporal';
 import { cellProfilerDoctorCheck } from './doctor-cellprofiler';
+import { describeTemporal } from '../../core/temporal-settings';
 
 /** `cpflow doctor`: configuration and every service, one line each. */
 export function registerDoctor(program: Command): void {
@@ -13,7 +14,8 @@ export function registerDoctor(program: Command): void {
     .command('doctor')
     .description('check configuration and connectivity')
     .option('--recheck', 'run the CellProfiler module-coverage pipeline even if this environment passed before', false)
-    .action(async (o: { recheck: boolean }) => {
+    .option('--json', 'machine-readable output', false)
+    .action(async (o: { recheck: boolean; json: boolean }) => {
       const checks: Array<[string, () => Promise<string>]> = [
         [
           'configuration',
@@ -44,7 +46,7 @@ export function registerDoctor(program: Command): void {
           'Temporal',
           async () => {
             await withClient((client) => client.workflowService.getSystemInfo({}));
-            return temporalConfig().CPFLOW_TEMPORAL_ADDRESS;
+            return describeTemporal(temporalConfig().settings);
           },
         ],
         [
@@ -57,15 +59,17 @@ export function registerDoctor(program: Command): void {
           },
         ],
       ];
-      let failed = 0;
+      const results: Array<{ check: string; ok: boolean; detail: string }> = [];
       for (const [name, check] of checks) {
         try {
-          console.log(`ok    ${name.padEnd(13)} ${await check()}`);
+          results.push({ check: name, ok: true, detail: await check() });
         } catch (err) {
-          failed++;
-          console.log(`FAIL  ${name.padEnd(13)} ${describeError(err, s3Endpoint)}`);
+          results.push({ check: name, ok: false, detail: describeError(err, s3Endpoint) });
         }
+        const last = results[results.length - 1]!;
+        if (!o.json) console.log(`${last.ok ? 'ok  ' : 'FAIL'}  ${name.padEnd(13)} ${last.detail}`);
       }
-      if (failed) process.exitCode = 1;
+      if (o.json) console.log(JSON.stringify({ ok: results.every((r) => r.ok), checks: results }, null, 2));
+      if (results.some((r) => !r.ok)) process.exitCode = 1;
     });
 }
