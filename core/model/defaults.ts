@@ -98,3 +98,25 @@ export const UPLOAD_CONCURRENCY = 8;
 export const REDUCE_READ_CONCURRENCY = 8;
 /** Image sets `cpflow analyze-local` runs at once. Unit: image sets. `-j`. */
 export const LOCAL_JOBS = 2;
+
+// ---------------------------------------------------------------------------------------------
+// Input integrity, names and least privilege (issue 9).
+
+/**
+ * Largest image, in pixels per plane (width × height), that `cpflow submit` accepts and an analysis
+ * worker decodes; larger ones fail their image set at once, read from the file's header before any
+ * decoding. Unit: pixels. `CPFLOW_MAX_IMAGE_PIXELS`. 4096² because the builtin engine runs on the
+ * worker's one JavaScript thread: on 2 cores a 4096² set holds it for ~9 s (under the 20 s heartbeat
+ * time-out), an 8192² set for ~37 s (over it, so the set would be retried as a lost worker).
+ */
+export const MAX_IMAGE_PIXELS = 4096 * 4096;
+/** Largest image file accepted at submit and downloaded for analysis. Unit: bytes. `CPFLOW_MAX_IMAGE_BYTES`. */
+export const MAX_IMAGE_BYTES = 512 * 1024 * 1024;
+/** Largest `--pipeline` file read (a .cppipe is a few tens of kilobytes). Unit: bytes. */
+export const MAX_PIPELINE_BYTES = 10 * 1024 * 1024;
+/** Buckets cpflow derives from project names start with this; the local stack's S3 user may touch only these. */
+export const BUCKET_PREFIX = 'cpflow-';
+/** Worker metrics listen on this address unless told otherwise. `CPFLOW_METRICS_HOST` (0.0.0.0 in Kubernetes). */
+export const METRICS_HOST = '127.0.0.1';
+/** The local stack's MariaDB account that runs migrations (DDL); the runtime account has DML only. */
+export const DB_MIGRATE_USER = 'cpflow_migrate';

@@ -6,7 +6,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import execa from 'execa';
 import mariadb, { type Connection } from 'mariadb';
-import { provisionDatabase as provisionAccount } from '../../core/db/admin';
 import { DEFAULTS, SEARCH_ATTRIBUTE_KEYS } from '../../core/model';
 import { currentUserName } from './install';
 import { isPortAnswering, spawnDetached, waitUntilReady } from './processes';
@@ -15,6 +14,7 @@ import { StackError, type ServiceName, type StackPaths, type StackState } from '
 export const TEMPORAL_NAMESPACE = DEFAULTS.TEMPORAL_NAMESPACE;
 export const DATABASE_NAME = DEFAULTS.DB_NAME;
 export const DATABASE_USER = DEFAULTS.DB_USER;
+export const DATABASE_MIGRATE_USER = DEFAULTS.DB_MIGRATE_USER;
 export const S3_REGION = DEFAULTS.S3_REGION;
 
 /** Custom search attributes the workflows set, as the Temporal CLI names their types (KEYWORD → Keyword). */
@@ -110,7 +110,7 @@ async function initialiseMariadbDataDir(paths: StackPaths, state: StackState): P
 }
 
 /** Root over the Unix socket: mariadb-install-db gives the OS user that ran it socket authentication. */
-function connectAsRoot(paths: StackPaths): Promise<Connection> {
+export function connectAsRoot(paths: StackPaths): Promise<Connection> {
   return mariadb.createConnection({ socketPath: paths.mariadbSocket, user: currentUserName(), connectTimeout: 2000 });
 }
 
@@ -121,21 +121,6 @@ async function mariadbAcceptsRoot(paths: StackPaths): Promise<boolean> {
     return true;
   } catch {
     return false;
-  }
-}
-
-/** Create the cpflow database and user (idempotent; also resets the password to the one in the state). */
-async function provisionDatabase(paths: StackPaths, state: StackState): Promise<void> {
-  const connection = await connectAsRoot(paths);
-  try {
-    await provisionAccount(connection, {
-      database: DATABASE_NAME,
-      user: DATABASE_USER,
-      password: state.mariadb.password,
-      hosts: ['127.0.0.1', 'localhost'],
-    });
-  } finally {
-    await connection.end();
   }
 }
 
@@ -173,7 +158,7 @@ async function startMariadb(paths: StackPaths, state: StackState): Promise<numbe
     expectedCommand: expectedCommand('mariadb'),
     probe: async () => (await isPortAnswering(state.mariadb.port)) && (await mariadbAcceptsRoot(paths)),
   });
-  await provisionDatabase(paths, state);
+  // Accounts and schema: provision.ts, on every `up`.
   return pid;
 }
 

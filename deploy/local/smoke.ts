@@ -1,9 +1,10 @@
 /**
  * `npx tsx deploy/local/smoke.ts [--write-marker X | --expect-marker X]`: checks the running local
  * stack with the same clients cpflow uses, through the settings `stack env` prints:
- *  - MariaDB: log in as the cpflow user over TCP, create a table in its own database
- *    cpflow_stack_smoke (so the application schema in `cpflow` stays untouched), write or read a marker row;
- *  - MinIO: create a bucket, put and read back an object;
+ *  - MariaDB: log in as the migration account over TCP (the runtime account may not create tables),
+ *    create a table in its own database cpflow_stack_smoke (so the application schema in `cpflow` stays
+ *    untouched), write or read a marker row;
+ *  - MinIO: as cpflow's S3 user, create a cpflow-* bucket, put and read back an object;
  *  - Temporal: the default namespace answers and the Cpflow* search attributes are registered.
  * With --expect-marker it fails unless a marker written earlier survived (data kept across restarts).
  */
@@ -11,14 +12,15 @@ import { CreateBucketCommand, GetObjectCommand, HeadBucketCommand, PutObjectComm
 import { Connection } from '@temporalio/client';
 import mariadb from 'mariadb';
 import { smokeCheckDatabase } from '../../core/db/admin';
-import { stackEnv, TEMPORAL_NAMESPACE, TEMPORAL_SEARCH_ATTRIBUTES } from './services';
+import { stackAdminEnv, stackEnv, TEMPORAL_NAMESPACE, TEMPORAL_SEARCH_ATTRIBUTES } from './services';
 
 async function checkDatabase(env: Awaited<ReturnType<typeof stackEnv>>, writeMarker?: string, expectMarker?: string): Promise<string> {
+  const admin = await stackAdminEnv();
   const connection = await mariadb.createConnection({
     host: env.CPFLOW_DB_HOST,
     port: Number(env.CPFLOW_DB_PORT),
-    user: env.CPFLOW_DB_USER,
-    password: env.CPFLOW_DB_PASSWORD,
+    user: admin.CPFLOW_DB_MIGRATE_USER,
+    password: admin.CPFLOW_DB_MIGRATE_PASSWORD,
   });
   try {
     const { markers, charset } = await smokeCheckDatabase(connection, env.CPFLOW_DB_NAME, { write: writeMarker, expect: expectMarker });
@@ -35,7 +37,7 @@ async function checkObjectStore(env: Awaited<ReturnType<typeof stackEnv>>, write
     forcePathStyle: true,
     credentials: { accessKeyId: env.CPFLOW_S3_ACCESS_KEY, secretAccessKey: env.CPFLOW_S3_SECRET_KEY },
   });
-  const Bucket = 'stack-smoke';
+  const Bucket = 'cpflow-stack-smoke';
   try {
     await s3.send(new HeadBucketCommand({ Bucket }));
   } catch {
@@ -51,7 +53,7 @@ async function checkObjectStore(env: Awaited<ReturnType<typeof stackEnv>>, write
   await s3.send(new PutObjectCommand({ Bucket, Key: probeKey, Body: probeKey }));
   const readBack = await (await s3.send(new GetObjectCommand({ Bucket, Key: probeKey }))).Body?.transformToString();
   if (readBack !== probeKey) throw new Error(`MinIO returned ${JSON.stringify(readBack)} for ${probeKey}`);
-  return 'MinIO ok: bucket stack-smoke, put/get round trip';
+  return `MinIO ok: bucket ${Bucket}, put/get round trip`;
 }
 
 async function checkTemporal(env: Awaited<ReturnType<typeof stackEnv>>): Promise<string> {

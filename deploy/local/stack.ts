@@ -5,7 +5,8 @@
  *   up                      install what is missing and start every service (idempotent)
  *   down [--wipe]           stop every service; --wipe also deletes their data and the state
  *   status                  running/stopped, pid and ports of each service
- *   env                     connection settings as KEY=value lines (for `eval` or dotenv files)
+ *   env [--admin]           connection settings as KEY=value lines (for `eval` or dotenv files);
+ *                           --admin adds the migration account and MinIO's root user
  *   stop|start <service>    stop or restart one service with the same ports, data and credentials
  *   install-cellprofiler    install CellProfiler into <cache>/cellprofiler-venv
  *
@@ -16,6 +17,7 @@ import { installCellProfiler } from './cellprofiler';
 import {
   ensureStackUp,
   isServiceName,
+  stackAdminEnv,
   SERVICE_NAMES,
   stackEnv,
   stackStatus,
@@ -30,7 +32,7 @@ import { cacheDir } from './state';
 
 export * from './services';
 
-function printEnv(env: StackEnv): void {
+function printEnv(env: StackEnv | Record<string, string>): void {
   for (const [key, value] of Object.entries(env)) {
     if (value !== undefined) process.stdout.write(`${key}=${value}\n`);
   }
@@ -88,7 +90,8 @@ function buildProgram(): Command {
   program
     .command('env')
     .description('print connection settings as KEY=value lines')
-    .action(async () => printEnv(await stackEnv()));
+    .option('--admin', 'also the migration account and MinIO root user (not for cpflow processes)')
+    .action(async (options: { admin?: boolean }) => printEnv({ ...(await stackEnv()), ...(options.admin ? await stackAdminEnv() : {}) }));
 
   program
     .command('stop <service>')
@@ -110,8 +113,13 @@ function buildProgram(): Command {
 
 async function main(argv: readonly string[]): Promise<void> {
   try {
-    await buildProgram().parseAsync([...argv]);
+    await buildProgram().exitOverride().parseAsync([...argv]);
   } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    if (typeof code === 'string' && code.startsWith('commander.')) {
+      // Commander printed its message; help and version are not errors, everything else is usage (exit 2).
+      process.exit(code === 'commander.helpDisplayed' || code === 'commander.version' ? 0 : 2);
+    }
     if (error instanceof StackError) {
       process.stderr.write(`stack: ${error.message}\n`);
       process.exit(1);

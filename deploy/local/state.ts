@@ -46,6 +46,8 @@ export function stackPaths(root: string = cacheDir()) {
     mariadbPidFile: path.join(root, 'mariadb', 'mariadbd.pid'),
     minioDir: path.join(root, 'minio'),
     minioDataDir: path.join(root, 'minio', 'data'),
+    mcConfigDir: path.join(root, 'minio', 'mc-config'),
+    appPolicyFile: path.join(root, 'stack', 'cpflow-s3-policy.json'),
   };
 }
 export type StackPaths = ReturnType<typeof stackPaths>;
@@ -63,14 +65,21 @@ const temporalState = z.object({
 const mariadbState = z.object({
   port,
   pid,
+  /** The runtime account's (cpflow: rows only). */
   password: z.string().min(16),
+  /** The migration account's (cpflow_migrate: DDL). Absent in states written before it existed. */
+  migratePassword: z.string().min(16).optional(),
 });
 const minioState = z.object({
   port,
   consolePort: port,
   pid,
+  /** MinIO's root credentials: only the stack's own provisioning uses them. */
   accessKey: z.string().min(8),
   secretKey: z.string().min(16),
+  /** The S3 user cpflow's processes get, limited to cpflow-* buckets. Absent in older states. */
+  appAccessKey: z.string().min(8).optional(),
+  appSecretKey: z.string().min(16).optional(),
 });
 
 export const stackStateSchema = z.object({
@@ -81,6 +90,8 @@ export const stackStateSchema = z.object({
     mariadbd: z.string(),
     mariadbInstallDb: z.string(),
     minio: z.string(),
+    /** MinIO's client, for creating cpflow's S3 user and its policy. Absent in older states. */
+    mc: z.string().optional(),
   }),
   temporal: temporalState,
   mariadb: mariadbState,
