@@ -210,8 +210,9 @@ export async function deletePrefix(bucket: string, prefix: string, client = s3()
 
 /**
  * Whether S3 accepts these credentials, from one bucket listing: a credential failure is thrown (a
- * worker refuses to start with keys that can never work); anything else (AccessDenied for an account
- * without ListAllMyBuckets, an outage) is returned as a note, because it proves nothing about the keys.
+ * worker refuses to start with keys that can never work); AccessDenied (an account without
+ * ListAllMyBuckets, like the local stack's) means the keys were accepted; anything else (an outage)
+ * is returned as a note, because it proves nothing about the keys.
  */
 export async function probeS3Credentials(client = s3()): Promise<string | undefined> {
   try {
@@ -220,6 +221,8 @@ export async function probeS3Credentials(client = s3()): Promise<string | undefi
   } catch (err) {
     const code = (err as { Code?: string; name?: string }).Code ?? (err as Error).name;
     if (code === 'InvalidAccessKeyId' || code === 'SignatureDoesNotMatch') throw err;
+    // Authorisation is checked after authentication: a denied listing proves the keys are valid.
+    if (code === 'AccessDenied') return undefined;
     return err instanceof Error ? err.message : String(err);
   }
 }
@@ -273,6 +276,8 @@ export const s3Store: ObjectStore = {
 /** S3 key layout (DESIGN.md §3). Deterministic, so a retried attempt writes to the same place. */
 export const layout = {
   pipeline: (sha256: string) => `pipelines/${sha256}.cppipe`,
+  /** Uploaded inputs of one experiment: a prefix no other experiment shares (appends get sub-folders). */
+  experimentInputs: (experimentId: number) => `inputs/${experimentId}/`,
   experimentRoot: (experimentId: number) => `cpflow/${experimentId}/`,
   setPrefix: (experimentId: number, setKey: string) => `cpflow/${experimentId}/sets/${setKey}/`,
   manifestChunk: (experimentId: number, chunk: number) =>
