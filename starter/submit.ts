@@ -295,11 +295,12 @@ function similarNameMessage(project: string, existing: string): string {
 
 /** A new project must not be mistaken for an existing one, nor take a bucket another project owns. */
 async function refuseProjectCollisions(pool: Db, project: string, bucket: string): Promise<void> {
+  // Another submit may create this very project meanwhile: that is no collision (claimProject decides).
   const rows = await pool.query<Array<{ name: string }>>('SELECT name FROM project');
-  const similar = rows.find((r) => foldName(r.name) === foldName(project));
+  const similar = rows.find((r) => r.name !== project && foldName(r.name) === foldName(project));
   if (similar) throw new SubmitError(similarNameMessage(project, similar.name));
   const owner = await findProjectByBucket(pool, bucket);
-  if (owner) throw new SubmitError(`--bucket ${bucket}: belongs to project ${owner.name}; projects never share a bucket`);
+  if (owner && owner.name !== project) throw new SubmitError(`--bucket ${bucket}: belongs to project ${owner.name}; projects never share a bucket`);
 }
 
 /** Set keys and channel names must fit their columns ("Data too long" is no message for a person). */

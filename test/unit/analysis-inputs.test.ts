@@ -8,7 +8,7 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import { createAnalysisActivities, type AnalysisDeps } from '../../activities/analyze';
 import type { ChunkManifest } from '../../activities/manifest';
 import type { Engine, EngineRunInput } from '../../activities/engines';
-import { defaultDispatch } from '../../core/model';
+import { defaultDispatch, type ImageSetOutcome } from '../../core/model';
 import type { ObjectStore, StoredObject } from '../../core/s3';
 import { declaredSizeTiff } from '../fixtures/declared-tiff';
 
@@ -89,7 +89,7 @@ function setup(files: Record<string, { registered: Buffer; now: Buffer }>) {
   return { deps, ran, objects };
 }
 
-const run = (deps: AnalysisDeps, indices: number[]) =>
+const run = (deps: AnalysisDeps, indices: number[]): Promise<ImageSetOutcome[]> =>
   // Failures are what these tests expect: the environment's logger would print each one.
   new MockActivityEnvironment({ attempt: 1 }, { logger: new DefaultLogger('ERROR', () => undefined) }).run(createAnalysisActivities(deps).analyzeImageSets, { bucket: 'b', manifestKey: 'm.json', indices });
 
