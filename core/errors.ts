@@ -134,6 +134,10 @@ export function describeError(err: unknown, s3Endpoint: () => string): string {
   if (!(err instanceof Error)) return String(err);
   const s3 = s3FailureOf(err);
   if (s3) return describeS3Failure(s3, endpointOr(s3Endpoint));
+  // The MariaDB connector's messages carry the whole SQL statement on further lines: the server's own
+  // sentence is the part a person needs.
+  const { sqlMessage, errno } = err as Error & { sqlMessage?: string; errno?: number };
+  if (typeof sqlMessage === 'string' && typeof errno === 'number') return `MariaDB: ${sqlMessage}`;
   const named = err instanceof DatabaseUnavailableError || err instanceof TemporalUnavailableError || /MariaDB|Temporal/.test(err.message);
   if (isConnectionFailure(err) && !named) {
     return `S3 unreachable at ${endpointOr(s3Endpoint)}: ${err.message || (err as NodeJS.ErrnoException).code}`;

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as mariadb from 'mariadb';
 import { dbConfig, migrationConfig, type DbConfig } from '../config';
-import { DatabaseAccessDeniedError, DatabaseUnavailableError, SchemaOutdatedError } from '../errors';
+import { ConfigError, DatabaseAccessDeniedError, DatabaseUnavailableError, SchemaOutdatedError } from '../errors';
 
 /**
  * MariaDB access: one pool per process, parameterised queries only. This room (core/db) is the only
@@ -155,6 +155,13 @@ export async function migrateDatabase(config: DbConfig = dbConfig(), migration =
   } catch (err) {
     const denied = accessDenied(err);
     if (denied) throw new DatabaseAccessDeniedError(where, denied.message);
+    const { errno, sqlMessage } = err as { errno?: number; sqlMessage?: string };
+    if (errno === 1142 /* command denied */ || errno === 1227 /* privilege needed */) {
+      throw new ConfigError(
+        `MariaDB at ${where}: ${sqlMessage ?? (err as Error).message}: \`cpflow migrate\` needs the migration account ` +
+          '(set CPFLOW_DB_MIGRATE_USER and CPFLOW_DB_MIGRATE_PASSWORD)',
+      );
+    }
     throw err;
   } finally {
     await pool.end().catch(() => undefined);

@@ -85,6 +85,14 @@ describe('honest errors', () => {
     expect(isCredentialFailure(s3Error('AccessDenied', 403))).toBe(false);
   });
 
+  it('prints MariaDB’s own sentence, never the SQL statement the connector appends', () => {
+    const err = Object.assign(new Error("(conn:7, no: 1062, SQLState: 23000) Duplicate entry '1-plate' for key 'uq_experiment_name'\nsql: INSERT INTO experiment (…) VALUES (?, ?) - parameters:[1,'plate']"), {
+      errno: 1062,
+      sqlMessage: "Duplicate entry '1-plate' for key 'uq_experiment_name'",
+    });
+    expect(describeError(err, where)).toBe("MariaDB: Duplicate entry '1-plate' for key 'uq_experiment_name'");
+  });
+
   it('says access denied for a refused MariaDB login, with the account and the address', () => {
     const err = new DatabaseAccessDeniedError('127.0.0.1:3306', "Access denied for user 'cpflow'@'127.0.0.1' (using password: YES)");
     expect(err.message).toBe(
