@@ -105,11 +105,14 @@ export const LOCAL_JOBS = 2;
 /**
  * Largest image, in pixels per plane (width × height), that `cpflow submit` accepts and an analysis
  * worker decodes; larger ones fail their image set at once, read from the file's header before any
- * decoding. Unit: pixels. `CPFLOW_MAX_IMAGE_PIXELS`. 4096² because the builtin engine runs on the
- * worker's one JavaScript thread: on 2 cores a 4096² set holds it for ~9 s (under the 20 s heartbeat
- * time-out), an 8192² set for ~37 s (over it, so the set would be retried as a lost worker).
+ * decoding. Unit: pixels (2^23: 2896², or 4096 × 2048; every common single-field camera fits).
+ * `CPFLOW_MAX_IMAGE_PIXELS`. Why this size: the builtin engine segments on the worker's one
+ * JavaScript thread, which also sends the heartbeats. Measured on 2 cores, one 4096² set holds it for
+ * 9 s when the machine is idle and for over 30 s when it is busy, past the 20 s heartbeat time-out (the
+ * set is then retried as if its worker were lost); half that area stays well inside. Raise it for
+ * CellProfiler-only workers, which run images in a separate process.
  */
-export const MAX_IMAGE_PIXELS = 4096 * 4096;
+export const MAX_IMAGE_PIXELS = 2 ** 23;
 /** Largest image file accepted at submit and downloaded for analysis. Unit: bytes. `CPFLOW_MAX_IMAGE_BYTES`. */
 export const MAX_IMAGE_BYTES = 512 * 1024 * 1024;
 /** Largest `--pipeline` file read (a .cppipe is a few tens of kilobytes). Unit: bytes. */

@@ -8,7 +8,7 @@ import { GROUPING_PRESETS, groupFiles } from '../../core/grouping';
 import { checksumMismatch } from '../../activities/analyze-batch';
 import { readPipelineFile } from '../../starter/pipeline-file';
 import { pause } from '../../starter/watch';
-import { declaredSizeTiff } from '../fixtures/declared-tiff';
+import { declaredSizeTiff } from '../fixtures/big-images';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpflow-input-checks-'));
 const limits = { CPFLOW_MAX_IMAGE_PIXELS: 4096 * 4096, CPFLOW_MAX_IMAGE_BYTES: 1024 * 1024 };
