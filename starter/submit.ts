@@ -208,6 +208,7 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
     );
   }
   if (opts.append && !existing) throw new SubmitError(`--append: no experiment ${project}/${name} to append to`);
+  if (existing?.status === 'registering') throw new SubmitError(`--append: experiment ${project}/${name} is still being registered by another cpflow submit`);
   if (existing?.sealed) throw new SubmitError(`--append: experiment ${project}/${name} is sealed and accepts no more image sets`);
 
   const base = { project, name, bucket, unmatched: grouped.unmatched, incomplete: grouped.incomplete, hidden, channels: grouped.channels };

@@ -59,12 +59,6 @@ export async function provisionDatabase(root: Connection, spec: AccountsSpec): P
   }
 }
 
-/** The privileges an account holds, as `SHOW GRANTS` lists them (for tests and `cpflow doctor`). */
-export async function grantsOf(conn: Connection): Promise<string[]> {
-  const rows: Array<Record<string, string>> = await conn.query('SHOW GRANTS');
-  return rows.map((row) => Object.values(row)[0] ?? '');
-}
-
 /**
  * The stack's smoke check: as the migration account, write (or expect) a marker row in a database of
  * its own (`<database>_stack_smoke`, so the application schema stays untouched); returns the markers
