@@ -8,6 +8,7 @@ import { runBatch, kindOf } from './analyze-batch';
 import { engineFor, EngineUnavailableError, ImageSetInputError, type Engine, type EngineIdentity, type EngineSelection } from './engines';
 import { createManifestReader, type ChunkManifest, type ManifestReader, type ManifestSet } from './manifest';
 import { provenanceSchema, type SetProvenance } from './provenance';
+import { sameEnvironment } from './engines/cellprofiler/environment';
 
 /**
  * analyzeImageSets: the per-image-set unit of work. Skips the sets whose provenance.json proves the
@@ -123,7 +124,7 @@ function failedOutcome(manifest: ChunkManifest, set: ManifestSet, attempt: numbe
 }
 
 /** The set's provenance.json, if it proves this exact work was already done. */
-async function matchingProvenance(
+export async function matchingProvenance(
   store: ObjectStore,
   manifest: ChunkManifest,
   set: ManifestSet,
@@ -136,6 +137,8 @@ async function matchingProvenance(
   if (!parsed.success) return undefined;
   const p = parsed.data;
   if (p.engine.name !== identity.name || p.engine.version !== identity.version) return undefined;
+  // Same build in another environment (packages, Python) is not the same work.
+  if (!sameEnvironment(p.engine.environment, identity.environment)) return undefined;
   if (p.pipelineSha256 !== manifest.pipelineSha256) return undefined;
   if (p.inputs.length !== set.files.length) return undefined;
   for (const f of set.files) {

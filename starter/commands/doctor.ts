@@ -5,13 +5,15 @@ import { db, schemaVersion } from '../../core/db';
 import { describeError } from '../../core/errors';
 import { ensureBucket, s3Endpoint } from '../../core/s3';
 import { withClient } from '../../core/temporal';
+import { cellProfilerDoctorCheck } from './doctor-cellprofiler';
 
 /** `cpflow doctor`: configuration and every service, one line each. */
 export function registerDoctor(program: Command): void {
   program
     .command('doctor')
     .description('check configuration and connectivity')
-    .action(async () => {
+    .option('--recheck', 'run the CellProfiler module-coverage pipeline even if this environment passed before', false)
+    .action(async (o: { recheck: boolean }) => {
       const checks: Array<[string, () => Promise<string>]> = [
         [
           'configuration',
@@ -48,7 +50,7 @@ export function registerDoctor(program: Command): void {
             const exe = workerConfig().CPFLOW_CELLPROFILER;
             if (!exe) return 'not configured (CPFLOW_CELLPROFILER unset): the builtin engine is used';
             if (!configuredCellProfiler()) throw new Error(`CPFLOW_CELLPROFILER=${exe} does not exist`);
-            return exe;
+            return cellProfilerDoctorCheck(exe, { fresh: o.recheck });
           },
         ],
       ];

@@ -1,6 +1,6 @@
 /**
  * The cellprofiler engine against the real CellProfiler CLI on the ExampleHuman example
- * (/work/shared/data/examplehuman: pipeline, 3 images, reference output of CellProfiler 4.0.6).
+ * (test/fixtures/examplehuman: pipeline, 3 images, reference output of CellProfiler 4.0.6).
  *
  * Tolerance: the reference says 289 nuclei and 22 PH3 objects. The pinned build 5.0.0.dev784 finds
  * 290 nuclei (and 290 cells / cytoplasms) and 22 PH3 objects with the identical final threshold
@@ -21,8 +21,9 @@ import { createCellProfilerEngine } from '../../activities/engines/cellprofiler'
 import { ImageSetInputError, type EngineImageSet } from '../../activities/engines/types';
 import { CELLPROFILER_BUILD, cellProfilerExecutable } from '../../deploy/local/cellprofiler';
 import { cacheDir } from '../../deploy/local/state';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
-const DATA = '/work/shared/data/examplehuman';
+const DATA = EXAMPLE_HUMAN;
 const PIPELINE = path.join(DATA, 'ExampleHuman.cppipe');
 const IMAGES = path.join(DATA, 'images');
 const CHANNELS = ['DNA', 'PH3', 'cellbody'] as const;

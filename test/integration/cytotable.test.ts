@@ -27,9 +27,10 @@ import { z } from 'zod';
 import { cytoTablePython, installCytoTable, CYTOTABLE_VERSION } from '../../deploy/local/cytotable';
 import { cacheDir } from '../../deploy/local/state';
 import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const EXAMPLEHUMAN = path.resolve(REPO_ROOT, '..', 'shared', 'data', 'examplehuman');
+const EXAMPLEHUMAN = EXAMPLE_HUMAN;
 const REFERENCE = path.join(EXAMPLEHUMAN, 'reference-output');
 const CONVERT_SCRIPT = path.join(REPO_ROOT, 'test', 'support', 'cytotable_convert.py');
 const SET_KEYS = ['SET-A', 'SET-B'] as const;

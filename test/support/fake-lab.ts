@@ -1,7 +1,6 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { DEFAULTS, dispatchOptionsSchema, type CpflowActivities, type DispatchOptions, type ImageSetOutcome } from '../../core/model';
 
-
 /** An in-memory stand-in for MariaDB + S3 that the fake activities share. */
 export class FakeLab {
   sets: Array<{ id: number; key: string; status: 'pending' | 'done' | 'failed' | 'cancelled' }> = [];

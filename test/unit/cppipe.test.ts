@@ -1,9 +1,11 @@
+import path from 'node:path';
 import fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import { parseCppipe, pipelineSha256, PipelineError, type Pipeline } from '../../core/pipeline/cppipe';
 import { spreadsheetFilePrefix, validatePipelineForCpflow } from '../../core/pipeline/validate';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
-const EXAMPLE_PATH = '/work/shared/data/examplehuman/ExampleHuman.cppipe';
+const EXAMPLE_PATH = path.join(EXAMPLE_HUMAN, 'ExampleHuman.cppipe');
 const example = fs.readFileSync(EXAMPLE_PATH, 'utf8');
 
 /** Runs `fn`, expects a PipelineError, and returns it for further checks. */

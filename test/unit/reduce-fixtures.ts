@@ -8,8 +8,9 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import type { ImageSetResult, ImageSetTable } from '../../activities/reduce/summary';
 import { seededRandom } from '../../core/random';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
-export const EXAMPLEHUMAN_OUTPUT = '/work/shared/data/examplehuman/reference-output';
+export const EXAMPLEHUMAN_OUTPUT = path.join(EXAMPLE_HUMAN, 'reference-output');
 
 /** RFC 4180 quoting, written independently of csv-stringify so the tests do not check the library against itself. */
 export function csvText(header: string[], rows: (string | number)[][]): string {

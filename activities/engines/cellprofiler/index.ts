@@ -44,6 +44,7 @@ import { probeCellProfilerVersion } from '../../../core/cellprofiler';
 import { DEFAULTS } from '../../../core/model';
 import { parseCppipe, PipelineError, type Pipeline } from '../../../core/pipeline/cppipe';
 import { ImageSetInputError, type Engine, type EngineIdentity, type EngineImageSet, type EngineRunInput, type EngineRunResult } from '../types';
+import { cellProfilerEnvironment } from './environment';
 import { classifyFailure, invoke } from './invoke';
 import { setFolderName, splitOutputs, type AttemptPaths } from './split-outputs';
 
@@ -57,7 +58,12 @@ export interface CellProfilerEngineOptions {
 export function createCellProfilerEngine(opts: CellProfilerEngineOptions): Engine {
   let identityPromise: Promise<EngineIdentity> | undefined;
   const identity = (): Promise<EngineIdentity> => {
-    identityPromise ??= probeCellProfilerVersion(opts.executable).then((version) => ({ name: 'cellprofiler', version }));
+    // The environment (Python, package set) goes into provenance and the skip-if-done check.
+    identityPromise ??= probeCellProfilerVersion(opts.executable).then(async (version) => ({
+      name: 'cellprofiler',
+      version,
+      environment: await cellProfilerEnvironment(opts.executable, version),
+    }));
     // A failed probe (e.g. a venv being installed) is not cached: the next call tries again.
     identityPromise.catch(() => {
       identityPromise = undefined;
