@@ -54,7 +54,8 @@ async function installCellProfilerCommand(): Promise<void> {
 }
 
 function buildProgram(): Command {
-  const program = new Command('stack').description('local cpflow stack: Temporal, MariaDB and MinIO on 127.0.0.1');
+  // exitOverride first: subcommands copy it when they are created, so their usage errors reach main().
+  const program = new Command('stack').description('local cpflow stack: Temporal, MariaDB and MinIO on 127.0.0.1').exitOverride();
 
   program
     .command('up')
@@ -113,7 +114,7 @@ function buildProgram(): Command {
 
 async function main(argv: readonly string[]): Promise<void> {
   try {
-    await buildProgram().exitOverride().parseAsync([...argv]);
+    await buildProgram().parseAsync([...argv]);
   } catch (error) {
     const code = (error as { code?: unknown }).code;
     if (typeof code === 'string' && code.startsWith('commander.')) {

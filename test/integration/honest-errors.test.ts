@@ -36,8 +36,8 @@ const oneLine = (stderr: string): string => {
 };
 
 /** A worker entry point run until it exits (it should refuse to start). */
-async function workerExit(env: NodeJS.ProcessEnv, entry = 'workers/cellprofiler.ts'): Promise<{ code: number | null; output: string }> {
-  const p = startProcess(entry, [], env);
+async function workerExit(env: NodeJS.ProcessEnv, entry = 'workers/cellprofiler.ts', args: string[] = []): Promise<{ code: number | null; output: string }> {
+  const p = startProcess(entry, args, env);
   const code = await new Promise<number | null>((resolve) => p.child.once('exit', (c) => resolve(c)));
   return { code, output: p.output() };
 }
@@ -104,6 +104,9 @@ describe('credentials and settings', () => {
     }
     const help = await runCli(['--help']);
     expect(help.code).toBe(0);
+    // The stack's own CLI too.
+    const stack = await workerExit({}, 'deploy/local/stack.ts', ['stop']);
+    expect({ code: stack.code, output: stack.output.trim() }).toEqual({ code: 2, output: "error: missing required argument 'service'" });
   });
 
   it('every worker pool validates every setting at start-up, exit 2 naming the variable', async () => {
