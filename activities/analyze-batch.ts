@@ -1,6 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
+import { imageLimitsConfig } from '../core/config';
+import { pixelProblem, readImageHeader, sizeProblem } from '../core/image-limits';
 import { DEFAULTS, type ImageSetOutcome } from '../core/model';
 import { layout, parseS3Uri } from '../core/s3';
 import { CPFLOW_VERSION, gitCommit, workerIdentity } from '../core/version';
@@ -90,20 +92,48 @@ async function downloadSet(
   setDir: string,
 ): Promise<{ files: EngineImageSet['files']; inputs: SetProvenance['inputs'] }> {
   await fs.promises.mkdir(setDir, { recursive: true });
+  const limits = imageLimitsConfig();
   const files: EngineImageSet['files'] = [];
   const inputs: SetProvenance['inputs'] = [];
   for (const f of set.files) {
     const { bucket, key } = parseS3Uri(f.uri);
+    const refused = (problem: string): ImageSetInputError =>
+      new ImageSetInputError(`image set ${set.key}: image ${f.uri} (channel ${f.channel}) ${problem}`, set.key);
+    // The registered size first: an over-limit file is not even downloaded.
+    const registeredTooBig = sizeProblem(f.size, limits);
+    if (registeredTooBig) throw refused(registeredTooBig);
     // Keep the original file name: CellProfiler pipelines match channels by name.
     let local = path.join(setDir, path.posix.basename(key));
     if (files.some((x) => x.path === local)) local = path.join(setDir, `${f.channel}-${path.posix.basename(key)}`);
     const got = await deps.store.downloadIfExists(bucket, key, local);
-    if (!got) throw new ImageSetInputError(`image set ${set.key}: missing image ${f.uri} (channel ${f.channel})`, set.key);
-    if (got.size === 0) throw new ImageSetInputError(`image set ${set.key}: empty image ${f.uri} (channel ${f.channel})`, set.key);
+    if (!got) throw refused('is missing');
+    if (got.size === 0) throw refused('is empty');
+    // What is analysed must be what was registered: an input overwritten since fails its set, never
+    // silently yields numbers from other images.
+    const mismatch = checksumMismatch(f.checksum, got);
+    if (mismatch) throw refused(`changed since it was registered: registered ${f.checksum}, found ${mismatch}`);
+    const tooBig = sizeProblem(got.size, limits);
+    if (tooBig) throw refused(tooBig);
+    // Declared dimensions from the header, before any engine decodes a pixel.
+    const header = await readImageHeader(local);
+    const tooManyPixels = header ? pixelProblem(header, limits) : undefined;
+    if (tooManyPixels) throw refused(tooManyPixels);
     inputs.push({ channel: f.channel, uri: f.uri, size: got.size, checksum: f.checksum, sha256: got.sha256 });
     files.push({ channel: f.channel, path: local });
   }
   return { files, inputs };
+}
+
+/**
+ * The downloaded object's checksum when it differs from the registered one, in the registered form.
+ * `sha256:` checksums (uploaded by cpflow or a lab system) are compared with the bytes just hashed;
+ * `etag:` ones (objects registered in place with --s3-prefix) with the ETag S3 returned with them.
+ */
+export function checksumMismatch(registered: string, got: { sha256: string; etag?: string }): string | undefined {
+  const [kind, value] = [registered.slice(0, registered.indexOf(':')), registered.slice(registered.indexOf(':') + 1)];
+  if (kind === 'sha256') return value === got.sha256 ? undefined : `sha256:${got.sha256}`;
+  if (kind === 'etag' && got.etag !== undefined) return value === got.etag ? undefined : `etag:${got.etag}`;
+  return undefined; // a form this worker cannot verify (e.g. a lab system's own): nothing to compare
 }
 
 async function uploadSet(

@@ -66,14 +66,33 @@ const workerSchema = z.object({
   CPFLOW_WORK_DIR: z.string().min(1).default(os.tmpdir()),
   /** Benchmarks only: `noop` replaces every engine on this worker with one that writes tables without analysis. */
   CPFLOW_ENGINE_OVERRIDE: z.preprocess((v) => (v === '' ? undefined : v), z.enum(['noop']).optional()),
-  /** When set, workers serve Temporal SDK metrics and cpflow's own for Prometheus on this port (0.0.0.0). */
+  /** When set, workers serve Temporal SDK metrics and cpflow's own for Prometheus on this port, at CPFLOW_METRICS_HOST. */
   CPFLOW_METRICS_PORT: port.optional(),
+  /** Address the metrics endpoint binds: loopback unless told (Kubernetes sets 0.0.0.0 for the scraper). */
+  CPFLOW_METRICS_HOST: z.string().min(1).default(DEFAULTS.METRICS_HOST),
   /** When set, workers and the starter serve /healthz and /readyz on this port (0.0.0.0), for probes. */
   CPFLOW_HEALTH_PORT: port.optional(),
 });
 
+/** Per-image limits, checked at submit (local files) and by the analysis worker before decoding. */
+const imageLimitsSchema = z.object({
+  CPFLOW_MAX_IMAGE_PIXELS: positiveInt(DEFAULTS.MAX_IMAGE_PIXELS),
+  CPFLOW_MAX_IMAGE_BYTES: positiveInt(DEFAULTS.MAX_IMAGE_BYTES),
+});
+
+/**
+ * The account `cpflow migrate` uses (DDL on cpflow's database). Unset: the runtime account, for
+ * single-account installations. Runtime processes never read these.
+ */
+const migrationSchema = z.object({
+  CPFLOW_DB_MIGRATE_USER: z.string().min(1).optional(),
+  CPFLOW_DB_MIGRATE_PASSWORD: z.string().optional(),
+});
+
 /** Every environment variable these schemas read (deploy/k8s is checked against it, with temporal-settings' and tracing's). */
-export const SETTING_NAMES: readonly string[] = [temporalSchema, dbSchema, s3Schema, workerSchema].flatMap((schema) => Object.keys(schema.shape));
+export const SETTING_NAMES: readonly string[] = [temporalSchema, dbSchema, s3Schema, workerSchema, imageLimitsSchema, migrationSchema].flatMap(
+  (schema) => Object.keys(schema.shape),
+);
 
 export type TemporalConfig = z.infer<typeof temporalSchema> & {
   /** Resolved from TEMPORAL_ADDRESS / CPFLOW_TEMPORAL_ADDRESS / the TOML profile. */
@@ -84,6 +103,8 @@ export type TemporalConfig = z.infer<typeof temporalSchema> & {
 export type DbConfig = z.infer<typeof dbSchema>;
 export type S3Config = z.infer<typeof s3Schema>;
 export type WorkerConfig = z.infer<typeof workerSchema>;
+export type ImageLimitsConfig = z.infer<typeof imageLimitsSchema>;
+export type MigrationConfig = z.infer<typeof migrationSchema>;
 
 export { ConfigError };
 
@@ -105,6 +126,25 @@ export function temporalConfig(env = process.env): TemporalConfig {
 export const dbConfig = (env = process.env): DbConfig => parse(dbSchema, env);
 export const s3Config = (env = process.env): S3Config => parse(s3Schema, env);
 export const workerConfig = (env = process.env): WorkerConfig => parse(workerSchema, env);
+export const imageLimitsConfig = (env = process.env): ImageLimitsConfig => parse(imageLimitsSchema, env);
+export const migrationConfig = (env = process.env): MigrationConfig => parse(migrationSchema, env);
+
+/**
+ * Every setting at once, as every command and worker does at start-up: one ConfigError naming each
+ * bad variable (a worker that never touches MariaDB still refuses CPFLOW_DB_PORT=abc).
+ */
+export function validateSettings(env = process.env): void {
+  const problems: string[] = [];
+  for (const read of [temporalConfig, dbConfig, s3Config, workerConfig, imageLimitsConfig, migrationConfig]) {
+    try {
+      read(env);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      problems.push(err.message.replace(/^invalid configuration: /, ''));
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
+}
 
 /** The Temporal Web UI page of a workflow, when the UI's address is configured. */
 export function webUiLink(workflowId: string, config: TemporalConfig = temporalConfig()): string | undefined {

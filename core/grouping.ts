@@ -109,6 +109,8 @@ export interface GroupingResult<F> {
   sets: Array<GroupedSet<F>>;
   unmatched: string[];
   channels: string[];
+  /** Sets left out for lacking channels (only with `skipIncomplete`; otherwise such sets are an error). */
+  incomplete: Array<{ key: string; missing: string[] }>;
 }
 
 function renderKey(rule: GroupingRule, groups: Record<string, string>): string {
@@ -126,13 +128,15 @@ function renderKey(rule: GroupingRule, groups: Record<string, string>): string {
 
 /**
  * Group files into image sets. `name(file)` gives the path whose base name is matched. Every set must
- * have every channel in `requiredChannels` (the pipeline's NamesAndTypes), or all channels seen.
+ * have every channel in `requiredChannels` (the pipeline's NamesAndTypes), or all channels seen; with
+ * `skipIncomplete` the sets that do not are left out and listed instead (`submit --skip-incomplete`).
  */
 export function groupFiles<F>(
   files: F[],
   name: (file: F) => string,
   rule: GroupingRule,
   requiredChannels?: string[],
+  options: { skipIncomplete?: boolean } = {},
 ): GroupingResult<F> {
   const re = compile(rule);
   const sets = new Map<string, GroupedSet<F>>();
@@ -168,17 +172,20 @@ export function groupFiles<F>(
     sets.set(key, set);
   }
   const needed = requiredChannels && requiredChannels.length > 0 ? requiredChannels : [...channels];
-  const problems: string[] = [];
+  const incomplete: GroupingResult<F>['incomplete'] = [];
   for (const set of sets.values()) {
     const have = new Set(set.files.map((f) => f.channel));
     const missing = needed.filter((c) => !have.has(c));
-    if (missing.length > 0) problems.push(`image set ${set.key} lacks channel ${missing.join(', ')}`);
+    if (missing.length > 0) incomplete.push({ key: set.key, missing });
   }
-  if (problems.length > 0) {
+  incomplete.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  if (incomplete.length > 0 && !options.skipIncomplete) {
+    const problems = incomplete.map((i) => `image set ${i.key} lacks channel ${i.missing.join(', ')}`);
     const more = problems.length > 5 ? ` (and ${problems.length - 5} more)` : '';
-    throw new GroupingError(`${problems.slice(0, 5).join('; ')}${more}`);
+    throw new GroupingError(`${problems.slice(0, 5).join('; ')}${more}; --skip-incomplete registers the complete sets only`);
   }
+  for (const i of incomplete) sets.delete(i.key);
   const sorted = [...sets.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   for (const s of sorted) s.files.sort((a, b) => (a.channel < b.channel ? -1 : 1));
-  return { sets: sorted, unmatched, channels: [...channels].sort() };
+  return { sets: sorted, unmatched, channels: [...channels].sort(), incomplete };
 }

@@ -5,8 +5,10 @@ import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import {
   CreateBucketCommand,
+  DeleteObjectsCommand,
   GetObjectCommand,
-  HeadBucketCommand,
+  type GetObjectCommandOutput,
+  ListBucketsCommand,
   ListObjectsV2Command,
   NoSuchKey,
   NotFound,
@@ -78,11 +80,16 @@ export function parseS3Uri(uri: string): { bucket: string; key: string } {
   return { bucket: m[1], key: m[2] ?? '' };
 }
 
+/**
+ * Create the bucket unless it exists. The existence check is a one-key listing rather than HEAD: a
+ * HEAD response has no body, so a wrong key or a denied bucket would come back as "UnknownError"
+ * instead of InvalidAccessKeyId, SignatureDoesNotMatch or AccessDenied.
+ */
 export async function ensureBucket(bucket: string, client = s3()): Promise<void> {
   try {
-    await client.send(new HeadBucketCommand({ Bucket: bucket }));
+    await client.send(new ListObjectsV2Command({ Bucket: bucket, MaxKeys: 1 }));
   } catch (err) {
-    if (err instanceof S3ServiceException && (err.$metadata.httpStatusCode === 404 || err.name === 'NotFound')) {
+    if (err instanceof S3ServiceException && (err.name === 'NoSuchBucket' || err.$metadata.httpStatusCode === 404)) {
       try {
         await client.send(new CreateBucketCommand({ Bucket: bucket }));
       } catch (createErr) {
@@ -185,14 +192,17 @@ export async function downloadIfExists(
   key: string,
   localPath: string,
   client = s3(),
-): Promise<{ size: number; sha256: string } | undefined> {
-  let body: Readable;
+): Promise<{ size: number; sha256: string; etag: string } | undefined> {
+  let res: GetObjectCommandOutput;
   try {
-    body = await getStream(bucket, key, client);
+    res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
   } catch (err) {
     if (isNotFound(err)) return undefined;
     throw err;
   }
+  if (!(res.Body instanceof Readable)) throw new Error(`s3://${bucket}/${key}: no body`);
+  const body = res.Body;
+  const etag = (res.ETag ?? '').replace(/"/g, '');
   const hash = crypto.createHash('sha256');
   let size = 0;
   body.on('data', (chunk: Buffer) => {
@@ -200,7 +210,44 @@ export async function downloadIfExists(
     size += chunk.length;
   });
   await pipeline(body, fs.createWriteStream(localPath));
-  return { size, sha256: hash.digest('hex') };
+  return { size, sha256: hash.digest('hex'), etag };
+}
+
+/** Delete every object under a prefix (a failed submit's uploads). Returns how many were deleted. */
+export async function deletePrefix(bucket: string, prefix: string, client = s3()): Promise<number> {
+  let deleted = 0;
+  let page: string[] = [];
+  const flush = async (): Promise<void> => {
+    if (page.length === 0) return;
+    await client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: page.map((Key) => ({ Key })), Quiet: true } }));
+    deleted += page.length;
+    page = [];
+  };
+  for await (const o of listObjects(bucket, prefix, client)) {
+    page.push(o.key);
+    if (page.length === 1000) await flush();
+  }
+  await flush();
+  return deleted;
+}
+
+/**
+ * Whether S3 accepts these credentials, from one bucket listing: a credential failure is thrown (a
+ * worker refuses to start with keys that can never work); AccessDenied (an account without
+ * ListAllMyBuckets, like the local stack's) means the keys were accepted; anything else (an outage)
+ * is returned as a note, because it proves nothing about the keys.
+ */
+export async function probeS3Credentials(client = s3()): Promise<string | undefined> {
+  try {
+    await client.send(new ListBucketsCommand({}));
+    return undefined;
+  } catch (err) {
+    const code = (err as { Code?: string; name?: string }).Code ?? (err as Error).name;
+    if (code === 'InvalidAccessKeyId' || code === 'SignatureDoesNotMatch') throw err;
+    // Authorisation is checked after authentication: a denied listing proves the keys are valid.
+    if (code === 'AccessDenied') return undefined;
+    return err instanceof Error ? err.message : String(err);
+  }
 }
 
 export async function* listObjects(
@@ -233,8 +280,8 @@ export interface ObjectStore {
   getBytes(bucket: string, key: string): Promise<Buffer>;
   /** `undefined` when the object does not exist. */
   getBytesIfExists(bucket: string, key: string): Promise<Buffer | undefined>;
-  /** Download to a file, hashing on the way; `undefined` when the object does not exist. */
-  downloadIfExists(bucket: string, key: string, localPath: string): Promise<{ size: number; sha256: string } | undefined>;
+  /** Download to a file, hashing on the way; `undefined` when the object does not exist. `etag` as S3 reports it. */
+  downloadIfExists(bucket: string, key: string, localPath: string): Promise<{ size: number; sha256: string; etag?: string } | undefined>;
   downloadToFile(bucket: string, key: string, localPath: string): Promise<void>;
   putFile(bucket: string, key: string, localPath: string, opts?: { contentType?: string }): Promise<StoredObject>;
   putBytes(bucket: string, key: string, body: string | Buffer, contentType?: string): Promise<StoredObject>;
@@ -252,6 +299,8 @@ export const s3Store: ObjectStore = {
 /** S3 key layout (DESIGN.md §3). Deterministic, so a retried attempt writes to the same place. */
 export const layout = {
   pipeline: (sha256: string) => `pipelines/${sha256}.cppipe`,
+  /** Uploaded inputs of one experiment: a prefix no other experiment shares (appends get sub-folders). */
+  experimentInputs: (experimentId: number) => `inputs/${experimentId}/`,
   experimentRoot: (experimentId: number) => `cpflow/${experimentId}/`,
   setPrefix: (experimentId: number, setKey: string) => `cpflow/${experimentId}/sets/${setKey}/`,
   manifestChunk: (experimentId: number, chunk: number) =>

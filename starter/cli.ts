@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 import { Command, type Command as CommandType } from 'commander';
 import { z } from 'zod';
+import { validateSettings } from '../core/config';
 import { closeDb } from '../core/db';
-import { ConfigError, describeError as describe, UsageError } from '../core/errors';
+import { ConfigError, describeError as describe, isCredentialFailure, UsageError } from '../core/errors';
 import { GroupingError } from '../core/grouping';
 import { PipelineError } from '../core/pipeline/cppipe';
 import { s3Endpoint } from '../core/s3';
@@ -10,6 +11,7 @@ import { CPFLOW_VERSION, gitCommit } from '../core/version';
 import { registerAnalyzeLocal } from './commands/analyze-local';
 import { registerControl } from './commands/control';
 import { registerDoctor } from './commands/doctor';
+import { registerMigrate } from './commands/migrate';
 import { registerStatus } from './commands/status';
 import { registerSubmit } from './commands/submit';
 import { registerWatch } from './commands/watch';
@@ -17,8 +19,8 @@ import { SubmitError } from './submit';
 
 /**
  * `cpflow`: the starter CLI. Every failure ends in one line naming what is wrong and a non-zero exit:
- * 2 for bad arguments, settings or input (commander's own errors included), 1 for everything else.
- * With `--json` (every command has it) stdout carries one JSON document, the result or
+ * 2 for bad arguments, settings, credentials or input (commander's own errors included), 1 for everything
+ * else. With `--json` (every command has it) stdout carries one JSON document, the result or
  * `{"error": {"message", "kind", "exitCode"}}`, and nothing else.
  */
 
@@ -30,13 +32,19 @@ const program = new Command()
   .description('Durable CellProfiler runs on Temporal, MariaDB and S3')
   .version(versionLine(), '-V, --version', 'print the version and exit')
   .showHelpAfterError(false)
-  .exitOverride();
+  .exitOverride()
+  // Every setting is checked before any command runs, whether or not that command uses it (doctor
+  // reports a bad setting as one of its checks instead).
+  .hook('preAction', (_program, command) => {
+    if (command.name() !== 'doctor') validateSettings();
+  });
 
 registerSubmit(program);
 registerWatch(program);
 registerStatus(program);
 registerControl(program);
 registerDoctor(program);
+registerMigrate(program);
 registerAnalyzeLocal(program);
 
 /** Every command accepts --json and reports its own usage errors through exitOverride. */
@@ -79,8 +87,8 @@ async function main(argv: string[]): Promise<number> {
       const message = (e.message ?? 'invalid arguments').replace(/^error: /, '');
       return json ? reportError(true, 'usage', message, 2) : 2;
     }
-    const usage = USAGE_ERRORS.some((type) => err instanceof type);
-    const kind = usage ? (err instanceof ConfigError ? 'config' : 'usage') : err instanceof Error ? err.name : 'error';
+    const usage = USAGE_ERRORS.some((type) => err instanceof type) || isCredentialFailure(err);
+    const kind = usage ? (err instanceof ConfigError ? 'config' : isCredentialFailure(err) ? 'credentials' : 'usage') : err instanceof Error ? err.name : 'error';
     return reportError(json, kind, describeError(err), usage ? 2 : 1);
   } finally {
     await closeDb().catch(() => undefined);

@@ -134,13 +134,26 @@ export class Watcher {
         onTick?.(false);
         onError(err);
       }
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, intervalMs);
-        signal.addEventListener('abort', () => {
-          clearTimeout(t);
-          resolve();
-        }, { once: true });
-      });
+      await pause(intervalMs, signal);
     }
   }
+}
+
+/**
+ * Wait `ms` or until `signal` aborts. The abort listener is removed when the time is up: one left
+ * behind per poll piled up into a MaxListenersExceededWarning after ten polls.
+ */
+export function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (signal.aborted) return resolve();
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
 }

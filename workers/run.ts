@@ -5,10 +5,11 @@ import {
 } from '@temporalio/interceptors-opentelemetry';
 import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { analysisActivities, controlActivities, reduceActivities } from '../activities';
-import { temporalConfig, workerConfig } from '../core/config';
-import { closeDb } from '../core/db';
-import { TemporalUnavailableError } from '../core/errors';
+import { ConfigError, temporalConfig, validateSettings, workerConfig } from '../core/config';
+import { closeDb, db } from '../core/db';
+import { DatabaseUnavailableError, describeError, isCredentialFailure, TemporalUnavailableError } from '../core/errors';
 import { startHealthServer, type HealthServer } from '../core/health';
+import { probeS3Credentials, s3Endpoint } from '../core/s3';
 import { describeTemporal, temporalConnectionOptions } from '../core/temporal-settings';
 import { activeTracing, startTracing, stopTracing } from '../core/tracing';
 import { CPFLOW_VERSION } from '../core/version';
@@ -89,13 +90,18 @@ function tracingOptions(): Pick<WorkerOptions, 'interceptors' | 'sinks'> {
  * terminationGracePeriodSeconds should be a little longer).
  */
 export async function runPools(pools: PoolName[]): Promise<void> {
-  const { CPFLOW_METRICS_PORT: metricsPort, CPFLOW_HEALTH_PORT: healthPort } = workerConfig();
+  validateSettings();
+  await checkCredentials(pools);
+  const { CPFLOW_METRICS_PORT: metricsPort, CPFLOW_METRICS_HOST: metricsHost, CPFLOW_HEALTH_PORT: healthPort } = workerConfig();
   const { settings } = temporalConfig();
   Runtime.install({
     shutdownSignals: ['SIGTERM', 'SIGINT'],
     // Task-queue latencies, slot usage and activity outcomes for Prometheus (and for autoscaling), and
-    // cpflow's own (activities/metrics.ts, backlog.ts) on the same endpoint.
-    telemetryOptions: metricsPort ? { metrics: { prometheus: { bindAddress: `0.0.0.0:${metricsPort}` } } } : undefined,
+    // cpflow's own (activities/metrics.ts, backlog.ts) on the same endpoint; on loopback unless
+    // CPFLOW_METRICS_HOST says otherwise (Kubernetes: 0.0.0.0 for the scraper).
+    telemetryOptions: metricsPort
+      ? { metrics: { prometheus: { bindAddress: `${metricsHost.includes(':') ? `[${metricsHost}]` : metricsHost}:${metricsPort}` } } }
+      : undefined,
   });
   startTracing('cpflow-worker');
   const health: HealthServer | undefined = healthPort ? await startHealthServer(healthPort, `cpflow worker (${pools.join(', ')})`) : undefined;
@@ -127,12 +133,30 @@ export async function runPools(pools: PoolName[]): Promise<void> {
   }
 }
 
+/**
+ * Credentials that can never work stop the worker at start-up with one line (exit 2) instead of
+ * failing every activity: S3 for every pool, MariaDB for the pools that use it (the schema version is
+ * checked too). A service that is merely down is only reported: activities wait for it.
+ */
+async function checkCredentials(pools: PoolName[]): Promise<void> {
+  const s3Note = await probeS3Credentials();
+  if (s3Note) console.warn(`cpflow worker: could not check the S3 credentials at ${s3Endpoint()}: ${s3Note}`);
+  if (pools.includes('workflow') || pools.includes('reduce')) {
+    try {
+      await db();
+    } catch (err) {
+      if (!(err instanceof DatabaseUnavailableError)) throw err;
+      console.warn(`cpflow worker: ${err.message}; starting anyway, activities will wait for it`);
+    }
+  }
+}
+
 export function main(pools: PoolName[]): void {
   runPools(pools).then(
     () => process.exit(0),
     (err: unknown) => {
-      console.error(`cpflow worker: ${err instanceof Error ? err.message : String(err)}`);
-      process.exit(1);
+      console.error(`cpflow worker: ${describeError(err, () => s3Endpoint())}`);
+      process.exit(err instanceof ConfigError || isCredentialFailure(err) ? 2 : 1);
     },
   );
 }

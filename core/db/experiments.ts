@@ -16,8 +16,9 @@ import {
 
 /** Projects and experiments: registration, lookups, the watcher's claim, status and counts. */
 
+/** For lab systems and tests; `cpflow submit` creates projects through createProject (registration.ts). */
 export async function upsertProject(pool: Db, name: string, bucket: string): Promise<number> {
-  await pool.query('INSERT INTO project (name, bucket) VALUES (?, ?) ON DUPLICATE KEY UPDATE id = id', [name, bucket]);
+  await pool.query('INSERT INTO project (name, bucket, owns_bucket) VALUES (?, ?, 1) ON DUPLICATE KEY UPDATE id = id', [name, bucket]);
   const row = await findProject(pool, name);
   if (!row) throw new Error(`project ${name} vanished after upsert`);
   return row.id;

@@ -13,12 +13,19 @@ export interface NewImageSet {
 
 const INSERT_PAGE = 500;
 
-export async function insertImageSetsOn(conn: Conn, experimentId: number, sets: NewImageSet[]): Promise<void> {
+/**
+ * `upsert`: a set already registered keeps its row and gets these files (lab systems re-sending rows).
+ * `new-only`: a set already registered fails the whole transaction with ER_DUP_ENTRY, so `cpflow
+ * submit --append` can never silently repoint a registered (maybe finished) set at other files.
+ */
+export type DuplicateSets = 'upsert' | 'new-only';
+
+export async function insertImageSetsOn(conn: Conn, experimentId: number, sets: NewImageSet[], duplicates: DuplicateSets = 'upsert'): Promise<void> {
   for (let i = 0; i < sets.length; i += INSERT_PAGE) {
     const page = sets.slice(i, i + INSERT_PAGE);
     await conn.batch(
       `INSERT INTO image_set (experiment_id, set_key, metadata) VALUES (?, ?, ?)
-       ON DUPLICATE KEY UPDATE metadata = VALUES(metadata)`,
+       ${duplicates === 'upsert' ? 'ON DUPLICATE KEY UPDATE metadata = VALUES(metadata)' : ''}`,
       page.map((s) => [experimentId, s.key, JSON.stringify(s.metadata)]),
     );
     const ids = await conn.query<unknown[]>(`SELECT id, set_key FROM image_set WHERE experiment_id = ? AND set_key IN (?)`, [

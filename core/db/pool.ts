@@ -1,13 +1,18 @@
+import type { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as mariadb from 'mariadb';
-import { dbConfig, type DbConfig } from '../config';
-import { ConfigError, DatabaseUnavailableError } from '../errors';
+import { dbConfig, migrationConfig, type DbConfig } from '../config';
+import { ConfigError, DatabaseAccessDeniedError, DatabaseUnavailableError, SchemaOutdatedError } from '../errors';
 
 /**
- * MariaDB access: one pool per process, versioned migrations applied on first use, parameterised
- * queries only. This room (core/db) is the only place that speaks SQL; rows are validated with zod
- * where they cross into the program (rows.ts).
+ * MariaDB access: one pool per process, parameterised queries only. This room (core/db) is the only
+ * place that speaks SQL; rows are validated with zod where they cross into the program (rows.ts).
+ *
+ * Least privilege: runtime processes (CLI, watcher, workers) connect with an account that may only
+ * read and write rows. Versioned migrations run separately, with the migration account, through
+ * `cpflow migrate` (the local stack runs it on every `up`); a runtime process only checks at first
+ * use that the schema is as new as its code and says what to run when it is not.
  */
 
 export type Db = mariadb.Pool;
@@ -64,17 +69,50 @@ export function createPool(config: DbConfig = dbConfig()): Db {
   });
 }
 
-/** The process-wide pool, migrated. Callers never close it; `closeDb` is for tests and shutdown. */
+/** MariaDB error numbers that mean "this account may not", not "the server is away". */
+const ACCESS_DENIED_ERRNOS = new Set([1044 /* database */, 1045 /* user or password */, 1049 /* unknown database */, 1698 /* plugin */]);
+
+function accessDenied(err: unknown): { errno: number; message: string } | undefined {
+  for (let e: unknown = err; e instanceof Error; e = (e as Error & { cause?: unknown }).cause) {
+    const { errno, sqlMessage } = e as Error & { errno?: number; sqlMessage?: string };
+    if (errno !== undefined && ACCESS_DENIED_ERRNOS.has(errno)) return { errno, message: sqlMessage ?? e.message };
+  }
+  return undefined;
+}
+
+/**
+ * The process-wide pool, its schema checked. Callers never close it; `closeDb` is for tests and
+ * shutdown. A refused login fails at once (the pool would otherwise retry it until its acquire
+ * time-out and report the server as unreachable).
+ */
 export async function db(): Promise<Db> {
   if (!sharedPool) {
     const config = dbConfig();
+    const where = `${config.CPFLOW_DB_HOST}:${config.CPFLOW_DB_PORT}`;
     const pool = createPool(config);
-    const ready = migrate(pool).then(
-      () => undefined,
+    // The pool emits each failed connection attempt (the typings omit the event; the class is an EventEmitter).
+    const events = pool as unknown as EventEmitter;
+    const onPoolError = (err: Error): void => {
+      const denied = accessDenied(err);
+      if (denied) rejectRefused(new DatabaseAccessDeniedError(where, denied.message));
+    };
+    let rejectRefused: (err: Error) => void = () => undefined;
+    const refused = new Promise<never>((_, reject) => {
+      rejectRefused = reject;
+    });
+    refused.catch(() => undefined);
+    events.on('error', onPoolError);
+    const ready = Promise.race([checkSchema(pool, where), refused]).then(
+      () => {
+        events.removeListener('error', onPoolError);
+      },
       (err: unknown) => {
         sharedPool = undefined;
         void pool.end().catch(() => undefined);
-        throw new DatabaseUnavailableError(`${config.CPFLOW_DB_HOST}:${config.CPFLOW_DB_PORT}`, err);
+        if (err instanceof DatabaseAccessDeniedError || err instanceof SchemaOutdatedError) throw err;
+        const denied = accessDenied(err);
+        if (denied) throw new DatabaseAccessDeniedError(where, denied.message);
+        throw new DatabaseUnavailableError(where, err);
       },
     );
     sharedPool = { pool, ready };
@@ -102,6 +140,59 @@ export async function inTransaction<T>(pool: Db, work: (conn: Conn) => Promise<T
     throw err;
   } finally {
     await conn.release();
+  }
+}
+
+/** The schema version this code needs: its newest migration. */
+export function requiredSchemaVersion(): number {
+  return Math.max(0, ...loadMigrations().map((m) => m.version));
+}
+
+/** The newest migration applied to the pool's database (0 for an empty database). */
+export async function schemaVersion(pool: Db): Promise<number> {
+  try {
+    const rows = await pool.query<Array<{ v: number | null }>>('SELECT MAX(version) AS v FROM schema_migration');
+    return Number(rows[0]?.v ?? 0);
+  } catch (err) {
+    if ((err as { errno?: number }).errno === 1146 /* no such table */) return 0;
+    throw err;
+  }
+}
+
+async function checkSchema(pool: Db, where: string): Promise<void> {
+  const [found, needed] = [await schemaVersion(pool), requiredSchemaVersion()];
+  // A newer schema is fine: migrations only add, so code one version behind keeps working during a rollout.
+  if (found < needed) throw new SchemaOutdatedError(where, found, needed);
+}
+
+/**
+ * `cpflow migrate`: apply pending migrations with the migration account (CPFLOW_DB_MIGRATE_USER /
+ * _PASSWORD, else the runtime account). Returns the versions applied now.
+ */
+export async function migrateDatabase(config: DbConfig = dbConfig(), migration = migrationConfig()): Promise<{ applied: number[]; version: number }> {
+  const where = `${config.CPFLOW_DB_HOST}:${config.CPFLOW_DB_PORT}`;
+  const pool = createPool({
+    ...config,
+    CPFLOW_DB_USER: migration.CPFLOW_DB_MIGRATE_USER ?? config.CPFLOW_DB_USER,
+    CPFLOW_DB_PASSWORD: migration.CPFLOW_DB_MIGRATE_USER ? (migration.CPFLOW_DB_MIGRATE_PASSWORD ?? '') : config.CPFLOW_DB_PASSWORD,
+    CPFLOW_DB_POOL_SIZE: 1,
+  });
+  try {
+    const applied = await migrate(pool);
+    return { applied, version: await schemaVersion(pool) };
+  } catch (err) {
+    const denied = accessDenied(err);
+    if (denied) throw new DatabaseAccessDeniedError(where, denied.message);
+    const { errno, sqlMessage } = err as { errno?: number; sqlMessage?: string };
+    if (errno === 1142 /* command denied */ || errno === 1227 /* privilege needed */) {
+      throw new ConfigError(
+        `MariaDB at ${where}: ${sqlMessage ?? (err as Error).message}: \`cpflow migrate\` needs the migration account ` +
+          '(set CPFLOW_DB_MIGRATE_USER and CPFLOW_DB_MIGRATE_PASSWORD)',
+      );
+    }
+    throw err;
+  } finally {
+    await pool.end().catch(() => undefined);
   }
 }
 

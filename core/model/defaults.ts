@@ -109,3 +109,28 @@ export const LOCAL_JOBS = 2;
 export const BACKLOG_POLL_MS = 15_000;
 /** How long a client waits for Temporal to answer a first connection. Unit: Temporal duration. */
 export const TEMPORAL_CONNECT_TIMEOUT = '5s';
+
+// ---------------------------------------------------------------------------------------------
+// Input integrity, names and least privilege (issue 9).
+
+/**
+ * Largest image, in pixels per plane (width × height), that `cpflow submit` accepts and an analysis
+ * worker decodes; larger ones fail their image set at once, read from the file's header before any
+ * decoding. Unit: pixels (2^23: 2896², or 4096 × 2048; every common single-field camera fits).
+ * `CPFLOW_MAX_IMAGE_PIXELS`. Why this size: the builtin engine segments on the worker's one
+ * JavaScript thread, which also sends the heartbeats. Measured on 2 cores, one 4096² set holds it for
+ * 9 s when the machine is idle and for over 30 s when it is busy, past the 20 s heartbeat time-out (the
+ * set is then retried as if its worker were lost); half that area stays well inside. Raise it for
+ * CellProfiler-only workers, which run images in a separate process.
+ */
+export const MAX_IMAGE_PIXELS = 2 ** 23;
+/** Largest image file accepted at submit and downloaded for analysis. Unit: bytes. `CPFLOW_MAX_IMAGE_BYTES`. */
+export const MAX_IMAGE_BYTES = 512 * 1024 * 1024;
+/** Largest `--pipeline` file read (a .cppipe is a few tens of kilobytes). Unit: bytes. */
+export const MAX_PIPELINE_BYTES = 10 * 1024 * 1024;
+/** Buckets cpflow derives from project names start with this; the local stack's S3 user may touch only these. */
+export const BUCKET_PREFIX = 'cpflow-';
+/** Worker metrics listen on this address unless told otherwise. `CPFLOW_METRICS_HOST` (0.0.0.0 in Kubernetes). */
+export const METRICS_HOST = '127.0.0.1';
+/** The local stack's MariaDB account that runs migrations (DDL); the runtime account has DML only. */
+export const DB_MIGRATE_USER = 'cpflow_migrate';

@@ -10,7 +10,8 @@ import * as DEFAULTS from './defaults';
 // ---------------------------------------------------------------------------------------------
 // Statuses
 
-export const EXPERIMENT_STATUSES = ['submitted', 'running', 'reducing', 'done', 'done_with_failures', 'failed', 'cancelled'] as const;
+/** `registering`: `cpflow submit` reserved the name and is uploading; the watcher starts only `submitted`. */
+export const EXPERIMENT_STATUSES = ['registering', 'submitted', 'running', 'reducing', 'done', 'done_with_failures', 'failed', 'cancelled'] as const;
 export type ExperimentStatus = (typeof EXPERIMENT_STATUSES)[number];
 export const TERMINAL_STATUSES: readonly ExperimentStatus[] = ['done', 'done_with_failures', 'failed', 'cancelled'];
 export const isTerminal = (status: ExperimentStatus): boolean => TERMINAL_STATUSES.includes(status);

@@ -7,7 +7,6 @@ import https from 'node:https';
 import path from 'node:path';
 import execa from 'execa';
 import mariadb, { type Connection } from 'mariadb';
-import { provisionDatabase as provisionAccount } from '../../core/db/admin';
 import { DEFAULTS, SEARCH_ATTRIBUTE_KEYS } from '../../core/model';
 import { currentUserName } from './install';
 import { isPortAnswering, spawnDetached, waitUntilReady } from './processes';
@@ -18,6 +17,7 @@ import { tlsFiles } from './tls';
 export const TEMPORAL_NAMESPACE = DEFAULTS.TEMPORAL_NAMESPACE;
 export const DATABASE_NAME = DEFAULTS.DB_NAME;
 export const DATABASE_USER = DEFAULTS.DB_USER;
+export const DATABASE_MIGRATE_USER = DEFAULTS.DB_MIGRATE_USER;
 export const S3_REGION = DEFAULTS.S3_REGION;
 
 /** Custom search attributes the workflows set, as the Temporal CLI names their types (KEYWORD → Keyword). */
@@ -150,7 +150,7 @@ async function initialiseMariadbDataDir(paths: StackPaths, state: StackState): P
 }
 
 /** Root over the Unix socket: mariadb-install-db gives the OS user that ran it socket authentication. */
-function connectAsRoot(paths: StackPaths): Promise<Connection> {
+export function connectAsRoot(paths: StackPaths): Promise<Connection> {
   return mariadb.createConnection({ socketPath: paths.mariadbSocket, user: currentUserName(), connectTimeout: 2000 });
 }
 
@@ -161,39 +161,6 @@ async function mariadbAcceptsRoot(paths: StackPaths): Promise<boolean> {
     return true;
   } catch {
     return false;
-  }
-}
-
-/** Create the cpflow database and user (idempotent; also resets the password to the one in the state). */
-async function provisionDatabase(paths: StackPaths, state: StackState): Promise<void> {
-  const connection = await connectAsRoot(paths);
-  try {
-    await provisionAccount(connection, {
-      database: DATABASE_NAME,
-      user: DATABASE_USER,
-      password: state.mariadb.password,
-      // A stack on another address (the multi-host drill) is reached from other hosts' addresses.
-      hosts: state.host === HOST ? ['127.0.0.1', 'localhost'] : ['127.0.0.1', 'localhost', '%'],
-    });
-    await requireTlsForAccounts(connection, state.secure);
-  } finally {
-    await connection.end();
-  }
-}
-
-/**
- * Secure stack: every account other than the administrators must connect with TLS and a client
- * certificate signed by the stack's CA (REQUIRE X509); a plain stack requires nothing. Applied to
- * all such accounts, whatever they are called, so accounts added later are covered too.
- */
-async function requireTlsForAccounts(root: Connection, secure: boolean): Promise<void> {
-  const admins = ['root', 'mariadb.sys', 'mysql', 'PUBLIC', '', currentUserName()];
-  const accounts = await root.query<Array<{ User: string; Host: string }>>(
-    `SELECT User, Host FROM mysql.user WHERE User NOT IN (${admins.map(() => '?').join(', ')})`,
-    admins,
-  );
-  for (const { User, Host } of accounts) {
-    await root.query(`ALTER USER ${root.escape(User)}@${root.escape(Host)} REQUIRE ${secure ? 'X509' : 'NONE'}`);
   }
 }
 
@@ -239,7 +206,7 @@ async function startMariadb(paths: StackPaths, state: StackState): Promise<numbe
     expectedCommand: expectedCommand('mariadb'),
     probe: async () => (await isPortAnswering(state.mariadb.port, 500, state.host)) && (await mariadbAcceptsRoot(paths)),
   });
-  await provisionDatabase(paths, state);
+  // Accounts and schema: provision.ts, on every `up`.
   return pid;
 }
 

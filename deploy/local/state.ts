@@ -50,6 +50,8 @@ export function stackPaths(root: string = cacheDir()) {
     tlsDir: path.join(root, 'tls'),
     minioCertsDir: path.join(root, 'minio', 'certs'),
     temporalProxyDir: path.join(root, 'temporal', 'tls-proxy'),
+    mcConfigDir: path.join(root, 'minio', 'mc-config'),
+    appPolicyFile: path.join(root, 'stack', 'cpflow-s3-policy.json'),
   };
 }
 export type StackPaths = ReturnType<typeof stackPaths>;
@@ -70,14 +72,21 @@ const temporalState = z.object({
 const mariadbState = z.object({
   port,
   pid,
+  /** The runtime account's (cpflow: rows only). */
   password: z.string().min(16),
+  /** The migration account's (cpflow_migrate: DDL). Absent in states written before it existed. */
+  migratePassword: z.string().min(16).optional(),
 });
 const minioState = z.object({
   port,
   consolePort: port,
   pid,
+  /** MinIO's root credentials: only the stack's own provisioning uses them. */
   accessKey: z.string().min(8),
   secretKey: z.string().min(16),
+  /** The S3 user cpflow's processes get, limited to cpflow-* buckets. Absent in older states. */
+  appAccessKey: z.string().min(8).optional(),
+  appSecretKey: z.string().min(16).optional(),
 });
 
 export const stackStateSchema = z.object({
@@ -90,6 +99,8 @@ export const stackStateSchema = z.object({
     minio: z.string(),
     /** Secure stack only: nginx, Temporal's TLS proxy. */
     nginx: z.string().optional(),
+    /** MinIO's client, for creating cpflow's S3 user and its policy. Absent in older states. */
+    mc: z.string().optional(),
   }),
   /** `up --secure`: TLS everywhere, mTLS to Temporal, X509 for MariaDB's cpflow accounts, HTTPS MinIO. */
   secure: z.boolean().default(false),

@@ -1,6 +1,7 @@
 import { InvalidArgumentError } from 'commander';
 import { db, findExperimentByName, getExperiment, type ExperimentRow } from '../../core/db';
 import { UsageError } from '../../core/errors';
+import { canonicalName } from '../../core/naming';
 
 /** Argument parsers and lookups shared by the CLI's commands. */
 
@@ -26,7 +27,7 @@ export async function resolveExperiment(ref: string): Promise<ExperimentRow> {
   else {
     const m = /^([^/]+)\/(.+)$/.exec(ref);
     if (!m || !m[1] || !m[2]) throw new UsageError(`experiment "${ref}": give its id or <project>/<name>`);
-    e = await findExperimentByName(pool, m[1], m[2]);
+    e = await findExperimentByName(pool, canonicalName(m[1]), canonicalName(m[2]));
   }
   if (!e) throw new UsageError(`experiment "${ref}" does not exist`);
   return e;

@@ -6,6 +6,9 @@ import { withClient } from '../../core/temporal';
 import { sealedSignal } from '../../workflows/progress';
 import { print, resolveExperiment } from './common';
 
+const stillRegistering = (id: number): UsageError =>
+  new UsageError(`experiment ${id} is still being registered by \`cpflow submit\` (status registering)`);
+
 /** Commands that change an experiment's course: cancel, retry and seal. */
 export function registerControl(program: Command): void {
   program
@@ -14,6 +17,7 @@ export function registerControl(program: Command): void {
     .option('--json', 'machine-readable output', false)
     .action(async (ref: string, o: { json: boolean }) => {
       const e = await resolveExperiment(ref);
+      if (e.status === 'registering') throw stillRegistering(e.id);
       if (isTerminal(e.status)) throw new UsageError(`experiment ${e.id} already ended (${e.status})`);
       await withClient((client) => client.workflow.getHandle(e.workflow_id ?? workflowIdFor(e.id)).cancel());
       print(o.json, { experimentId: e.id, cancellationRequested: true }, () => `cancellation requested for experiment ${e.id}; \`cpflow status ${e.id}\` shows when it has stopped`);
@@ -40,6 +44,7 @@ export function registerControl(program: Command): void {
     .option('--json', 'machine-readable output', false)
     .action(async (ref: string, o: { json: boolean }) => {
       const e = await resolveExperiment(ref);
+      if (e.status === 'registering') throw stillRegistering(e.id);
       await setExperimentSealed(await db(), e.id);
       if (e.status === 'running') {
         await withClient((client) => client.workflow.getHandle(e.workflow_id ?? workflowIdFor(e.id)).signal(sealedSignal));

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { configuredCellProfiler } from '../../core/cellprofiler';
-import { dbConfig, s3Config, temporalConfig, workerConfig } from '../../core/config';
-import { db } from '../../core/db';
+import { dbConfig, temporalConfig, validateSettings, workerConfig } from '../../core/config';
+import { db, schemaVersion } from '../../core/db';
 import { describeError } from '../../core/errors';
 import { ensureBucket, s3Endpoint } from '../../core/s3';
 import { withClient } from '../../core/temporal';
@@ -20,10 +20,7 @@ export function registerDoctor(program: Command): void {
         [
           'configuration',
           async () => {
-            temporalConfig();
-            dbConfig();
-            s3Config();
-            workerConfig();
+            validateSettings();
             return 'valid';
           },
         ],
@@ -31,8 +28,8 @@ export function registerDoctor(program: Command): void {
           'MariaDB',
           async () => {
             const cfg = dbConfig();
-            await db();
-            return `${cfg.CPFLOW_DB_HOST}:${cfg.CPFLOW_DB_PORT}/${cfg.CPFLOW_DB_NAME} (schema migrated)`;
+            const version = await schemaVersion(await db());
+            return `${cfg.CPFLOW_DB_HOST}:${cfg.CPFLOW_DB_PORT}/${cfg.CPFLOW_DB_NAME} as ${cfg.CPFLOW_DB_USER} (schema version ${version})`;
           },
         ],
         [

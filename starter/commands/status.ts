@@ -5,10 +5,12 @@ import { Presets, SingleBar } from 'cli-progress';
 import { webUiLink } from '../../core/config';
 import { db, experimentResults, imageSetCounts, listExperiments, type ExperimentRow } from '../../core/db';
 import { UsageError } from '../../core/errors';
+import { canonicalName } from '../../core/naming';
 import { EXPERIMENT_STATUSES, isTerminal, workflowIdFor, type ExperimentProgress } from '../../core/model';
 import { downloadToFile, parseS3Uri } from '../../core/s3';
 import { withClient } from '../../core/temporal';
 import { progressQuery } from '../../workflows/progress';
+import { reconcileCounts } from '../status-view';
 import { intArg, print, resolveExperiment } from './common';
 
 /** Read-only commands: status (with --follow), list and results. */
@@ -26,17 +28,16 @@ async function snapshot(ref: string) {
   const counts = await imageSetCounts(await db(), e.id);
   const workflowId = e.workflow_id ?? workflowIdFor(e.id);
   const progress = isTerminal(e.status) ? undefined : await queryProgress(workflowId);
-  return { experiment: e, counts, progress, webUi: webUiLink(workflowId) };
+  return { experiment: e, counts, progress, sets: reconcileCounts(counts, progress), webUi: webUiLink(workflowId) };
 }
 type Snapshot = Awaited<ReturnType<typeof snapshot>>;
 
 function statusLine(x: Snapshot): string {
-  const done = Math.max(x.counts.done, x.progress?.done ?? 0);
-  const failed = Math.max(x.counts.failed, x.progress?.failed ?? 0);
+  const { done, failed, running, pending, total } = x.sets;
   return (
     `experiment ${x.experiment.id} ${x.experiment.project_name}/${x.experiment.name}: ${x.experiment.status}` +
     `${x.progress ? ` (${x.progress.phase})` : ''} — ${done} done, ${failed} failed, ` +
-    `${x.progress?.running ?? 0} running of ${x.counts.total}` +
+    `${running} running${pending ? `, ${pending} pending` : ''} of ${total}` +
     (x.experiment.error ? `\n  error: ${x.experiment.error}` : '') +
     (x.experiment.report_uri ? `\n  report: ${x.experiment.report_uri}` : '') +
     (x.webUi ? `\n  Temporal Web UI: ${x.webUi}` : '')
@@ -59,13 +60,12 @@ export function registerStatus(program: Command): void {
         { format: '{bar} {percentage}% | {value}/{total} sets | {failed} failed | {phase}', hideCursor: true },
         Presets.shades_classic,
       );
-      bar.start(Math.max(1, s.counts.total), 0, { failed: 0, phase: s.experiment.status });
+      bar.start(Math.max(1, s.sets.total), 0, { failed: 0, phase: s.experiment.status });
       while (!isTerminal(s.experiment.status)) {
         await new Promise((r) => setTimeout(r, 1000));
         s = await snapshot(ref);
-        const done = Math.max(s.counts.done, s.progress?.done ?? 0);
-        const failed = Math.max(s.counts.failed, s.progress?.failed ?? 0);
-        bar.setTotal(Math.max(1, s.counts.total));
+        const { done, failed, total } = s.sets;
+        bar.setTotal(Math.max(1, total));
         bar.update(done + failed, { failed, phase: s.progress?.phase ?? s.experiment.status });
       }
       bar.stop();
@@ -81,7 +81,7 @@ export function registerStatus(program: Command): void {
     .option('--limit <n>', 'at most this many', intArg('--limit'), 50)
     .option('--json', 'machine-readable output', false)
     .action(async (o: { project?: string; status?: ExperimentRow['status']; limit: number; json: boolean }) => {
-      const rows = await listExperiments(await db(), { project: o.project, status: o.status, limit: o.limit });
+      const rows = await listExperiments(await db(), { project: o.project === undefined ? undefined : canonicalName(o.project), status: o.status, limit: o.limit });
       print(o.json, rows, () =>
         rows.length === 0
           ? 'no experiments'

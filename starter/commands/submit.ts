@@ -4,7 +4,8 @@ import { GROUPING_PRESETS, resolveGroupingRule } from '../../core/grouping';
 import { DEFAULTS, workflowIdFor } from '../../core/model';
 import { withClient } from '../../core/temporal';
 import { imageSetsAddedSignal } from '../../workflows/progress';
-import { submit } from '../submit';
+import { firstFew } from '../local-files';
+import { submit, type SubmitResult } from '../submit';
 import { fractionArg, intArg, print } from './common';
 
 interface SubmitFlags {
@@ -23,6 +24,7 @@ interface SubmitFlags {
   open: boolean;
   append: boolean;
   maxFailedFraction: number;
+  skipIncomplete: boolean;
   json: boolean;
 }
 
@@ -55,6 +57,7 @@ export function registerSubmit(program: Command): void {
     .option('--open', 'accept more image sets later (seal with `cpflow seal`)', false)
     .option('--append', 'add image sets to an open experiment', false)
     .option('--max-failed-fraction <f>', 'above this fraction of failed sets the experiment is failed', fractionArg, DEFAULTS.MAX_FAILED_FRACTION)
+    .option('--skip-incomplete', 'register the image sets that have every channel and list the others, instead of refusing the submit', false)
     .option('--json', 'machine-readable output', false)
     .action(async (o: SubmitFlags) => {
       const result = await submit({
@@ -70,6 +73,7 @@ export function registerSubmit(program: Command): void {
         open: o.open,
         append: o.append,
         maxFailedFraction: o.maxFailedFraction,
+        skipIncomplete: o.skipIncomplete,
         progress: !o.json && process.stderr.isTTY,
       });
       if (result.appended) {
@@ -78,12 +82,29 @@ export function registerSubmit(program: Command): void {
           () => undefined,
         );
       }
-      print(o.json, result, () =>
-        [
-          `${result.appended ? 'appended' : 'submitted'} experiment ${result.experimentId} (${result.project}/${result.name}): ` +
-            `${result.imageSets} image sets, channels ${result.channels.join(', ')}, engine ${result.engine}`,
-          ...(result.unmatched.length ? [`note: ${result.unmatched.length} files matched no image set (first: ${result.unmatched[0]})`] : []),
-        ].join('\n'),
-      );
+      print(o.json, result, () => submitReport(result));
     });
+}
+
+/** Most files shown by name in the text report (--json has them all). */
+const LISTED = 20;
+
+/** What was registered, and every file or set that was not, by name. */
+export function submitReport(result: SubmitResult): string {
+  const lines = [
+    `${result.appended ? 'appended' : 'submitted'} experiment ${result.experimentId} (${result.project}/${result.name}): ` +
+      `${result.imageSets} image sets, channels ${result.channels.join(', ')}, engine ${result.engine}, inputs ${result.inputPrefix}`,
+  ];
+  if (result.incomplete.length > 0) {
+    lines.push(`skipped ${result.incomplete.length} incomplete image sets (--skip-incomplete):`);
+    for (const i of result.incomplete.slice(0, LISTED)) lines.push(`  ${i.key} lacks ${i.missing.join(', ')}`);
+    if (result.incomplete.length > LISTED) lines.push(`  … and ${result.incomplete.length - LISTED} more (--json lists them all)`);
+  }
+  if (result.unmatched.length > 0) {
+    lines.push(`${result.unmatched.length} files matched no grouping rule and were not registered:`);
+    for (const f of result.unmatched.slice(0, LISTED)) lines.push(`  ${f}`);
+    if (result.unmatched.length > LISTED) lines.push(`  … and ${result.unmatched.length - LISTED} more (--json lists them all)`);
+  }
+  if (result.hidden.length > 0) lines.push(`left out ${result.hidden.length} hidden files or folders: ${firstFew(result.hidden)}`);
+  return lines.join('\n');
 }

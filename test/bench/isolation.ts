@@ -1,11 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import * as mariadb from 'mariadb';
 import { z } from 'zod';
 import { Connection } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { msToTs } from '@temporalio/common/lib/time';
-import { TEMPORAL_SEARCH_ATTRIBUTES, type StackEnv } from '../../deploy/local/services';
+import { migrateScratchDatabase, TEMPORAL_SEARCH_ATTRIBUTES, type StackEnv } from '../../deploy/local/services';
 
 /**
  * The benchmark shares the local stack with tests and demos that may run at the same time. Its own
@@ -17,18 +16,9 @@ import { TEMPORAL_SEARCH_ATTRIBUTES, type StackEnv } from '../../deploy/local/se
 export const BENCH_DATABASE = 'cpflow_bench';
 export const BENCH_NAMESPACE = 'cpflow-bench';
 
-export async function ensureBenchDatabase(env: StackEnv, name = BENCH_DATABASE): Promise<void> {
-  const conn = await mariadb.createConnection({
-    host: env.CPFLOW_DB_HOST,
-    port: Number(env.CPFLOW_DB_PORT),
-    user: env.CPFLOW_DB_USER,
-    password: env.CPFLOW_DB_PASSWORD,
-  });
-  try {
-    await conn.query(`CREATE DATABASE IF NOT EXISTS \`${name}\``);
-  } finally {
-    await conn.end();
-  }
+/** Created and migrated by the stack's migration account; the runtime account only reads and writes rows. */
+export async function ensureBenchDatabase(_env: StackEnv, name = BENCH_DATABASE): Promise<void> {
+  await migrateScratchDatabase(name);
 }
 
 const SEARCH_ATTRIBUTE_TYPES: Record<string, temporal.api.enums.v1.IndexedValueType> = {

@@ -1,4 +1,3 @@
-import { dbConfig } from '../../core/config';
 import {
   applyImageSetOutcomes,
   createPool,
@@ -13,9 +12,13 @@ import {
   type NewImageSet,
 } from '../../core/db';
 import { defaultDispatch } from '../../core/model';
+import { migrationDbConfig } from '../support/admin';
 import { requireStack } from '../support/harness';
 
-/** The schema and the mirror's writes, in a throwaway database on the real MariaDB. */
+/**
+ * The schema and the mirror's writes, in a throwaway database on the real MariaDB, as the migration
+ * account (the runtime account cannot create databases or tables).
+ */
 jest.setTimeout(60_000);
 
 const name = `cpflow_test_${Date.now().toString(36)}`;
@@ -24,9 +27,9 @@ let pool: Db;
 
 beforeAll(async () => {
   requireStack();
-  admin = createPool();
+  admin = createPool(await migrationDbConfig());
   await admin.query(`CREATE DATABASE ${name}`);
-  pool = createPool({ ...dbConfig(), CPFLOW_DB_NAME: name });
+  pool = createPool(await migrationDbConfig(name));
 });
 
 afterAll(async () => {

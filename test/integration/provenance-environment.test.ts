@@ -25,7 +25,8 @@ const set: ChunkManifest['sets'][number] = {
 
 beforeAll(async () => {
   requireStack();
-  bucket = uniqueName('provenv');
+  // cpflow-*: the only buckets the stack's S3 user may create (least privilege).
+  bucket = uniqueName('cpflow-provenv');
   await ensureBucket(bucket);
   set.files[0].uri = `s3://${bucket}/inputs/1/P1_A01_s1_wDNA.tif`;
   manifest = {
