@@ -81,7 +81,9 @@ async function main(argv: string[]): Promise<number> {
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
     const e = err as { code?: string; exitCode?: number; message?: string };
-    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+    // `--help` and `--version` succeed; help shown because no command was given (`commander.help`,
+    // exit code 1) is a usage error like any other.
+    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || (e.code === 'commander.help' && e.exitCode === 0)) return 0;
     if (typeof e.code === 'string' && e.code.startsWith('commander.')) {
       // Unknown command or option, missing argument, bad value: a usage error (commander printed it in text mode).
       const message = (e.message ?? 'invalid arguments').replace(/^error: /, '');
