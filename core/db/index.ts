@@ -4,3 +4,4 @@ export * from './rows';
 export * from './experiments';
 export * from './image-sets';
 export * from './results';
+export * from './profiles';

@@ -8,7 +8,9 @@ import fs from 'node:fs';
 import { expectedCommand, HOST, logFileOf, starters, TEMPORAL_NAMESPACE, DATABASE_NAME, DATABASE_USER, S3_REGION } from './daemons';
 import { ensureInstalled, type Binaries, type Logger } from './install';
 import { findFreePort, isPortAnswering, isPortFree, isProcessAlive, stopProcess, withLock } from './processes';
+import { cytoTablePython } from './cytotable';
 import {
+  cacheDir,
   readState,
   SERVICE_NAMES,
   StackError,
@@ -41,6 +43,8 @@ export interface StackEnv {
   CPFLOW_TEMPORAL_TEST_SERVER: string;
   /** Present only when CellProfiler has been installed with `npm run stack -- install-cellprofiler`. */
   CPFLOW_CELLPROFILER?: string;
+  /** Present only when the profiling venv (CytoTable + pycytominer) is installed: `npm run stack -- install-profiles`. */
+  CPFLOW_PROFILES_PYTHON?: string;
 }
 
 export interface ServiceStatus {
@@ -172,6 +176,8 @@ function envFromState(paths: StackPaths, state: StackState): StackEnv {
     CPFLOW_TEMPORAL_TEST_SERVER: state.binaries.temporalTestServer,
   };
   if (fs.existsSync(paths.cellprofilerExecutable)) env.CPFLOW_CELLPROFILER = paths.cellprofilerExecutable;
+  const profilesPython = cytoTablePython(cacheDir());
+  if (profilesPython) env.CPFLOW_PROFILES_PYTHON = profilesPython;
   return env;
 }
 
