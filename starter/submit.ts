@@ -9,6 +9,7 @@ import { groupFiles, type GroupedSet } from '../core/grouping';
 import { ensureBucket, layout, listObjects, parseS3Uri, putBytes, putFile, s3Uri } from '../core/s3';
 import { parseCppipe, pipelineSha256 } from '../core/pipeline/cppipe';
 import { validatePipelineForCpflow } from '../core/pipeline/validate';
+import { checkAppendedWells, describePlatemap, preparePlatemap, storePlatemap, type PlatemapRequest } from './platemap';
 
 /**
  * `cpflow submit`: register an experiment from a local folder (uploaded, with checksums) or an S3
@@ -40,6 +41,8 @@ export interface SubmitOptions {
   maxFailedFraction?: number;
   uploadConcurrency?: number;
   progress?: boolean;
+  /** `--platemap`: the experiment gets well profiles after its image sets have ended. */
+  platemap?: PlatemapRequest;
 }
 
 export interface SubmitResult {
@@ -53,6 +56,8 @@ export interface SubmitResult {
   unmatched: string[];
   channels: string[];
   appended: boolean;
+  /** One line about the platemap, when one was given. */
+  platemap?: string;
 }
 
 export const bucketForProject = (project: string): string =>
@@ -130,6 +135,9 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
     }
   }
 
+  if (opts.platemap && opts.append) throw new SubmitError('--platemap is given with the first submit of an experiment, not with --append');
+  const platemap = opts.platemap ? preparePlatemap(opts.platemap, grouped.sets) : undefined;
+
   // 3. Experiment row checks (append vs new) before any upload.
   const existing = await findExperimentByName(pool, opts.project, opts.name);
   if (existing && !opts.append) {
@@ -141,6 +149,7 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
   if (existing && existing.sealed) {
     throw new SubmitError(`--append: experiment ${opts.project}/${opts.name} is sealed and accepts no more image sets`);
   }
+  if (existing) await checkAppendedWells(pool, existing.id, grouped.sets);
 
   // 4. Upload (local folders) and register.
   await ensureBucket(bucket);
@@ -203,6 +212,7 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
         groupingRule: opts.grouping,
         sealed: !opts.open,
         maxFailedFraction: opts.maxFailedFraction ?? DEFAULTS.MAX_FAILED_FRACTION,
+        profiles: platemap ? await storePlatemap(bucket, platemap) : undefined,
       },
       sets,
     );
@@ -218,5 +228,6 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
     unmatched: grouped.unmatched,
     channels: grouped.channels,
     appended: Boolean(existing),
+    ...(platemap ? { platemap: describePlatemap(platemap) } : {}),
   };
 }

@@ -199,7 +199,9 @@ def read_platemap(path: str):
     # Text, not inferred types: a control label "0" must match the platemap's "0", and empty cells
     # stay empty strings rather than NaN.
     platemap = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    # Cells and names trimmed, as cpflow submit read them when it checked the platemap.
     platemap.columns = [c.strip() for c in platemap.columns]
+    platemap = platemap.apply(lambda column: column.str.strip())
     if "well_position" not in platemap.columns:
         raise InputProblem("the platemap has no well_position column")
     return platemap

@@ -99,8 +99,8 @@ function heatmapFigures(data: ProfilesReportData): ProfilesFigure[] {
           y: rows,
           z,
           text,
+          // Plotly's RdBu runs blue (low) to red (high): above the controls is red.
           colorscale: 'RdBu',
-          reversescale: true,
           zmin: -limit,
           zmax: limit,
           zmid: 0,

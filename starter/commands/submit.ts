@@ -4,10 +4,11 @@ import { GROUPING_PRESETS, resolveGroupingRule } from '../../core/grouping';
 import { DEFAULTS, workflowIdFor } from '../../core/model';
 import { withClient } from '../../core/temporal';
 import { imageSetsAddedSignal } from '../../workflows/progress';
+import { PLATEMAP_OPTIONS, platemapRequestFromFlags, type PlatemapFlags } from '../platemap';
 import { submit } from '../submit';
 import { fractionArg, intArg, print } from './common';
 
-interface SubmitFlags {
+interface SubmitFlags extends PlatemapFlags {
   project: string;
   name: string;
   folder?: string;
@@ -56,6 +57,10 @@ export function registerSubmit(program: Command): void {
     .option('--append', 'add image sets to an open experiment', false)
     .option('--max-failed-fraction <f>', 'above this fraction of failed sets the experiment is failed', fractionArg, DEFAULTS.MAX_FAILED_FRACTION)
     .option('--json', 'machine-readable output', false)
+    .addOption(PLATEMAP_OPTIONS.platemap)
+    .addOption(PLATEMAP_OPTIONS.controls)
+    .addOption(PLATEMAP_OPTIONS.normalization)
+    .addOption(PLATEMAP_OPTIONS.reportFeature)
     .action(async (o: SubmitFlags) => {
       const result = await submit({
         project: o.project,
@@ -71,6 +76,7 @@ export function registerSubmit(program: Command): void {
         append: o.append,
         maxFailedFraction: o.maxFailedFraction,
         progress: !o.json && process.stderr.isTTY,
+        platemap: platemapRequestFromFlags(o),
       });
       if (result.appended) {
         // The watcher would notice too; signalling now just saves its poll interval.
@@ -83,6 +89,7 @@ export function registerSubmit(program: Command): void {
           `${result.appended ? 'appended' : 'submitted'} experiment ${result.experimentId} (${result.project}/${result.name}): ` +
             `${result.imageSets} image sets, channels ${result.channels.join(', ')}, engine ${result.engine}`,
           ...(result.unmatched.length ? [`note: ${result.unmatched.length} files matched no image set (first: ${result.unmatched[0]})`] : []),
+          ...(result.platemap ? [result.platemap] : []),
         ].join('\n'),
       );
     });
