@@ -20,6 +20,7 @@ import execa from 'execa';
 import { computeProfiles } from '../../activities/profiles';
 import { findChromium, screenshotReport } from '../../activities/reduce/screenshot';
 import { db, findExperimentByName, getExperiment } from '../../core/db';
+import type { ProfilesOutput } from '../../core/model';
 import { downloadToFile, getBytes, layout, parseS3Uri } from '../../core/s3';
 import { generateSyntheticPlate, syntheticPlatemap, type GroundTruth } from '../fixtures/synthetic-plate';
 import {
@@ -220,7 +221,7 @@ describeWithTools('a plate with a platemap, from images to profiles', () => {
     const keys = (await s3Keys(`s3://${e.bucket}/${layout.results(experimentId, '')}`)).filter((k) => /single_cells|profiles\/(well_profiles|report-data)/.test(k));
     expect(keys).toHaveLength(8);
     const before = await Promise.all(keys.map((k) => getBytes(e.bucket, k)));
-    const output = await new MockActivityEnvironment().run(computeProfiles, { experimentId, workflowId: 'profiles-rerun' });
+    const output: ProfilesOutput = await new MockActivityEnvironment().run(computeProfiles, { experimentId, workflowId: 'profiles-rerun' });
     expect(output.wells).toBe(12);
     const after = await Promise.all(keys.map((k) => getBytes(e.bucket, k)));
     keys.forEach((key, i) => expect({ key, same: before[i]!.equals(after[i]!) }).toEqual({ key, same: true }));
