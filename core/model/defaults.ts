@@ -122,7 +122,7 @@ export const PROFILES_CELLS_PER_BATCH = 250_000;
 /** Rows per CytoTable chunk (its `chunk_size`); larger chunks mean fewer DuckDB passes over the tables. Unit: rows. */
 export const PROFILES_CYTOTABLE_CHUNK_SIZE = 200_000;
 /** DuckDB memory limit inside the profiles step (CytoTable's joins and the per-well batching). Unit: DuckDB size string. */
-export const PROFILES_DUCKDB_MEMORY_LIMIT = '1GB';
+export const PROFILES_DUCKDB_MEMORY_LIMIT = '512MB';
 /** Image sets whose tables the profiles step downloads at once. Unit: image sets. */
 export const PROFILES_DOWNLOAD_CONCURRENCY = 8;
 /** Longest the profiles activity may run. Unit: Temporal duration. */
