@@ -91,14 +91,38 @@ interface ParsedTable {
   body: string;
 }
 
-function parseTable(name: string, bytes: Buffer): ParsedTable {
+function parseTable(name: string, bytes: Buffer): ParsedTable & { records: number } {
   let text = bytes.toString('utf8');
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  // One line ending in the concatenated file (Python's csv module, hence CellProfiler, writes CRLF).
+  if (text.includes('\r\n')) text = text.replace(/\r\n/g, '\n');
   const end = endOfFirstRecord(text);
   const header = (parse(text.slice(0, end), { relax_column_count: true }) as string[][])[0] ?? [];
   let body = text.slice(end);
   if (body !== '' && !body.endsWith('\n')) body += '\n';
-  return { name, header, body };
+  return { name, header, body, records: checkedRecords(name, body, header.length) };
+}
+
+/**
+ * Data records in a CSV body, checked in one pass without parsing: quotes balanced and every record
+ * as wide as the header. A table that fails would corrupt the concatenated file for every set after it.
+ */
+function checkedRecords(name: string, body: string, columns: number): number {
+  let records = 0;
+  let fields = 1;
+  let quoted = false;
+  for (let i = 0; i < body.length; i++) {
+    const c = body.charCodeAt(i);
+    if (c === 34) quoted = !quoted;
+    else if (!quoted && c === 44) fields++;
+    else if (!quoted && c === 10) {
+      records++;
+      if (fields !== columns) throw new UnreadableTableError(`${name} record ${records} has ${fields} fields, its header ${columns}`);
+      fields = 1;
+    }
+  }
+  if (quoted) throw new UnreadableTableError(`${name} has an unterminated quoted field`);
+  return records;
 }
 
 const sameColumns = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((c, i) => c === b[i]);
@@ -113,7 +137,7 @@ export async function gatherTables(
   const stats: GatherStats = { sets: 0, rows: {}, setsWithOtherColumns: 0, droppedColumns: {}, setsSkipped: 0 };
   const progressEvery = options.progressEvery ?? 500;
 
-  const load = async (set: GatherSet): Promise<{ set: GatherSet; tables?: ParsedTable[]; error?: string }> => {
+  const load = async (set: GatherSet): Promise<{ set: GatherSet; tables?: (ParsedTable & { records: number })[]; error?: string }> => {
     try {
       const wanted = set.tables.filter((t) => !IGNORED_TABLES.has(t.name.toLowerCase()));
       const tables = await Promise.all(wanted.map(async (t) => parseTable(t.name, await t.read())));
@@ -147,7 +171,7 @@ export async function gatherTables(
         const header = writer.header ?? [];
         if (sameColumns(table.header, header)) {
           await writer.write(table.body);
-          writer.rows += countRecords(table.body);
+          writer.rows += table.records;
           continue;
         }
         // Map by name: the set's own columns, then (Image only) its metadata for columns it lacks.
@@ -179,16 +203,4 @@ export async function gatherTables(
   }
   options.onProgress?.(stats.sets);
   return stats;
-}
-
-/** Data records in a CSV body (newlines outside quotes). */
-function countRecords(body: string): number {
-  let count = 0;
-  let quoted = false;
-  for (let i = 0; i < body.length; i++) {
-    const c = body.charCodeAt(i);
-    if (c === 34) quoted = !quoted;
-    else if (c === 10 && !quoted) count++;
-  }
-  return count;
 }

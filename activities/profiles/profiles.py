@@ -411,11 +411,16 @@ def build_profiles(single_cells: str, platemap_path: str, out_dir: str, compartm
     written += write_table(normalized, profiles_dir, PROFILE_STEMS[1])
 
     started = time.monotonic()
-    selected = pycytominer.feature_select(
-        profiles=normalized,
-        features=features,
-        operation=list(options["featureSelection"]),
-    )
+    try:
+        selected = pycytominer.feature_select(
+            profiles=normalized,
+            features=features,
+            operation=list(options["featureSelection"]),
+        )
+    except ValueError as problem:
+        # E.g. too few wells for any feature to vary: keep every normalised feature and say so.
+        warnings.append(f"feature selection failed ({problem}); the feature-selected profiles keep every feature")
+        selected = normalized
     timings["featureSelect"] = round(time.monotonic() - started, 3)
     written += write_table(selected, profiles_dir, PROFILE_STEMS[2])
     selected_features = [c for c in selected.columns if c in set(features)]
