@@ -397,15 +397,19 @@ def build_profiles(single_cells: str, platemap_path: str, out_dir: str, compartm
         if controls and not (group[control_column] == controls["value"]).any():
             warnings.append(f"plate {plate or '(unnamed)'} has no {controls['column']}={controls['value']} well with results: normalised against all its wells")
             samples = "all"
-        normalized_plates.append(
-            pycytominer.normalize(
-                profiles=group.reset_index(drop=True),
-                features=features,
-                meta_features=meta,
-                samples=samples,
-                method=options["normalization"],
+        try:
+            normalized_plates.append(
+                pycytominer.normalize(
+                    profiles=group.reset_index(drop=True),
+                    features=features,
+                    meta_features=meta,
+                    samples=samples,
+                    method=options["normalization"],
+                )
             )
-        )
+        except (ValueError, ArithmeticError) as problem:
+            # Deterministic (e.g. spherize on fewer wells than features): retrying cannot help.
+            raise InputProblem(f"{options['normalization']} normalisation of plate {plate or '(unnamed)'} failed: {problem}") from problem
     normalized = pd.concat(normalized_plates, ignore_index=True)
     timings["normalize"] = round(time.monotonic() - started, 3)
     written += write_table(normalized, profiles_dir, PROFILE_STEMS[1])
