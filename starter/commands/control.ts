@@ -30,7 +30,7 @@ export function registerControl(program: Command): void {
       if (reset === 0 && e.status !== 'cancelled' && e.status !== 'failed') throw new UsageError(`experiment ${e.id} has no failed image sets`);
       // Back to submitted: the watcher starts a new run, which finds only the reset sets pending.
       await resubmitExperiment(pool, e.id);
-      console.log(`experiment ${e.id}: ${reset} image sets will run again`);
+      console.log(`experiment ${e.id}: ${reset === 0 && e.status === 'failed' ? 'its profiles step and reduce run again' : `${reset} image sets will run again`}`);
     });
 
   program

@@ -229,6 +229,31 @@ describeWithTools('a plate with a platemap, from images to profiles', () => {
     expect(bucket).toBe(e.bucket);
   });
 
+  it('without the tools on the reduce worker: summary and report, experiment failed with the reason; retry makes the profiles', async () => {
+    // Workers whose reduce pool lacks the profiling venv.
+    await workers?.stop('SIGTERM');
+    workers = await startWorkers({ CPFLOW_PROFILES_PYTHON: path.join(dir, 'no-such-venv', 'bin', 'python') });
+    const submitted = await runCli(['submit', '--project', project, '--name', 'plate-no-tools', '--folder', plateDir, '--grouping', 'synthetic', '--engine', 'builtin', '--platemap', platemapFile, '--json']);
+    expect(submitted.code).toBe(0);
+    const id = (JSON.parse(submitted.stdout) as { experimentId: number }).experimentId;
+    const failed = await waitForExperiment(id);
+    expect(failed.status).toBe('failed');
+    expect(failed.error).toMatch(/^profiles: no profiling tools on reduce worker .*CPFLOW_PROFILES_PYTHON \(.*no-such-venv.*\) does not exist/);
+    expect(failed.done_sets).toBe(12);
+    const { bucket, key } = parseS3Uri(failed.report_uri!);
+    expect((await getBytes(bucket, key)).toString('utf8')).toContain('No profiles: no profiling tools on reduce worker');
+    expect(failed.summary_uri).toBeTruthy();
+
+    await workers?.stop('SIGTERM');
+    workers = await startWorkers();
+    const retried = await runCli(['retry', String(id)]);
+    expect({ code: retried.code, stdout: retried.stdout.trim() }).toEqual({ code: 0, stdout: `experiment ${id}: its profiles step and reduce run again` });
+    // retry set the experiment back to submitted before it returned: the next terminal state is the new run's.
+    const done = await waitForExperiment(id);
+    expect({ status: done.status, error: done.error }).toEqual({ status: 'done', error: null });
+    expect((await s3Keys(`s3://${done.bucket}/${layout.results(id, 'profiles/')}`)).length).toBe(8);
+  });
+
   describe('bad platemaps are refused at submit: exit 2, one line, nothing registered', () => {
     const wells = () => Array.from({ length: 12 }, (_, i) => `${'ABC'[Math.floor(i / 4)]}${String((i % 4) + 1).padStart(2, '0')}`);
     const cases: Array<[string, () => string, string[], RegExp]> = [
