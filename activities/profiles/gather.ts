@@ -17,6 +17,7 @@
  *
  * Memory: sets are read `concurrency` at a time and written in order; nothing else is kept.
  */
+import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -69,18 +70,34 @@ class TableWriter {
   header: string[] | undefined;
   rows = 0;
   private readonly out: fs.WriteStream;
+  /** A write error (e.g. disk full) is kept and thrown by the next call, never left unhandled. */
+  private failure: Error | undefined;
 
   constructor(readonly file: string) {
     this.out = fs.createWriteStream(file);
+    this.out.on('error', (err) => {
+      this.failure ??= err;
+    });
   }
 
   async write(chunk: string): Promise<void> {
+    if (this.failure) throw this.failure;
     if (chunk === '') return;
-    if (!this.out.write(chunk)) await new Promise<void>((resolve) => this.out.once('drain', () => resolve()));
+    if (!this.out.write(chunk)) await once(this.out, 'drain');
   }
 
   close(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
     return new Promise<void>((resolve, reject) => this.out.end((err?: Error | null) => (err ? reject(err) : resolve())));
+  }
+
+  /** After a failure elsewhere: stop writing and wait until the file is closed. */
+  discard(): Promise<void> {
+    if (this.out.closed) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      this.out.once('close', () => resolve());
+      this.out.destroy();
+    });
   }
 }
 
@@ -149,8 +166,8 @@ export async function gatherTables(
     }
   };
 
-  const ordered = Readable.from(sets).map(load, { concurrency: options.concurrency });
-  for await (const loaded of ordered as AsyncIterable<Awaited<ReturnType<typeof load>>>) {
+  type Loaded = Awaited<ReturnType<typeof load>>;
+  const writeSet = async (loaded: Loaded): Promise<void> => {
     const { set } = loaded;
     stats.sets += 1;
     if (loaded.error !== undefined || !loaded.tables) {
@@ -196,10 +213,19 @@ export async function gatherTables(
       if (differed) stats.setsWithOtherColumns += 1;
     }
     if (stats.sets % progressEvery === 0) options.onProgress?.(stats.sets);
-  }
-  for (const writer of writers.values()) {
-    await writer.close();
-    stats.rows[path.basename(writer.file)] = writer.rows;
+  };
+
+  const ordered = Readable.from(sets).map(load, { concurrency: options.concurrency }) as AsyncIterable<Loaded>;
+  try {
+    for await (const loaded of ordered) await writeSet(loaded);
+    for (const writer of writers.values()) {
+      await writer.close();
+      stats.rows[path.basename(writer.file)] = writer.rows;
+    }
+  } catch (err) {
+    // No file left open behind a failed gather (its directory is removed next).
+    await Promise.all([...writers.values()].map((w) => w.discard()));
+    throw err;
   }
   options.onProgress?.(stats.sets);
   return stats;
