@@ -1,6 +1,7 @@
 import type { CpflowActivities } from '../core/model';
 import { createAnalysisActivities } from './analyze';
 import { loadChunkIndex, loadExperimentPlan, prepareManifestChunks } from './manifest';
+import { computeProfiles } from './profiles';
 import { reduceExperiment } from './reduce-experiment';
 import { syncExperimentStatus, syncImageSets } from './sync';
 
@@ -8,6 +9,6 @@ import { syncExperimentStatus, syncImageSets } from './sync';
 
 export const controlActivities = { loadExperimentPlan, prepareManifestChunks, loadChunkIndex, syncImageSets, syncExperimentStatus };
 export const analysisActivities = createAnalysisActivities();
-export const reduceActivities = { reduceExperiment };
+export const reduceActivities = { reduceExperiment, computeProfiles };
 
 export const activities = { ...controlActivities, ...analysisActivities, ...reduceActivities } satisfies CpflowActivities;

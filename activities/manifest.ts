@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { db, getExperiment, pendingImageSets } from '../core/db';
+import { db, getExperiment, getProfilesOptions, pendingImageSets } from '../core/db';
 import {
   dispatchOptionsSchema,
   ENGINE_NAMES,
@@ -20,8 +20,10 @@ import { layout, s3Store, type ObjectStore } from '../core/s3';
  */
 
 export async function loadExperimentPlan(experimentId: number): Promise<ExperimentPlan> {
-  const e = await getExperiment(await db(), experimentId);
+  const pool = await db();
+  const e = await getExperiment(pool, experimentId);
   if (!e) throw new Error(`experiment ${experimentId} does not exist`);
+  const profiles = (await getProfilesOptions(pool, experimentId)) !== undefined;
   return {
     experimentId,
     name: e.name,
@@ -33,6 +35,7 @@ export async function loadExperimentPlan(experimentId: number): Promise<Experime
     totalSets: e.total_sets,
     maxFailedFraction: e.max_failed_fraction,
     dispatch: e.dispatch_options,
+    ...(profiles ? { profiles } : {}),
   };
 }
 

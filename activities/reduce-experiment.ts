@@ -10,6 +10,7 @@ import { CPFLOW_VERSION, gitCommit, workerIdentity } from '../core/version';
 import { provenanceSchema, type SetProvenance } from './provenance';
 import { mergeImageSetTables, type ImageSetResult } from './reduce/summary';
 import { renderReport } from './reduce/report';
+import { loadProfilesForReport } from './reduce/profiles-inputs';
 
 /**
  * reduceExperiment: merges every image set's tables into `summary.csv` and `report.html` under the
@@ -91,6 +92,7 @@ export async function reduceExperiment(input: ReduceInput): Promise<ReduceOutput
     }
 
     const summary = await putFile(e.bucket, layout.results(e.id, 'summary.csv'), summaryPath, { contentType: 'text/csv' });
+    const profiles = input.profiles ? await loadProfilesForReport(input.profiles) : undefined;
     const provenance = {
       kind: 'cpflow.experiment-provenance/v1',
       experiment: { id: e.id, name: e.name, project: e.project_name },
@@ -100,6 +102,7 @@ export async function reduceExperiment(input: ReduceInput): Promise<ReduceOutput
       imageSets: { total: stats.rows, done: stats.setsDone, failed: stats.setsFailed },
       cpflow: { version: CPFLOW_VERSION, gitCommit: gitCommit() },
       worker: workerIdentity(),
+      ...(profiles ? { profiles: profiles.provenance } : {}),
       workflowId: input.workflowId,
       startedAt: e.started_at?.toISOString() ?? null,
       reducedAt: startedAt,
@@ -113,6 +116,7 @@ export async function reduceExperiment(input: ReduceInput): Promise<ReduceOutput
       provenance,
       generatedAt: new Date().toISOString(),
       workflowUrl: webUiLink(input.workflowId),
+      profiles: profiles?.section,
     });
     const report = await putBytes(e.bucket, layout.results(e.id, 'report.html'), html, 'text/html; charset=utf-8');
     const prov = await putBytes(

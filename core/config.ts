@@ -63,6 +63,8 @@ const workerSchema = z.object({
   CPFLOW_SHUTDOWN_GRACE_SECONDS: positiveInt(DEFAULTS.SHUTDOWN_GRACE_SECONDS),
   /** The `cellprofiler` executable on this worker; unset means no CellProfiler here. */
   CPFLOW_CELLPROFILER: z.string().min(1).optional(),
+  /** Python of the profiling venv (CytoTable + pycytominer) on a reduce-pool worker; unset means no profiles here. */
+  CPFLOW_PROFILES_PYTHON: z.string().min(1).optional(),
   CPFLOW_WORK_DIR: z.string().min(1).default(os.tmpdir()),
   /** Benchmarks only: `noop` replaces every engine on this worker with one that writes tables without analysis. */
   CPFLOW_ENGINE_OVERRIDE: z.preprocess((v) => (v === '' ? undefined : v), z.enum(['noop']).optional()),

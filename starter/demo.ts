@@ -6,6 +6,7 @@ import { Presets, SingleBar } from 'cli-progress';
 import { parse } from 'csv-parse/sync';
 import { ensureStackUp } from '../deploy/local/services';
 import { ensureWorkflowBundle } from '../workers/workflow-bundle';
+import { demoPlatemap, printProfiles, startProfilesInstall } from './demo-profiles';
 
 /**
  * `npm run demo`: the whole of cpflow on a fresh machine. Installs and starts the local stack,
@@ -34,8 +35,11 @@ let stopping = false;
 async function main(): Promise<void> {
   const started = Date.now();
   console.log('cpflow demo: starting the local stack (Temporal, MariaDB, MinIO; first run installs them)…');
+  const cache = process.env.CPFLOW_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'cpflow');
+  // The profiling venv (CytoTable, pycytominer) installs beside the stack, not after it.
+  const profiles = startProfilesInstall(cache);
   const env = await ensureStackUp();
-  Object.assign(process.env, env);
+  Object.assign(process.env, env, profiles.env);
   await ensureWorkflowBundle((line) => console.log(line));
 
   // Loaded after the environment is set: their configuration is read from it.
@@ -47,12 +51,13 @@ async function main(): Promise<void> {
   const { generateSyntheticPlate } = await import('../test/fixtures/synthetic-plate');
   const { webUiLink } = await import('../core/config');
 
-  const cache = process.env.CPFLOW_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'cpflow');
   const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpflow-demo-'));
   const plateDir = path.join(runDir, 'plate');
-  const truth = await generateSyntheticPlate({ outDir: plateDir, plate: 'DEMO1', rows: 2, cols: 4, sites: 2, seed: 2026 });
+  const platemap = demoPlatemap(runDir);
+  const truth = await generateSyntheticPlate({ outDir: plateDir, plate: 'DEMO1', rows: 4, cols: 4, sites: 1, seed: 2026, wellEffects: platemap.wellEffects });
   fs.renameSync(path.join(plateDir, 'ground-truth.json'), path.join(runDir, 'ground-truth.json'));
   console.log(`generated ${truth.sets.length} image sets (${truth.channels.join(' + ')}, ${truth.size}×${truth.size}) in ${plateDir}`);
+  console.log(`platemap ${platemap.file}: ${platemap.description}`);
 
   const logDir = path.join(cache, 'logs');
   fs.mkdirSync(logDir, { recursive: true });
@@ -73,6 +78,8 @@ async function main(): Promise<void> {
   process.once('SIGINT', () => void stopAll().then(() => process.exit(130)));
 
   try {
+    const profilesReady = await profiles.ready;
+    if (!profilesReady.ok) console.log(`profiles skipped: ${profilesReady.reason}`);
     const submitted = await submit({
       project: 'demo',
       name: `synthetic-${new Date().toISOString().replace(/[:.]/g, '-')}`,
@@ -80,6 +87,7 @@ async function main(): Promise<void> {
       grouping: GROUPING_PRESETS.synthetic!.rule,
       engine: 'builtin',
       progress: process.stderr.isTTY,
+      ...(profilesReady.ok ? { platemap: { file: platemap.file } } : {}),
     });
     const id = submitted.experimentId;
     console.log(`submitted experiment ${id} (${submitted.project}/${submitted.name}) with the builtin engine; the watcher starts it`);
@@ -122,6 +130,7 @@ async function main(): Promise<void> {
     console.log(`nucleus counts equal to the ground truth in ${matches} of ${truth.sets.length} image sets`);
     console.log(`summary:  ${e.summary_uri}\n          ${local['summary.csv'] ?? '(not downloaded)'}`);
     console.log(`report:   ${e.report_uri}\n          ${local['report.html'] ?? '(not downloaded)'}`);
+    if (profilesReady.ok) await printProfiles(id, path.join(runDir, 'results'));
     console.log(`Temporal Web UI: ${webUiLink(e.workflow_id ?? `experiment-${id}`) ?? '(UI URL unknown)'}`);
     console.log(`demo wall time: ${seconds} s (the stack keeps running: \`npm run stack -- down\` stops it)`);
     await closeDb();

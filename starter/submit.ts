@@ -14,6 +14,7 @@ import {
   findExperimentByName,
   findProject,
   findProjectByBucket,
+  projectNames,
   isDuplicateEntry,
   reserveExperiment,
   type Db,
@@ -37,6 +38,7 @@ import { deletePrefix, ensureBucket, layout, listObjects, putBytes, putFile, s3U
 import { parseCppipe, pipelineSha256 } from '../core/pipeline/cppipe';
 import { validatePipelineForCpflow } from '../core/pipeline/validate';
 import { firstFew, listLocalFolder } from './local-files';
+import { checkAppendedWells, describePlatemap, preparePlatemap, storePlatemap, type PlatemapRequest } from './platemap';
 import { readPipelineFile } from './pipeline-file';
 
 /**
@@ -74,6 +76,8 @@ export interface SubmitOptions {
   maxFailedFraction?: number;
   uploadConcurrency?: number;
   progress?: boolean;
+  /** `--platemap`: the experiment gets well profiles after its image sets have ended. */
+  platemap?: PlatemapRequest;
 }
 
 export interface SubmitResult {
@@ -93,6 +97,8 @@ export interface SubmitResult {
   channels: string[];
   appended: boolean;
   inputPrefix: string;
+  /** One line about the platemap, when one was given. */
+  platemap?: string;
 }
 
 export { bucketForProject };
@@ -200,6 +206,9 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
     const uri = s3Uri(bucket, `inputs/${'9'.repeat(ID_DIGITS)}/${opts.append ? `${appendFolder()}/` : ''}${longest}`);
     if (Buffer.byteLength(uri) > INPUT_URI_MAX) throw new SubmitError(`--folder ${opts.folder}: path ${longest} is too long for an S3 key (${INPUT_URI_MAX} bytes with the bucket and prefix)`);
   }
+  if (opts.platemap && opts.append) throw new SubmitError('--platemap is given with the first submit of an experiment, not with --append');
+  const platemap = opts.platemap ? preparePlatemap(opts.platemap, grouped.sets) : undefined;
+
   const existing = await findExperimentByName(pool, project, name);
   if (existing && !opts.append) {
     throw new SubmitError(
@@ -213,6 +222,7 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
 
   const base = { project, name, bucket, unmatched: grouped.unmatched, incomplete: grouped.incomplete, hidden, channels: grouped.channels };
   if (existing) {
+    await checkAppendedWells(pool, existing.id, grouped.sets);
     const already = await existingSetKeys(pool, existing.id, grouped.sets.map((s) => s.key));
     if (already.length > 0) {
       throw new SubmitError(`--append: ${already.length} image sets are already registered in ${project}/${name}: ${firstFew(already)}; nothing was added`);
@@ -268,7 +278,7 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
   try {
     if (replacedExperimentId !== undefined) await deletePrefix(bucket, layout.experimentInputs(replacedExperimentId)).catch(() => undefined);
     const sets = await uploadAndDescribe(grouped.sets, bucket, folder, opts);
-    await commitExperiment(pool, experimentId, sets);
+    await commitExperiment(pool, experimentId, sets, platemap ? await storePlatemap(bucket, platemap) : undefined);
     return {
       ...base,
       experimentId,
@@ -277,6 +287,7 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
       added: sets.length,
       appended: false,
       inputPrefix: opts.s3Prefix ?? s3Uri(bucket, folder),
+      ...(platemap ? { platemap: describePlatemap(platemap) } : {}),
     };
   } catch (err) {
     await abandonExperiment(pool, experimentId).catch(() => undefined);
@@ -297,9 +308,8 @@ function similarNameMessage(project: string, existing: string): string {
 /** A new project must not be mistaken for an existing one, nor take a bucket another project owns. */
 async function refuseProjectCollisions(pool: Db, project: string, bucket: string): Promise<void> {
   // Another submit may create this very project meanwhile: that is no collision (claimProject decides).
-  const rows = await pool.query<Array<{ name: string }>>('SELECT name FROM project');
-  const similar = rows.find((r) => r.name !== project && foldName(r.name) === foldName(project));
-  if (similar) throw new SubmitError(similarNameMessage(project, similar.name));
+  const similar = (await projectNames(pool)).find((existing) => existing !== project && foldName(existing) === foldName(project));
+  if (similar) throw new SubmitError(similarNameMessage(project, similar));
   const owner = await findProjectByBucket(pool, bucket);
   if (owner && owner.name !== project) throw new SubmitError(`--bucket ${bucket}: belongs to project ${owner.name}; projects never share a bucket`);
 }

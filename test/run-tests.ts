@@ -28,7 +28,9 @@ async function main(): Promise<number> {
     try {
       const { installCytoTable } = await import('../deploy/local/cytotable');
       const { cacheDir } = await import('../deploy/local/state');
-      await installCytoTable(cacheDir(), (line: string) => console.log(line));
+      const installed = await installCytoTable(cacheDir(), (line: string) => console.log(line));
+      // The same venv runs the reduce pool's profiles step (CytoTable + pycytominer).
+      extra.CPFLOW_PROFILES_PYTHON = installed.python;
     } catch (err) {
       extra.CPFLOW_CYTOTABLE_UNAVAILABLE = err instanceof Error ? err.message.split('\n')[0] ?? 'unknown' : String(err);
       console.warn(`CytoTable could not be installed: ${extra.CPFLOW_CYTOTABLE_UNAVAILABLE}`);

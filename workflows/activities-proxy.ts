@@ -6,6 +6,7 @@ import {
   type AnalysisActivities,
   type ControlActivities,
   type DispatchOptions,
+  type ProfilesActivities,
   type ReduceActivities,
 } from '../core/model';
 
@@ -55,4 +56,21 @@ export const reduce = proxyActivities<ReduceActivities>({
   startToCloseTimeout: DEFAULTS.REDUCE_TIMEOUT,
   heartbeatTimeout: '1 minute',
   retry: { initialInterval: '2 seconds', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
+});
+
+/**
+ * The profiles step (CytoTable, pycytominer) on the reduce pool. Retried without an attempt limit so
+ * outages only delay it; the activity itself ends retries for bad input and missing tools at once
+ * and for crashes of the tools after DEFAULTS.PROFILES_MAX_ATTEMPTS.
+ */
+export const profiles = proxyActivities<ProfilesActivities>({
+  taskQueue: TASK_QUEUES.reduce,
+  startToCloseTimeout: DEFAULTS.PROFILES_TIMEOUT,
+  heartbeatTimeout: '1 minute',
+  retry: {
+    initialInterval: '2 seconds',
+    backoffCoefficient: 2,
+    maximumInterval: '1 minute',
+    nonRetryableErrorTypes: ['ProfilesInputError', 'ProfilesUnavailable', 'ProfilesFailure'],
+  },
 });

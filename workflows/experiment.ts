@@ -1,6 +1,7 @@
 import { CancellationScope, condition, continueAsNew, isCancellation, setHandler, workflowInfo } from '@temporalio/workflow';
 import { DEFAULTS, finalStatus, type ExperimentPlan, type ExperimentProgress } from '../core/model';
 import { control, reduce } from './activities-proxy';
+import { profilesError, profilesStep } from './profiles-step';
 import { ChunkChildren } from './chunk-children';
 import { ExperimentRun, freshCarriedState, type CarriedState } from './experiment-run';
 import { imageSetsAddedSignal, progressQuery, sealedSignal } from './progress';
@@ -94,13 +95,18 @@ async function reduceAndFinish(run: ExperimentRun, plan: ExperimentPlan): Promis
   run.enter('reducing');
   run.markStatus('reducing');
   await control.syncExperimentStatus({ experimentId, status: 'reducing' });
-  const reduced = await reduce.reduceExperiment({ experimentId, workflowId: workflowInfo().workflowId });
+  const workflowId = workflowInfo().workflowId;
+  // Experiments with a platemap: profiles first, so the report can draw them.
+  const profiles = plan.profiles ? await profilesStep(experimentId, workflowId) : undefined;
+  const reduced = await reduce.reduceExperiment({ experimentId, workflowId, profiles });
   // A retry run only re-ran the failed sets: the counts come from reduce, over all of them.
-  const status = finalStatus(reduced, plan.maxFailedFraction);
+  const setsStatus = finalStatus(reduced, plan.maxFailedFraction);
+  // Profiles asked for but not made: the experiment failed (its summary and report still stand).
+  const status = profiles?.ok === false ? 'failed' : setsStatus;
   await control.syncExperimentStatus({
     experimentId,
     status,
-    error: status === 'failed' ? `${reduced.failed} of ${reduced.total} image sets failed` : null,
+    error: setsStatus === 'failed' ? `${reduced.failed} of ${reduced.total} image sets failed` : profilesError(profiles),
     summaryUri: reduced.summaryUri,
     reportUri: reduced.reportUri,
   });

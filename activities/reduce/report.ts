@@ -6,6 +6,7 @@
  * each one to `Plotly.newPlot`, so what is drawn is decided (and testable) on this side.
  */
 import fs from 'node:fs';
+import { profilesFigures, profilesSectionHtml, type ProfilesSection } from './profiles-section';
 import type { DistributionSeries, PerSetCounts, ReduceStats } from './summary';
 import { inferPlateFormat, parseWell, rowLabel, type WellPosition } from './wells';
 
@@ -17,6 +18,8 @@ export interface ReportInfo {
   provenance: Record<string, unknown>;
   generatedAt: string;
   workflowUrl?: string;
+  /** Experiments with a platemap: the profiles section (profiles-section.ts). */
+  profiles?: ProfilesSection;
 }
 
 /** Beyond this many sets the per-set bar chart shows consecutive blocks (one bar per block) to stay drawable. */
@@ -347,7 +350,8 @@ export function renderReport(stats: ReduceStats, info: ReportInfo): string {
       ? '<p class="note">No provenance recorded.</p>'
       : `<table><tbody>${provenanceRows.map(([key, value]) => `<tr><td class="key">${escapeHtml(key)}</td><td class="value">${escapeHtml(value)}</td></tr>`).join('')}</tbody></table>`;
 
-  const payload = { experimentId: info.experimentId, generatedAt: info.generatedAt, figures };
+  const profileFigures = info.profiles ? profilesFigures(info.profiles) : [];
+  const payload = { experimentId: info.experimentId, generatedAt: info.generatedAt, figures: [...figures, ...profileFigures] };
 
   return `<!DOCTYPE html>
 <html lang="en">
@@ -370,6 +374,7 @@ export function renderReport(stats: ReduceStats, info: ReportInfo): string {
 <p id="report-error"></p>
 ${countFigure.map((f) => `<section>${figureSection(f)}</section>`).join('')}
 ${plateFigs.length > 0 ? `<section class="plates">${plateFigs.map(figureSection).join('')}</section>` : ''}
+${info.profiles ? profilesSectionHtml(info.profiles, profileFigures, figureSection, escapeHtml) : ''}
 ${distributionFigs.map((f) => `<section>${figureSection(f)}</section>`).join('')}
 <section><h2>Failed image sets (${stats.setsFailed.toLocaleString('en')})</h2>${failuresTable}</section>
 <section><h2>Provenance</h2>${provenanceTable}</section>

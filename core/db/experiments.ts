@@ -1,7 +1,9 @@
 import type { DispatchOptions, EngineName, EngineOptions, ExperimentStatus, GroupingRule } from '../model/domain';
+import type { ProfilesOptions } from '../model/profiles';
 import { isTerminal } from '../model/domain';
 import { inTransaction, type Db } from './pool';
 import { insertImageSetsOn, type NewImageSet } from './image-sets';
+import { insertProfilesOptionsOn } from './profiles';
 import {
   activeExperimentRowSchema,
   affectedSchema,
@@ -41,6 +43,8 @@ export interface NewExperiment {
   groupingRule: GroupingRule;
   sealed: boolean;
   maxFailedFraction: number;
+  /** Submitted with a platemap: the profiles step's settings (experiment_profiles). */
+  profiles?: ProfilesOptions;
 }
 
 const EXPERIMENT_SELECT = `SELECT e.*, p.name AS project_name, p.bucket AS bucket
@@ -106,6 +110,7 @@ export async function registerExperiment(pool: Db, e: NewExperiment, sets: NewIm
       ),
     );
     await insertImageSetsOn(conn, res.insertId, sets);
+    if (e.profiles) await insertProfilesOptionsOn(conn, res.insertId, e.profiles);
     return res.insertId;
   });
 }

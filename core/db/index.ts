@@ -5,3 +5,4 @@ export * from './experiments';
 export * from './image-sets';
 export * from './results';
 export * from './registration';
+export * from './profiles';

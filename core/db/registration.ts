@@ -5,6 +5,8 @@ import { refreshExperimentCounts } from './experiments';
 import { insertImageSetsOn, type NewImageSet } from './image-sets';
 import type { NewExperiment } from './experiments';
 import { affectedSchema, insertSchema } from './rows';
+import type { ProfilesOptions } from '../model/profiles';
+import { insertProfilesOptionsOn } from './profiles';
 
 /**
  * How `cpflow submit` registers without ever trampling another submit:
@@ -35,6 +37,12 @@ export type ProjectClaim =
   | { kind: 'created'; id: number; bucket: string }
   | { kind: 'similar-name'; existing: string }
   | { kind: 'bucket-taken'; owner: string };
+
+/** Every project's name (for the similar-name check at submit: projects are few). */
+export async function projectNames(pool: Db): Promise<string[]> {
+  const rows = await pool.query<Array<{ name: string }>>('SELECT name FROM project ORDER BY name');
+  return rows.map((r) => r.name);
+}
 
 export async function findProjectByBucket(pool: Db, bucket: string): Promise<{ id: number; name: string } | undefined> {
   const rows = await pool.query<Array<{ id: number; name: string }>>('SELECT id, name FROM project WHERE bucket = ? ORDER BY id LIMIT 1', [bucket]);
@@ -177,9 +185,11 @@ export async function reserveExperiment(
 }
 
 /** Step 3: the image sets and the switch to `submitted`, in one transaction. */
-export async function commitExperiment(pool: Db, experimentId: number, sets: NewImageSet[]): Promise<void> {
+export async function commitExperiment(pool: Db, experimentId: number, sets: NewImageSet[], profiles?: ProfilesOptions): Promise<void> {
   await inTransaction(pool, async (conn) => {
     await insertImageSetsOn(conn, experimentId, sets, 'new-only');
+    // Submitted with a platemap: the profiles step's settings (experiment_profiles), in the same transaction.
+    if (profiles) await insertProfilesOptionsOn(conn, experimentId, profiles);
     const res = affectedSchema.parse(
       await conn.query(`UPDATE experiment SET status = 'submitted', total_sets = ? WHERE id = ? AND status = 'registering'`, [sets.length, experimentId]),
     );

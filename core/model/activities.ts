@@ -4,6 +4,7 @@
  * so workflow code never imports activity code.
  */
 import type { ChunkRef, ExperimentPlan, ExperimentStatus, ImageSetOutcome, PreparedChunks } from './domain';
+import type { ProfilesInput, ProfilesOutput, ProfilesStepResult } from './profiles';
 
 export interface PrepareChunksInput {
   experimentId: number;
@@ -44,6 +45,8 @@ export interface SyncExperimentStatusInput {
 export interface ReduceInput {
   experimentId: number;
   workflowId: string;
+  /** Set when the experiment has a platemap: the profiles step's output (drawn in the report) or its error. */
+  profiles?: ProfilesStepResult;
 }
 
 export interface ReduceOutput {
@@ -75,5 +78,13 @@ export interface ReduceActivities {
   reduceExperiment(input: ReduceInput): Promise<ReduceOutput>;
 }
 
-export type CpflowActivities = ControlActivities & AnalysisActivities & ReduceActivities;
+/**
+ * Single-cell Parquet and well profiles (CytoTable, pycytominer) for experiments with a platemap:
+ * queue `reduce`, after every image set has ended and before reduceExperiment (whose report draws them).
+ */
+export interface ProfilesActivities {
+  computeProfiles(input: ProfilesInput): Promise<ProfilesOutput>;
+}
+
+export type CpflowActivities = ControlActivities & AnalysisActivities & ReduceActivities & ProfilesActivities;
 export type { ChunkRef };

@@ -134,3 +134,34 @@ export const BUCKET_PREFIX = 'cpflow-';
 export const METRICS_HOST = '127.0.0.1';
 /** The local stack's MariaDB account that runs migrations (DDL); the runtime account has DML only. */
 export const DB_MIGRATE_USER = 'cpflow_migrate';
+
+// ---------------------------------------------------------------------------------------------
+// Profiles (experiments submitted with `--platemap`; activities/profiles/).
+
+/** Platemap column and value that mark negative-control wells when `--controls` is not given (pycytominer's convention). */
+export const PROFILES_CONTROL_COLUMN = 'control_type';
+export const PROFILES_CONTROL_VALUE = 'negcon';
+/** pycytominer.normalize method (pycytominer's own default). `--normalization`. */
+export const PROFILES_NORMALIZATION = 'standardize';
+/** pycytominer.feature_select operations, the profiling recipe's list. */
+export const PROFILES_FEATURE_SELECTION = ['variance_threshold', 'correlation_threshold', 'drop_na_columns', 'blocklist'] as const;
+/** How single cells become one well profile (pycytominer.aggregate operation). */
+export const PROFILES_AGGREGATION = 'median';
+/** The report's per-well heatmap shows the first of these features present (after normalisation). `--report-feature`. */
+export const PROFILES_REPORT_FEATURES = ['Nuclei_AreaShape_Area', 'Cells_AreaShape_Area'] as const;
+/**
+ * Single cells handed to pycytominer.aggregate at once: wells are aggregated in batches of whole
+ * wells holding at most this many cells (a bigger well is a batch of its own), so memory does not
+ * grow with the experiment. Unit: cells.
+ */
+export const PROFILES_CELLS_PER_BATCH = 250_000;
+/** Rows per CytoTable chunk (its `chunk_size`); larger chunks mean fewer DuckDB passes over the tables. Unit: rows. */
+export const PROFILES_CYTOTABLE_CHUNK_SIZE = 200_000;
+/** DuckDB memory limit inside the profiles step (CytoTable's joins and the per-well batching). Unit: DuckDB size string. */
+export const PROFILES_DUCKDB_MEMORY_LIMIT = '512MB';
+/** Image sets whose tables the profiles step downloads at once. Unit: image sets. */
+export const PROFILES_DOWNLOAD_CONCURRENCY = 8;
+/** Longest the profiles activity may run. Unit: Temporal duration. */
+export const PROFILES_TIMEOUT = '4 hours';
+/** Attempts a crash of the profiling tools gets (outages retry without limit). Unit: attempts. */
+export const PROFILES_MAX_ATTEMPTS = 3;

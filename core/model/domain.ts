@@ -107,6 +107,8 @@ export interface ExperimentPlan {
   totalSets: number;
   maxFailedFraction: number;
   dispatch: DispatchOptions;
+  /** The experiment has a platemap: its reduce is preceded by the profiles step. */
+  profiles?: boolean;
 }
 
 export interface ChunkRef {

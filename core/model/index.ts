@@ -2,4 +2,5 @@
 export * from './domain';
 export * from './activities';
 export * from './names';
+export * from './profiles';
 export * as DEFAULTS from './defaults';

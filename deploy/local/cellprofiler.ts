@@ -223,6 +223,11 @@ async function checkOnlyExpectedMissing(python: string, log: (line: string) => v
 }
 
 const PYTHON_CHECKS_DIR = path.join(__dirname, 'python');
+/**
+ * Minimal pipeline for the first verification run (module blocks as CellProfiler 4/5 save them, taken from
+ * the ExampleHuman example with NamesAndTypes set to "All images"): identifies four discs as Blobs.
+ */
+const VERIFY_PIPELINE = path.join(__dirname, 'verify-blobs.cppipe');
 
 /**
  * Every module imports and instantiates, no API the sources call is missing, and the
@@ -269,7 +274,7 @@ async function verifyHeadlessRun(venv: string, executable: string, log: (line: s
     ].join('\n');
     await runLogged(venvPython(venv), ['-c', makeImage, image], log, HEADLESS_ENV);
     const pipeline = path.join(dir, 'verify.cppipe');
-    await fs.promises.writeFile(pipeline, VERIFY_PIPELINE);
+    await fs.promises.copyFile(VERIFY_PIPELINE, pipeline);
     const fileList = path.join(dir, 'files.txt');
     await fs.promises.writeFile(fileList, `${image}\n`);
     const out = path.join(dir, 'out');
@@ -292,124 +297,3 @@ async function verifyHeadlessRun(venv: string, executable: string, log: (line: s
     await fs.promises.rm(dir, { recursive: true, force: true });
   }
 }
-
-/**
- * Minimal pipeline for the verification run (module blocks as CellProfiler 4/5 save them, taken from
- * the ExampleHuman example with NamesAndTypes set to "All images").
- */
-const VERIFY_PIPELINE = String.raw`CellProfiler Pipeline: http://www.cellprofiler.org
-Version:5
-DateRevision:400
-GitHash:
-ModuleCount:6
-HasImagePlaneDetails:False
-
-Images:[module_num:1|svn_version:'Unknown'|variable_revision_number:2|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
-    :
-    Filter images?:Images only
-    Select the rule criteria:and (extension does isimage) (directory doesnot containregexp "[\\\\\\\\/]\\\\.")
-
-Metadata:[module_num:2|svn_version:'Unknown'|variable_revision_number:6|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
-    Extract metadata?:No
-    Metadata data type:Text
-    Metadata types:{}
-    Extraction method count:1
-    Metadata extraction method:Extract from file/folder names
-    Metadata source:File name
-    Regular expression to extract from file name:^(?P<Plate>.*)_(?P<Well>[A-P][0-9]{2})_s(?P<Site>[0-9])_w(?P<ChannelNumber>[0-9])
-    Regular expression to extract from folder name:(?P<Date>[0-9]{4}_[0-9]{2}_[0-9]{2})$
-    Extract metadata from:All images
-    Select the filtering criteria:and (file does contain "")
-    Metadata file location:Elsewhere...|
-    Match file and image metadata:[]
-    Use case insensitive matching?:No
-    Metadata file name:
-    Does cached metadata exist?:No
-
-NamesAndTypes:[module_num:3|svn_version:'Unknown'|variable_revision_number:8|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
-    Assign a name to:All images
-    Select the image type:Grayscale image
-    Name to assign these images:DNA
-    Match metadata:[]
-    Image set matching method:Order
-    Set intensity range from:Image metadata
-    Assignments count:1
-    Single images count:0
-    Maximum intensity:255.0
-    Process as 3D?:No
-    Relative pixel spacing in X:1.0
-    Relative pixel spacing in Y:1.0
-    Relative pixel spacing in Z:1.0
-    Select the rule criteria:and (file does contain "")
-    Name to assign these images:DNA
-    Name to assign these objects:Cell
-    Select the image type:Grayscale image
-    Set intensity range from:Image metadata
-    Maximum intensity:255.0
-
-Groups:[module_num:4|svn_version:'Unknown'|variable_revision_number:2|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
-    Do you want to group your images?:No
-    grouping metadata count:1
-    Metadata category:None
-
-IdentifyPrimaryObjects:[module_num:5|svn_version:'Unknown'|variable_revision_number:14|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
-    Select the input image:DNA
-    Name the primary objects to be identified:Blobs
-    Typical diameter of objects, in pixel units (Min,Max):8,80
-    Discard objects outside the diameter range?:Yes
-    Discard objects touching the border of the image?:Yes
-    Method to distinguish clumped objects:Intensity
-    Method to draw dividing lines between clumped objects:Intensity
-    Size of smoothing filter:10
-    Suppress local maxima that are closer than this minimum allowed distance:7.0
-    Speed up by using lower-resolution image to find local maxima?:Yes
-    Fill holes in identified objects?:After declumping only
-    Automatically calculate size of smoothing filter for declumping?:Yes
-    Automatically calculate minimum allowed distance between local maxima?:Yes
-    Handling of objects if excessive number of objects identified:Continue
-    Maximum number of objects:500
-    Display accepted local maxima?:No
-    Select maxima color:Blue
-    Use advanced settings?:No
-    Threshold setting version:11
-    Threshold strategy:Global
-    Thresholding method:Minimum Cross-Entropy
-    Threshold smoothing scale:1.3488
-    Threshold correction factor:1.0
-    Lower and upper bounds on threshold:0.0,1.0
-    Manual threshold:0.0
-    Select the measurement to threshold with:None
-    Two-class or three-class thresholding?:Two classes
-    Assign pixels in the middle intensity class to the foreground or the background?:Foreground
-    Size of adaptive window:50
-    Lower outlier fraction:0.05
-    Upper outlier fraction:0.05
-    Averaging method:Mean
-    Variance method:Standard deviation
-    # of deviations:2.0
-    Thresholding method:Otsu
-
-ExportToSpreadsheet:[module_num:6|svn_version:'Unknown'|variable_revision_number:13|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]
-    Select the column delimiter:Comma (",")
-    Add image metadata columns to your object data file?:No
-    Add image file and folder names to your object data file?:No
-    Select the measurements to export:No
-    Calculate the per-image mean values for object measurements?:No
-    Calculate the per-image median values for object measurements?:No
-    Calculate the per-image standard deviation values for object measurements?:No
-    Output file location:Default Output Folder|
-    Create a GenePattern GCT file?:No
-    Select source of sample row name:Metadata
-    Select the image to use as the identifier:None
-    Select the metadata to use as the identifier:None
-    Export all measurement types?:Yes
-    Press button to select measurements:
-    Representation of Nan/Inf:NaN
-    Add a prefix to file names?:No
-    Filename prefix:MyExpt_
-    Overwrite existing files without warning?:Yes
-    Data to export:Do not use
-    Combine these object measurements with those of the previous object?:No
-    File name:DATA.csv
-    Use the object name for the file name?:Yes
-`;

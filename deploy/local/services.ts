@@ -23,6 +23,7 @@ import { ensureNginx } from './temporal-tls-proxy';
 import { ensureCertificates, tlsFiles } from './tls';
 import { findFreePort, isPortAnswering, isPortFree, isProcessAlive, stopProcess, withLock } from './processes';
 import { credentialsOf, migrateStackDatabase, migrationEnv, provisionStack } from './provision';
+import { cytoTablePython } from './cytotable';
 import {
   cacheDir,
   readState,
@@ -66,6 +67,8 @@ export interface StackEnv {
   CPFLOW_S3_TLS_CA?: string;
   /** Present only when CellProfiler has been installed with `npm run stack -- install-cellprofiler`. */
   CPFLOW_CELLPROFILER?: string;
+  /** Present only when the profiling venv (CytoTable + pycytominer) is installed: `npm run stack -- install-profiles`. */
+  CPFLOW_PROFILES_PYTHON?: string;
 }
 
 export interface ServiceStatus {
@@ -254,6 +257,8 @@ function envFromState(paths: StackPaths, state: StackState): StackEnv {
       CPFLOW_S3_TLS_CA: files.caCert,
     } satisfies Partial<StackEnv>);
   }
+  const profilesPython = cytoTablePython(cacheDir());
+  if (profilesPython) env.CPFLOW_PROFILES_PYTHON = profilesPython;
   return env;
 }
 

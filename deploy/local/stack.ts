@@ -11,11 +11,13 @@
  *                           --admin adds the migration account and MinIO's root user
  *   stop|start <service>    stop or restart one service with the same ports, data and credentials
  *   install-cellprofiler    install CellProfiler into <cache>/cellprofiler-venv
+ *   install-profiles        install CytoTable and pycytominer into <cache>/cytotable-venv (the profiles step)
  *
  * Importing this file runs nothing; the programmatic API is re-exported from ./services.
  */
 import { Command } from 'commander';
 import { installCellProfiler } from './cellprofiler';
+import { installCytoTable } from './cytotable';
 import {
   ensureStackUp,
   isServiceName,
@@ -113,6 +115,15 @@ function buildProgram(): Command {
     .command('install-cellprofiler')
     .description('install CellProfiler into <cache>/cellprofiler-venv')
     .action(installCellProfilerCommand);
+
+  program
+    .command('install-profiles')
+    .description('install CytoTable and pycytominer into <cache>/cytotable-venv; prints CPFLOW_PROFILES_PYTHON=… for the reduce pool')
+    .action(async () => {
+      const installed = await installCytoTable(cacheDir(), (line) => process.stderr.write(`[profiles] ${line}\n`));
+      process.stderr.write(`[profiles] CytoTable ${installed.version} and pycytominer ready (${installed.seconds.toFixed(1)} s)\n`);
+      process.stdout.write(`CPFLOW_PROFILES_PYTHON=${installed.python}\n`);
+    });
 
   return program;
 }

@@ -32,10 +32,12 @@ export function registerControl(program: Command): void {
       if (!isTerminal(e.status)) throw new UsageError(`experiment ${e.id} is still ${e.status}; retry after it ends`);
       const pool = await db();
       const reset = await resetFailedImageSets(pool, e.id);
-      if (reset === 0 && e.status !== 'cancelled') throw new UsageError(`experiment ${e.id} has no failed image sets`);
+      // A failed experiment without failed sets failed in its profiles step: a new run redoes profiles and reduce.
+      if (reset === 0 && e.status !== 'cancelled' && e.status !== 'failed') throw new UsageError(`experiment ${e.id} has no failed image sets`);
       // Back to submitted: the watcher starts a new run, which finds only the reset sets pending.
       await resubmitExperiment(pool, e.id);
-      print(o.json, { experimentId: e.id, imageSetsToRun: reset }, () => `experiment ${e.id}: ${reset} image sets will run again`);
+      const message = reset === 0 && e.status === 'failed' ? 'its profiles step and reduce run again' : `${reset} image sets will run again`;
+      print(o.json, { experimentId: e.id, imageSetsToRun: reset }, () => `experiment ${e.id}: ${message}`);
     });
 
   program

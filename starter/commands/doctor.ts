@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import type { Command } from 'commander';
 import { configuredCellProfiler } from '../../core/cellprofiler';
 import { dbConfig, temporalConfig, validateSettings, workerConfig } from '../../core/config';
@@ -53,6 +54,15 @@ export function registerDoctor(program: Command): void {
             if (!exe) return 'not configured (CPFLOW_CELLPROFILER unset): the builtin engine is used';
             if (!configuredCellProfiler()) throw new Error(`CPFLOW_CELLPROFILER=${exe} does not exist`);
             return cellProfilerDoctorCheck(exe, { fresh: o.recheck });
+          },
+        ],
+        [
+          'profiles',
+          async () => {
+            const python = workerConfig().CPFLOW_PROFILES_PYTHON;
+            if (!python) return 'not configured (CPFLOW_PROFILES_PYTHON unset): experiments with --platemap fail in their profiles step on this worker';
+            if (!fs.existsSync(python)) throw new Error(`CPFLOW_PROFILES_PYTHON=${python} does not exist`);
+            return python;
           },
         ],
       ];

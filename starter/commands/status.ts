@@ -98,7 +98,7 @@ export function registerStatus(program: Command): void {
   program
     .command('results <experiment>')
     .description('print the S3 URIs of the results, or download them')
-    .option('--download <dir>', 'download summary.csv, report.html and provenance.json here')
+    .option('--download <dir>', 'download summary.csv, report.html, provenance.json and (with a platemap) single_cells.parquet and profiles/ here')
     .option('--json', 'machine-readable output', false)
     .action(async (ref: string, o: { download?: string; json: boolean }) => {
       const e = await resolveExperiment(ref);
@@ -109,7 +109,9 @@ export function registerStatus(program: Command): void {
         fs.mkdirSync(o.download, { recursive: true });
         for (const r of rows) {
           const { bucket, key } = parseS3Uri(r.uri);
-          const local = path.join(o.download, path.posix.basename(key));
+          // Under results/ the layout is kept (profiles/…), so same-named files cannot collide.
+          const local = path.join(o.download, ...(/\/results\/(.+)$/.exec(key)?.[1] ?? path.posix.basename(key)).split('/'));
+          fs.mkdirSync(path.dirname(local), { recursive: true });
           await downloadToFile(bucket, key, local);
           downloaded.push(local);
         }

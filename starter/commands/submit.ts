@@ -5,10 +5,11 @@ import { DEFAULTS, workflowIdFor } from '../../core/model';
 import { withClient } from '../../core/temporal';
 import { imageSetsAddedSignal } from '../../workflows/progress';
 import { firstFew } from '../local-files';
+import { PLATEMAP_OPTIONS, platemapRequestFromFlags, type PlatemapFlags } from '../platemap';
 import { submit, type SubmitResult } from '../submit';
 import { fractionArg, intArg, print } from './common';
 
-interface SubmitFlags {
+interface SubmitFlags extends PlatemapFlags {
   project: string;
   name: string;
   folder?: string;
@@ -59,6 +60,10 @@ export function registerSubmit(program: Command): void {
     .option('--max-failed-fraction <f>', 'above this fraction of failed sets the experiment is failed', fractionArg, DEFAULTS.MAX_FAILED_FRACTION)
     .option('--skip-incomplete', 'register the image sets that have every channel and list the others, instead of refusing the submit', false)
     .option('--json', 'machine-readable output', false)
+    .addOption(PLATEMAP_OPTIONS.platemap)
+    .addOption(PLATEMAP_OPTIONS.controls)
+    .addOption(PLATEMAP_OPTIONS.normalization)
+    .addOption(PLATEMAP_OPTIONS.reportFeature)
     .action(async (o: SubmitFlags) => {
       const result = await submit({
         project: o.project,
@@ -75,6 +80,7 @@ export function registerSubmit(program: Command): void {
         maxFailedFraction: o.maxFailedFraction,
         skipIncomplete: o.skipIncomplete,
         progress: !o.json && process.stderr.isTTY,
+        platemap: platemapRequestFromFlags(o),
       });
       if (result.appended) {
         // The watcher would notice too; signalling now just saves its poll interval.
@@ -106,5 +112,6 @@ export function submitReport(result: SubmitResult): string {
     if (result.unmatched.length > LISTED) lines.push(`  … and ${result.unmatched.length - LISTED} more (--json lists them all)`);
   }
   if (result.hidden.length > 0) lines.push(`left out ${result.hidden.length} hidden files or folders: ${firstFew(result.hidden)}`);
+  if (result.platemap) lines.push(result.platemap);
   return lines.join('\n');
 }

@@ -16,6 +16,7 @@ import { foreignPollers, runExperiment, terminateLeftovers, type ExperimentTimin
 import { BENCH_DATABASE, BENCH_NAMESPACE, ensureBenchDatabase, ensureBenchNamespace, preparePrivateStack } from './isolation';
 import { cacheDir } from '../../deploy/local/services';
 import { BENCH_PROJECT, cachedPlate, plateFor, registerNoopExperiment, setCount } from './fixtures';
+import { profilesBench } from './profiles';
 import {
   cpuDelta,
   cpuSnapshot,
@@ -37,7 +38,9 @@ import { EXAMPLE_HUMAN } from '../support/fixtures';
  *   (iii) a scale run (default 20,000 sets; 100,000 works): wall time, largest history of any execution,
  *         peak RSS of each worker process;
  *   (iv)  the reduce worker's peak RSS and rows/s on that scale run;
- *   (v)   CellProfiler's per-set cost at batch size 1 and 8 on ExampleHuman, when it is installed.
+ *   (v)   CellProfiler's per-set cost at batch size 1 and 8 on ExampleHuman, when it is installed;
+ *   (vi)  the profiles step's peak RSS (Node gather and CytoTable + pycytominer) over synthetic tables
+ *         of `--profiles-sets` image sets (default 100,000), no stack needed (test/bench/profiles.ts).
  * Prints a table with the goals beside the figures and writes `.bench/results-<timestamp>.json`.
  */
 
@@ -47,9 +50,10 @@ const GOALS = {
   historyEvents: 10_240,
   workerRssBytes: 1024 ** 3,
   reduceRssBytes: 512 * 1024 ** 2,
+  profilesRssBytes: 1024 ** 3,
 };
 
-const SECTIONS = ['i', 'ii', 'iii', 'iv', 'v'] as const;
+const SECTIONS = ['i', 'ii', 'iii', 'iv', 'v', 'vi'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const int = (name: string) => (v: string): number => {
@@ -71,6 +75,7 @@ const optionsSchema = z.object({
   window: z.number().int().positive().optional(),
   chunkSize: z.number().int().positive().optional(),
   cpSingles: z.number().int().positive(),
+  profilesSets: z.number().int().positive(),
   privateStack: z.boolean(),
   profileWorkers: z.string().optional(),
   out: z.string(),
@@ -96,6 +101,7 @@ function parseArgs(argv: string[]): BenchOptions {
     .option('--window <n>', 'image sets in flight per experiment in (ii)–(iv) (default: the workflow default)', int('--window'))
     .option('--chunk-size <n>', 'image sets per chunk child in (ii)–(iv) (default: the workflow default)', int('--chunk-size'))
     .option('--cp-singles <n>', 'image sets run one per CellProfiler invocation in (v)', int('--cp-singles'), 3)
+    .option('--profiles-sets <n>', 'synthetic image sets (30 nuclei each) through the profiles step in (vi)', int('--profiles-sets'), 100_000)
     .option('--private-stack', 'run on a second local stack of its own (~/.cache/cpflow-bench), safe from fault drills on the shared one', false)
     .option('--profile-workers <dir>', 'write V8 CPU profiles (.cpuprofile) of the worker processes into <dir>')
     .option('--out <dir>', 'where results JSON goes', path.join(REPO_ROOT, '.bench'))
@@ -559,6 +565,18 @@ async function main(): Promise<void> {
         rows.push(
           { section: 'v', metric: `CellProfiler ${r.version}, ExampleHuman, B=1 (${r.singles?.sets} runs)`, value: `${r.singles?.perSet.toFixed(1)} s/set`, goal: '', met: undefined },
           { section: 'v', metric: `CellProfiler, B=8 (one invocation)`, value: `${r.batch8?.perSet.toFixed(1)} s/set`, goal: '', met: undefined },
+        );
+      }
+    });
+    if (only.has('vi')) await section('vi', async () => {
+      const r = await profilesBench(o.profilesSets, log);
+      results.profiles = r;
+      if ('skipped' in r) rows.push({ section: 'vi', metric: 'profiles step', value: r.skipped, goal: '', met: undefined });
+      else {
+        const peak = Math.max(r.gatherPeakRssBytes, r.pythonPeakRssBytes);
+        rows.push(
+          { section: 'vi', metric: `profiles, ${r.sets.toLocaleString('en')} sets, ${r.cells.toLocaleString('en')} cells, ${r.wells.toLocaleString('en')} wells`, value: `${secs(r.gatherSeconds)} gather + ${secs(r.pythonSeconds)} CytoTable/pycytominer`, goal: '', met: undefined },
+          { section: 'vi', metric: 'profiles peak RSS (Node gather / Python)', value: `${mib(r.gatherPeakRssBytes)} / ${mib(r.pythonPeakRssBytes)}`, goal: `< ${mib(GOALS.profilesRssBytes)}`, met: peak < GOALS.profilesRssBytes },
         );
       }
     });

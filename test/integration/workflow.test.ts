@@ -83,6 +83,37 @@ describe('on the time-skipping test server', () => {
     expect(result.failed).toBe(6);
     expect(lab.statuses[lab.statuses.length - 1]).toBe('failed');
   });
+
+  it('runs the profiles step before reduce only for experiments with a platemap', async () => {
+    const plain = new FakeLab(3);
+    await withWorkers(env, plain, () =>
+      env.client.workflow.execute('ExperimentWorkflow', { taskQueue: TASK_QUEUES.workflow, workflowId: 'exp-tsk-3', args: [{ experimentId: 3, searchAttributes: false }] }),
+    );
+    expect(plain.calls).toEqual(['reduceExperiment']);
+    expect(plain.reduceInputs[0]?.profiles).toBeUndefined();
+
+    const mapped = new FakeLab(3);
+    mapped.profiles = 'ok';
+    await withWorkers(env, mapped, () =>
+      env.client.workflow.execute('ExperimentWorkflow', { taskQueue: TASK_QUEUES.workflow, workflowId: 'exp-tsk-4', args: [{ experimentId: 4, searchAttributes: false }] }),
+    );
+    expect(mapped.calls).toEqual(['computeProfiles', 'reduceExperiment']);
+    expect(mapped.reduceInputs[0]?.profiles).toMatchObject({ ok: true, output: { reportDataUri: 's3://b/r.json', wells: 2 } });
+    expect(mapped.statuses[mapped.statuses.length - 1]).toBe('done');
+  });
+
+  it('still reduces when the profiles step fails, then records the experiment failed with the reason', async () => {
+    const lab = new FakeLab(3);
+    lab.profiles = 'fail';
+    await withWorkers(env, lab, () =>
+      env.client.workflow.execute('ExperimentWorkflow', { taskQueue: TASK_QUEUES.workflow, workflowId: 'exp-tsk-5', args: [{ experimentId: 5, searchAttributes: false }] }),
+    );
+    // Non-retryable input error: one attempt, then reduce is told why (the report shows it).
+    expect(lab.calls).toEqual(['computeProfiles', 'reduceExperiment']);
+    expect(lab.reduceInputs[0]?.profiles).toEqual({ ok: false, error: 'wells B07 have results but are not in the platemap' });
+    expect(lab.statuses[lab.statuses.length - 1]).toBe('failed');
+    expect(lab.errors[lab.errors.length - 1]).toBe('profiles: wells B07 have results but are not in the platemap');
+  });
 });
 
 describe('on the Temporal dev server', () => {

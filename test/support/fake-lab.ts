@@ -1,5 +1,5 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
-import { DEFAULTS, dispatchOptionsSchema, type CpflowActivities, type DispatchOptions, type ImageSetOutcome } from '../../core/model';
+import { DEFAULTS, dispatchOptionsSchema, type CpflowActivities, type DispatchOptions, type ImageSetOutcome, type ReduceInput } from '../../core/model';
 
 /** An in-memory stand-in for MariaDB + S3 that the fake activities share. */
 export class FakeLab {
@@ -12,6 +12,12 @@ export class FakeLab {
   statuses: string[] = [];
   reduced = 0;
   cancelledActivities = 0;
+  /** `ok` / `fail`: the experiment has a platemap and its profiles step succeeds / fails on bad input. */
+  profiles: 'none' | 'ok' | 'fail' = 'none';
+  /** Order of the profiles and reduce calls, and what reduce was told. */
+  calls: string[] = [];
+  reduceInputs: ReduceInput[] = [];
+  errors: Array<string | null | undefined> = [];
   constructor(
     n: number,
     readonly bad: Set<number> = new Set(),
@@ -28,7 +34,7 @@ export class FakeLab {
     const lab = this;
     const impl: CpflowActivities = {
       async loadExperimentPlan(experimentId) {
-        return { experimentId, name: 'fake', project: 'fake', bucket: 'b', engine: 'builtin', status: 'running', sealed: lab.sealed, totalSets: lab.sets.length, maxFailedFraction: DEFAULTS.MAX_FAILED_FRACTION, dispatch: dispatchOptionsSchema.parse(lab.dispatch) };
+        return { experimentId, name: 'fake', project: 'fake', bucket: 'b', engine: 'builtin', status: 'running', sealed: lab.sealed, totalSets: lab.sets.length, maxFailedFraction: DEFAULTS.MAX_FAILED_FRACTION, dispatch: dispatchOptionsSchema.parse(lab.dispatch), ...(lab.profiles !== 'none' ? { profiles: true } : {}) };
       },
       async prepareManifestChunks({ afterSetId, chunkSize, maxChunks }) {
         const chunks = [];
@@ -75,10 +81,18 @@ export class FakeLab {
           if (s && o.status !== 'running') s.status = o.status;
         }
       },
-      async syncExperimentStatus({ status }) {
+      async syncExperimentStatus({ status, error }) {
         lab.statuses.push(status);
+        lab.errors.push(error);
       },
-      async reduceExperiment() {
+      async computeProfiles() {
+        lab.calls.push('computeProfiles');
+        if (lab.profiles === 'fail') throw ApplicationFailure.nonRetryable('wells B07 have results but are not in the platemap', 'ProfilesInputError');
+        return { singleCellsUri: 's3://b/single_cells.parquet', profileUris: ['s3://b/profiles/well_profiles.parquet'], reportDataUri: 's3://b/r.json', provenanceUri: 's3://b/pp.json', cells: 10, wells: 2, features: { aggregated: 5, selected: 3 } };
+      },
+      async reduceExperiment(input) {
+        lab.calls.push('reduceExperiment');
+        lab.reduceInputs.push(input);
         lab.reduced++;
         const failed = lab.sets.filter((s) => s.status !== 'done').length;
         return { summaryUri: 's3://b/summary.csv', reportUri: 's3://b/report.html', provenanceUri: 's3://b/p.json', total: lab.sets.length, done: lab.sets.length - failed, failed, objects: 0 };
