@@ -1,7 +1,7 @@
 import { WorkflowFailedError } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, DefaultLogger, Runtime, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import { SEARCH_ATTRIBUTE_KEYS, TASK_QUEUES, type ExperimentProgress } from '../../core/model';
+import { ANALYSIS_QUEUES, SEARCH_ATTRIBUTE_KEYS, TASK_QUEUES, type ExperimentProgress } from '../../core/model';
 import type { ExperimentWorkflowInput } from '../../workflows/experiment';
 import { imageSetsAddedSignal, progressQuery, sealedSignal } from '../../workflows/progress';
 import { FakeLab } from '../support/fake-lab';
@@ -26,7 +26,7 @@ async function withWorkers<T>(env: TestWorkflowEnvironment, lab: FakeLab, fn: ()
   const activities = lab.activities();
   const workers = await Promise.all([
     Worker.create({ connection: env.nativeConnection, taskQueue: TASK_QUEUES.workflow, workflowBundle: bundle, activities }),
-    Worker.create({ connection: env.nativeConnection, taskQueue: TASK_QUEUES.analyze, activities, maxConcurrentActivityTaskExecutions: analyzeSlots, maxHeartbeatThrottleInterval: '1s' }),
+    Worker.create({ connection: env.nativeConnection, taskQueue: ANALYSIS_QUEUES.builtin, activities, maxConcurrentActivityTaskExecutions: analyzeSlots, maxHeartbeatThrottleInterval: '1s' }),
     Worker.create({ connection: env.nativeConnection, taskQueue: TASK_QUEUES.reduce, activities }),
   ]);
   const [w0, w1, w2] = workers;

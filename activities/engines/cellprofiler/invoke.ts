@@ -7,6 +7,7 @@ import { once } from 'node:events';
 import readline from 'node:readline';
 import execa from 'execa';
 import { headlessEnv } from '../../../core/cellprofiler';
+import { DEFAULTS } from '../../../core/model';
 import { ImageSetInputError, type EngineImageSet, type EngineRunInput } from '../types';
 
 const STDERR_TAIL_LINES = 40;
@@ -24,11 +25,19 @@ export interface InvocationResult {
   errorModule?: string;
   /** Exception line (e.g. `IndexError: ...`) of the traceback that followed the module error. */
   errorException?: string;
+  /** Module whose preparation failed ("Failed to prepare run for module X"): no image set was made. */
+  prepareRunModule?: string;
+  /** CellProfiler's WARNING lines (first line of each, noise removed, deduplicated). */
+  warnings: string[];
 }
 
 const MODULE_PROGRESS = /Image # (\d+), module (\S+) # (\d+)/;
 const MODULE_ERROR = /Error detected during run of module (\S+)/;
 const EXCEPTION_LINE = /^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): ?(.*)$/;
+const PREPARE_RUN_ERROR = /Failed to prepare run for module (\S+)/;
+const WARNING_LINE = /^\[CP - WARNING\] [^:]+::[^:]+: (.+)$/;
+/** Warnings every headless run of this build logs; they say nothing about the pipeline or the images. */
+const WARNING_NOISE = [/MySQL could not be loaded/, /Workspace file list is empty/, /^Multiple definitions of module/];
 
 export async function invoke(
   executable: string,
@@ -55,7 +64,7 @@ export async function invoke(
     }
   };
 
-  const result: InvocationResult = { exitCode: undefined, stderrTail: [] };
+  const result: InvocationResult = { exitCode: undefined, stderrTail: [], warnings: [] };
   let lastImageNumber: number | undefined;
   let awaitingException = false;
   const consume = (stream: NodeJS.ReadableStream | null) => {
@@ -69,6 +78,16 @@ export async function invoke(
       if (progress) {
         lastImageNumber = Number(progress[1]);
         input.onProgress?.(`CellProfiler image set ${progress[1]}/${setCount}: ${progress[2]} (module ${progress[3]})`);
+        return;
+      }
+      const warning = WARNING_LINE.exec(line)?.[1]?.trim();
+      if (warning && !WARNING_NOISE.some((n) => n.test(warning)) && !result.warnings.includes(warning)) {
+        if (result.warnings.length < DEFAULTS.MAX_WARNINGS_PER_SET) result.warnings.push(warning);
+      }
+      const prepare = PREPARE_RUN_ERROR.exec(line);
+      if (prepare && result.prepareRunModule === undefined) {
+        result.prepareRunModule = prepare[1];
+        awaitingException = true;
         return;
       }
       const moduleError = MODULE_ERROR.exec(line);
@@ -134,6 +153,16 @@ export function classifyFailure(run: InvocationResult, done: string | undefined,
   // image the pipeline cannot handle): retrying cannot help. Resource exhaustion can, so it stays
   // retryable.
   const exhausted = /MemoryError|Killed|No space left on device/.test(run.errorException ?? '');
+  if (run.prepareRunModule && !run.errorModule && !exhausted) {
+    // The input modules made no image set from these files (rules matching none of them, a channel
+    // with no file): the same files and pipeline fail the same way every time, so it is not retried.
+    const which = sets.length === 1 ? `image set ${sets[0].key}` : `a batch of ${sets.length} image sets (${sets.map((s) => s.key).join(', ')})`;
+    return new ImageSetInputError(
+      `${which}: CellProfiler could not make image sets from the files (module ${run.prepareRunModule}${run.errorException ? `: ${run.errorException}` : ''})` +
+        `${run.warnings.length ? `; CellProfiler said: ${run.warnings.join('; ')}` : ''}\n${detail}; last lines of stderr:\n${stderr}`,
+      sets.length === 1 ? sets[0].key : undefined,
+    );
+  }
   if (run.errorModule && !exhausted) {
     const imageNo = run.errorImageNumber;
     const loading = IMAGE_LOADING_MODULES.has(run.errorModule);
