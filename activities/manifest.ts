@@ -17,6 +17,7 @@ import {
   ENGINE_NAMES,
   engineOptionsSchema,
   STAGE_INPUT_KINDS,
+  stageInputFileName,
   stageInputSchema,
   upstreamOf,
   type ChunkIndexEntry,
@@ -203,11 +204,6 @@ export async function prepareManifestChunks(input: PrepareChunksInput): Promise<
 
 function partitionFailure(stage: string, failed: { failed: number; keys: string[] }, error: string): ChunkResult {
   return { stage, done: 0, failed: failed.failed, skipped: 0, failures: failed.keys.map((key) => ({ key, stage, error, attempts: 0 })) };
-}
-
-/** Fills `{Key}` placeholders of a stage input's file name from the upstream group's metadata. */
-export function stageInputFileName(pattern: string, metadata: Record<string, string>): string {
-  return pattern.replace(/\{([A-Za-z][A-Za-z0-9_]*)\}/g, (whole, key: string) => metadata[key] ?? whole);
 }
 
 /**

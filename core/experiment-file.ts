@@ -33,7 +33,7 @@ export class ExperimentFileError extends Error {
 
 const stageFileSchema = z
   .object({
-    name: z.string().regex(STAGE_NAME_PATTERN, 'a stage name: a letter, then letters, digits, _ or - (48 at most)'),
+    name: z.string().regex(STAGE_NAME_PATTERN, 'a stage name: a letter, then letters, digits, _ or - (32 at most)'),
     pipeline: z.string().min(1),
     groupBy: z.array(z.string().regex(/^[A-Za-z][A-Za-z0-9_]*$/, 'a metadata key')).default([]),
     inputs: z.array(stageInputSchema.strict()).default([]),

@@ -2,7 +2,9 @@ import { Command } from 'commander';
 import { z } from 'zod';
 import { closeDb } from '../core/db';
 import { ConfigError, describeError as describe, UsageError } from '../core/errors';
+import { ExperimentFileError } from '../core/experiment-file';
 import { GroupingError } from '../core/grouping';
+import { LoadDataError } from '../core/load-data';
 import { PipelineError } from '../core/pipeline/cppipe';
 import { s3Endpoint } from '../core/s3';
 import { registerAnalyzeLocal } from './commands/analyze-local';
@@ -35,7 +37,7 @@ export function describeError(err: unknown): string {
   return describe(err, s3Endpoint);
 }
 
-const USAGE_ERRORS = [UsageError, ConfigError, GroupingError, PipelineError, SubmitError];
+const USAGE_ERRORS = [UsageError, ConfigError, GroupingError, PipelineError, SubmitError, LoadDataError, ExperimentFileError];
 
 async function main(argv: string[]): Promise<number> {
   try {

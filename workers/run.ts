@@ -1,19 +1,30 @@
 import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { analysisActivities, controlActivities, reduceActivities } from '../activities';
+import { configuredCellProfiler } from '../core/cellprofiler';
 import { temporalConfig, workerConfig } from '../core/config';
 import { closeDb } from '../core/db';
 import { TemporalUnavailableError } from '../core/errors';
-import { DEFAULTS, TASK_QUEUES } from '../core/model';
+import { ANALYSIS_QUEUES, DEFAULTS, TASK_QUEUES } from '../core/model';
 import { workflowBundlePath } from './workflow-bundle';
 
 /**
  * Worker pools. Each pool polls its own task queue so it scales on its own backlog in production:
  * `workflow` (workflows + manifest and sync activities), `cellprofiler` (image set analysis),
  * `reduce` (merging and the report). `all` runs the three in one process for laptops and tests.
+ *
+ * The analysis pool is routed by engine: it polls `analyze-builtin` always and the `cellprofiler`
+ * queue only when this machine has CellProfiler (CPFLOW_CELLPROFILER), so a worker without it never
+ * takes a CellProfiler image set. Each queue gets CPFLOW_ANALYZE_SLOTS; an experiment uses one engine,
+ * so the two rarely compete.
  */
 export type PoolName = 'workflow' | 'cellprofiler' | 'reduce';
 
-export function workerOptions(pool: PoolName): Omit<WorkerOptions, 'connection'> {
+/** The task queues the analysis pool of this process polls. */
+export function analysisQueues(): string[] {
+  return configuredCellProfiler() ? [ANALYSIS_QUEUES.cellprofiler, ANALYSIS_QUEUES.builtin] : [ANALYSIS_QUEUES.builtin];
+}
+
+export function workerOptions(pool: PoolName): Array<Omit<WorkerOptions, 'connection'>> {
   const cfg = workerConfig();
   const common = {
     namespace: temporalConfig().CPFLOW_TEMPORAL_NAMESPACE,
@@ -23,27 +34,31 @@ export function workerOptions(pool: PoolName): Omit<WorkerOptions, 'connection'>
   };
   switch (pool) {
     case 'workflow':
-      return {
-        ...common,
-        taskQueue: TASK_QUEUES.workflow,
-        workflowBundle: { codePath: workflowBundlePath() },
-        activities: controlActivities,
-        maxConcurrentActivityTaskExecutions: DEFAULTS.CONTROL_SLOTS,
-      };
+      return [
+        {
+          ...common,
+          taskQueue: TASK_QUEUES.workflow,
+          workflowBundle: { codePath: workflowBundlePath() },
+          activities: controlActivities,
+          maxConcurrentActivityTaskExecutions: DEFAULTS.CONTROL_SLOTS,
+        },
+      ];
     case 'cellprofiler':
-      return {
+      return analysisQueues().map((taskQueue) => ({
         ...common,
-        taskQueue: TASK_QUEUES.analyze,
+        taskQueue,
         activities: analysisActivities,
         maxConcurrentActivityTaskExecutions: cfg.CPFLOW_ANALYZE_SLOTS,
-      };
+      }));
     case 'reduce':
-      return {
-        ...common,
-        taskQueue: TASK_QUEUES.reduce,
-        activities: reduceActivities,
-        maxConcurrentActivityTaskExecutions: cfg.CPFLOW_REDUCE_SLOTS,
-      };
+      return [
+        {
+          ...common,
+          taskQueue: TASK_QUEUES.reduce,
+          activities: reduceActivities,
+          maxConcurrentActivityTaskExecutions: cfg.CPFLOW_REDUCE_SLOTS,
+        },
+      ];
   }
 }
 
@@ -70,8 +85,9 @@ export async function runPools(pools: PoolName[]): Promise<void> {
   });
   const connection = await connectWorker();
   try {
-    const workers = await Promise.all(pools.map((p) => Worker.create({ connection, ...workerOptions(p) })));
-    console.log(`cpflow workers running: ${pools.join(', ')} (pid ${process.pid})`);
+    const options = pools.flatMap((p) => workerOptions(p));
+    const workers = await Promise.all(options.map((o) => Worker.create({ connection, ...o })));
+    console.log(`cpflow workers running: ${pools.join(', ')} (pid ${process.pid}; queues ${options.map((o) => o.taskQueue).join(', ')})`);
     await Promise.all(workers.map((w) => w.run()));
   } finally {
     await connection.close();

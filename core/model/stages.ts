@@ -13,7 +13,8 @@ import { z } from 'zod';
 /** Stage name of a plain experiment (one pipeline, no experiment file). Keeps its S3 layout unchanged. */
 export const SINGLE_STAGE = '';
 
-export const STAGE_NAME_PATTERN = /^[A-Za-z][A-Za-z0-9_-]{0,47}$/;
+/** Stage names: short enough for S3 keys and result kinds (`summary:<stage>`). */
+export const STAGE_NAME_PATTERN = /^[A-Za-z][A-Za-z0-9_-]{0,31}$/;
 
 /** How the engine hands a stage's image sets to CellProfiler. */
 export const STAGE_INPUT_KINDS = ['files', 'loaddata'] as const;
@@ -64,6 +65,11 @@ export function groupKeyOf(metadata: Record<string, string>, keys: readonly stri
       return safeKeySegment(value);
     })
     .join('-');
+}
+
+/** Fills `{Key}` placeholders of a stage input's file name from the upstream group's metadata. */
+export function stageInputFileName(pattern: string, metadata: Record<string, string>): string {
+  return pattern.replace(/\{([A-Za-z][A-Za-z0-9_]*)\}/g, (whole, key: string) => metadata[key] ?? whole);
 }
 
 /** Where a paging of one partition of one stage stands. */

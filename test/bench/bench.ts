@@ -1,3 +1,4 @@
+import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -339,7 +340,7 @@ interface CellProfilerResult {
   batch8?: { sets: number; seconds: number; perSet: number };
 }
 
-const EXAMPLE_HUMAN = '/work/shared/data/examplehuman';
+const EXAMPLE_HUMAN = EXAMPLEHUMAN_DIR;
 const EH_CHANNELS = ['DNA', 'PH3', 'cellbody'];
 
 async function cellProfilerBatching(o: BenchOptions): Promise<CellProfilerResult> {

@@ -1,6 +1,6 @@
 /**
  * The cellprofiler engine against the real CellProfiler CLI on the ExampleHuman example
- * (/work/shared/data/examplehuman: pipeline, 3 images, reference output of CellProfiler 4.0.6).
+ * (test/fixtures/examplehuman: pipeline, 3 images, reference output of CellProfiler 4.0.6).
  *
  * Tolerance: the reference says 289 nuclei and 22 PH3 objects. The pinned build 5.0.0.dev784 finds
  * 290 nuclei (and 290 cells / cytoplasms) and 22 PH3 objects with the identical final threshold
@@ -10,6 +10,7 @@
  * counts must be within 1% of the reference (289 → 287..291), PH3 exact, the threshold within 1e-6,
  * and the engine's numbers must equal the direct CLI run's exactly.
  */
+import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -22,7 +23,7 @@ import { ImageSetInputError, type EngineImageSet } from '../../activities/engine
 import { CELLPROFILER_BUILD, cellProfilerExecutable } from '../../deploy/local/cellprofiler';
 import { cacheDir } from '../../deploy/local/state';
 
-const DATA = '/work/shared/data/examplehuman';
+const DATA = EXAMPLEHUMAN_DIR;
 const PIPELINE = path.join(DATA, 'ExampleHuman.cppipe');
 const IMAGES = path.join(DATA, 'images');
 const CHANNELS = ['DNA', 'PH3', 'cellbody'] as const;

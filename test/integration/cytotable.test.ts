@@ -17,6 +17,7 @@
  *   per-set folders convert across sets with the stock preset; the last test checks that on real
  *   CellProfiler output.
  */
+import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -29,7 +30,7 @@ import { cacheDir } from '../../deploy/local/state';
 import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const EXAMPLEHUMAN = path.resolve(REPO_ROOT, '..', 'shared', 'data', 'examplehuman');
+const EXAMPLEHUMAN = EXAMPLEHUMAN_DIR;
 const REFERENCE = path.join(EXAMPLEHUMAN, 'reference-output');
 const CONVERT_SCRIPT = path.join(REPO_ROOT, 'test', 'support', 'cytotable_convert.py');
 const SET_KEYS = ['SET-A', 'SET-B'] as const;

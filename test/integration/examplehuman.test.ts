@@ -1,3 +1,4 @@
+import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,7 +18,7 @@ import { readCsvFromS3, requireStack, startWatcher, startWorkers, teardown, uniq
  */
 jest.setTimeout(900_000);
 
-const DATA = path.resolve(__dirname, '..', '..', '..', 'shared', 'data', 'examplehuman');
+const DATA = EXAMPLEHUMAN_DIR;
 const executable = process.env.CPFLOW_CELLPROFILER;
 const skipReason = !fs.existsSync(DATA)
   ? `ExampleHuman data not found at ${DATA}`

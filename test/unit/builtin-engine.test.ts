@@ -1,3 +1,4 @@
+import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
 import { promises as fs, existsSync } from 'fs';
 import os from 'os';
 import path from 'path';
@@ -194,7 +195,7 @@ describe('builtin engine', () => {
   }, 30_000);
 });
 
-const EXAMPLE_HUMAN = '/work/shared/data/examplehuman';
+const EXAMPLE_HUMAN = EXAMPLEHUMAN_DIR;
 (existsSync(EXAMPLE_HUMAN) ? describe : describe.skip)('builtin engine on ExampleHuman', () => {
   it('counts nuclei close to CellProfiler and measures every channel', async () => {
     const images = path.join(EXAMPLE_HUMAN, 'images');

@@ -1,3 +1,4 @@
+import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
 import { promises as fs, existsSync } from 'fs';
 import os from 'os';
 import path from 'path';
@@ -183,7 +184,7 @@ describe('segmentNuclei on the synthetic plate', () => {
   }, 60_000);
 });
 
-const EXAMPLE_HUMAN = '/work/shared/data/examplehuman';
+const EXAMPLE_HUMAN = EXAMPLEHUMAN_DIR;
 const describeExampleHuman = existsSync(EXAMPLE_HUMAN) ? describe : describe.skip;
 
 describeExampleHuman('ExampleHuman (CellProfiler 4.0.6 counted 289 nuclei)', () => {

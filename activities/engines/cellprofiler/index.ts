@@ -59,7 +59,7 @@ import { DEFAULTS } from '../../../core/model';
 import { parseCppipe, PipelineError, type Pipeline } from '../../../core/pipeline/cppipe';
 import { validatePipelineForCpflow } from '../../../core/pipeline/validate';
 import { ImageSetInputError, SHARED_OUTPUTS_DIR, type Engine, type EngineIdentity, type EngineImageSet, type EngineRunInput, type EngineRunResult } from '../types';
-import { classifyFailure, invoke } from './invoke';
+import { classifyFailure, invoke, pipelineLoadFailure } from './invoke';
 import { writeLoadDataCsv } from './load-data';
 import { setFolderName, splitOutputs, type AttemptPaths } from './split-outputs';
 
@@ -157,6 +157,9 @@ async function runCellProfiler(
   const run = await invoke(opts.executable, args, imageSets.length, timeoutMs, input);
 
   const done = await fs.promises.readFile(paths.doneFile, 'utf8').catch(() => undefined);
+  // Checked before the done file: this build says `Complete` after running only the modules it loaded.
+  const loadFailure = pipelineLoadFailure(run, imageSets);
+  if (loadFailure) throw loadFailure;
   if (done?.trim() !== 'Complete') {
     throw classifyFailure(run, done, imageSets);
   }

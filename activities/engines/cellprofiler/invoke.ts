@@ -27,6 +27,11 @@ export interface InvocationResult {
   errorException?: string;
   /** Module whose preparation failed ("Failed to prepare run for module X"): no image set was made. */
   prepareRunModule?: string;
+  /**
+   * CellProfiler could not load the whole pipeline (e.g. a plugin module it does not know). This build
+   * then runs the modules it did load and still reports `Complete`: the run must not count.
+   */
+  pipelineLoadError?: string;
   /** CellProfiler's WARNING lines (first line of each, noise removed, deduplicated). */
   warnings: string[];
 }
@@ -35,6 +40,7 @@ const MODULE_PROGRESS = /Image # (\d+), module (\S+) # (\d+)/;
 const MODULE_ERROR = /Error detected during run of module (\S+)/;
 const EXCEPTION_LINE = /^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): ?(.*)$/;
 const PREPARE_RUN_ERROR = /Failed to prepare run for module (\S+)/;
+const PIPELINE_LOAD_ERROR = /Failed to load pipeline/;
 const WARNING_LINE = /^\[CP - WARNING\] [^:]+::[^:]+: (.+)$/;
 /** Warnings every headless run of this build logs; they say nothing about the pipeline or the images. */
 const WARNING_NOISE = [/MySQL could not be loaded/, /Workspace file list is empty/, /^Multiple definitions of module/];
@@ -67,6 +73,7 @@ export async function invoke(
   const result: InvocationResult = { exitCode: undefined, stderrTail: [], warnings: [] };
   let lastImageNumber: number | undefined;
   let awaitingException = false;
+  let awaitingLoadException = false;
   const consume = (stream: NodeJS.ReadableStream | null) => {
     if (!stream) return Promise.resolve();
     const lines = readline.createInterface({ input: stream, crlfDelay: Infinity });
@@ -83,6 +90,16 @@ export async function invoke(
       const warning = WARNING_LINE.exec(line)?.[1]?.trim();
       if (warning && !WARNING_NOISE.some((n) => n.test(warning)) && !result.warnings.includes(warning)) {
         if (result.warnings.length < DEFAULTS.MAX_WARNINGS_PER_SET) result.warnings.push(warning);
+      }
+      if (PIPELINE_LOAD_ERROR.test(line) && result.pipelineLoadError === undefined) {
+        result.pipelineLoadError = 'CellProfiler could not load the pipeline';
+        awaitingLoadException = true;
+        return;
+      }
+      if (awaitingLoadException && EXCEPTION_LINE.test(line)) {
+        result.pipelineLoadError = `CellProfiler could not load the pipeline: ${line}`;
+        awaitingLoadException = false;
+        return;
       }
       const prepare = PREPARE_RUN_ERROR.exec(line);
       if (prepare && result.prepareRunModule === undefined) {
@@ -141,6 +158,14 @@ function abortError(signal: AbortSignal | undefined): Error {
   const err = new Error('CellProfiler run cancelled');
   err.name = 'AbortError';
   return err;
+}
+
+/** A pipeline CellProfiler could not load: the same for every attempt and every set, so final. */
+export function pipelineLoadFailure(run: InvocationResult, sets: EngineImageSet[]): ImageSetInputError | undefined {
+  if (!run.pipelineLoadError) return undefined;
+  const plugin = /Could not find the (\S+) module/.exec(run.pipelineLoadError);
+  const hint = plugin ? ` (${plugin[1]} is not a module of this CellProfiler: if it is a plugin, set CPFLOW_CELLPROFILER_PLUGINS on the workers)` : '';
+  return new ImageSetInputError(`${run.pipelineLoadError}${hint}`, sets.length === 1 ? sets[0]?.key : undefined);
 }
 
 export function classifyFailure(run: InvocationResult, done: string | undefined, sets: EngineImageSet[]): Error {
