@@ -1,3 +1,4 @@
+import crypto from 'node:crypto';
 import path from 'node:path';
 import { z } from 'zod';
 import {
@@ -182,8 +183,9 @@ export async function prepareManifestChunks(input: PrepareChunksInput): Promise<
       })),
     };
     const firstId = Math.min(...sets.map((s) => s.id));
-    const manifestKey = layout.manifestChunk(e.id, firstId);
-    await s3Store.putBytes(e.bucket, manifestKey, JSON.stringify(manifest), 'application/json');
+    const body = JSON.stringify(manifest);
+    const manifestKey = layout.manifestChunk(e.id, firstId, crypto.createHash('sha256').update(body).digest('hex'));
+    await s3Store.putBytes(e.bucket, manifestKey, body, 'application/json');
     const groups = grouped ? [...new Set(sets.map((s) => s.group_key))] : [];
     chunks.push({
       manifestKey,

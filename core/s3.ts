@@ -241,7 +241,12 @@ export const layout = {
   setPrefix: (experimentId: number, setKey: string, stage = '') => `${stageRoot(experimentId, stage)}sets/${setKey}/`,
   /** Outputs of a whole group (e.g. its illumination function) and the group's provenance.json. */
   groupPrefix: (experimentId: number, groupKey: string, stage = '') => `${stageRoot(experimentId, stage)}groups/${groupKey}/`,
-  manifestChunk: (experimentId: number, chunk: number) =>
-    `cpflow/${experimentId}/manifest/chunk-${String(chunk).padStart(6, '0')}.json`,
+  /**
+   * A chunk manifest, named by its first set id and a digest of its content: a retry writes the same
+   * object again, while a later run over other sets (or changed inputs) gets a new key, so a worker's
+   * manifest cache can never serve an older manifest under the same name.
+   */
+  manifestChunk: (experimentId: number, chunk: number, digest: string) =>
+    `cpflow/${experimentId}/manifest/chunk-${String(chunk).padStart(6, '0')}-${digest.slice(0, 16)}.json`,
   results: (experimentId: number, name: string) => `cpflow/${experimentId}/results/${name}`,
 };

@@ -43,7 +43,14 @@ const PREPARE_RUN_ERROR = /Failed to prepare run for module (\S+)/;
 const PIPELINE_LOAD_ERROR = /Failed to load pipeline/;
 const WARNING_LINE = /^\[CP - WARNING\] [^:]+::[^:]+: (.+)$/;
 /** Warnings every headless run of this build logs; they say nothing about the pipeline or the images. */
-const WARNING_NOISE = [/MySQL could not be loaded/, /Workspace file list is empty/, /^Multiple definitions of module/];
+const WARNING_NOISE: Array<(warning: string) => boolean> = [
+  (w) => /MySQL could not be loaded|Workspace file list is empty|^Multiple definitions of module/.test(w),
+  // Logged whenever an illumination function (.npy) is loaded, even when nothing changes.
+  (w) => {
+    const m = /^Rescale range was (.*), now (.*)$/.exec(w);
+    return m !== null && m[1] === m[2];
+  },
+];
 
 export async function invoke(
   executable: string,
@@ -88,7 +95,7 @@ export async function invoke(
         return;
       }
       const warning = WARNING_LINE.exec(line)?.[1]?.trim();
-      if (warning && !WARNING_NOISE.some((n) => n.test(warning)) && !result.warnings.includes(warning)) {
+      if (warning && !WARNING_NOISE.some((isNoise) => isNoise(warning)) && !result.warnings.includes(warning)) {
         if (result.warnings.length < DEFAULTS.MAX_WARNINGS_PER_SET) result.warnings.push(warning);
       }
       if (PIPELINE_LOAD_ERROR.test(line) && result.pipelineLoadError === undefined) {
