@@ -78,6 +78,13 @@ export async function checkStageWithCellProfiler(
       timeoutMs: DEFAULTS.SUBMIT_CHECK_TIMEOUT_SECONDS * 1000,
     });
 
+    if (inspection.loadError) {
+      const unknown = /Could not find the (\S+) module/.exec(inspection.loadError);
+      throw new StagePlanError(
+        `${stage.label}: CellProfiler cannot load the pipeline: ${inspection.loadError}` +
+          (unknown ? ` (${unknown[1]} is not a CellProfiler module: if it is a plugin, set CPFLOW_CELLPROFILER_PLUGINS to its directory here and on the workers)` : ''),
+      );
+    }
     const said = inspection.logWarnings.length > 0 ? ` (CellProfiler said: ${inspection.logWarnings.join('; ')})` : '';
     for (const m of inspection.modules) {
       if (m.error) throw new StagePlanError(`${stage.label}: CellProfiler rejects ${m.name} (module ${m.num}): ${m.error}`);

@@ -9,6 +9,7 @@ CellProfiler says about the pipeline:
 prints one JSON object on the last line of stdout:
 
     {"modules": [{"num", "name", "enabled", "aggregation", "warning", "error"}],
+     "loadError": str|null,                # a module CellProfiler does not know (a missing plugin)
      "prepareRunError": str|null,          # e.g. rules matching no file
      "imageSets": [{"imageNumber", "groupNumber", "groupIndex", "urls": {name: url}, "metadata": {k: v}}],
      "groupingKeys": [...],
@@ -68,20 +69,25 @@ def main():
     from cellprofiler_core.workspace import Workspace
     from cellprofiler_core.constants.measurement import GROUP_NUMBER, GROUP_INDEX, C_URL, C_OBJECTS_URL
 
-    result = {"modules": [], "prepareRunError": None, "imageSets": [], "groupingKeys": [], "logWarnings": []}
+    result = {"modules": [], "loadError": None, "prepareRunError": None, "imageSets": [], "groupingKeys": [], "logWarnings": []}
     pipeline = Pipeline()
     load_errors = []
 
     def listener(_pipeline, event):
         if isinstance(event, LoadException):
-            load_errors.append(f"{event.module_name if hasattr(event, 'module_name') else 'module'}: {event.error}")
+            load_errors.append(str(event.error))
         if isinstance(event, PrepareRunError):
             result["prepareRunError"] = event.message
 
     pipeline.add_listener(listener)
     pipeline.load(args.pipeline)
     if load_errors:
-        result["prepareRunError"] = "; ".join(load_errors)
+        # CellProfiler runs what it could load and calls that complete: nothing else is worth asking.
+        result["loadError"] = "; ".join(load_errors)
+        result["logWarnings"] = collect.messages
+        sys.stdout.write("\n" + json.dumps(result) + "\n")
+        sys.stdout.flush()
+        return
 
     for module in pipeline.modules(False):
         entry = {

@@ -20,6 +20,7 @@ const inspectionSchema = z.object({
       error: z.string().nullable(),
     }),
   ),
+  loadError: z.string().nullable(),
   prepareRunError: z.string().nullable(),
   imageSets: z.array(
     z.object({
