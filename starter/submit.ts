@@ -149,6 +149,17 @@ async function submitChecked(opts: SubmitOptions): Promise<SubmitResult> {
   if (engine === 'cellprofiler' && stages.some((s) => !s.pipelineText)) throw new SubmitError('--engine cellprofiler needs --pipeline <file.cppipe>');
   if (engine === 'builtin' && stages.length > 1) throw new SubmitError('--experiment: stages run CellProfiler pipelines; use --engine cellprofiler (CPFLOW_CELLPROFILER)');
   const warnings: string[] = [];
+  const batchSize = opts.dispatch?.batchSize ?? DEFAULTS.BATCH_SIZE;
+  for (const stage of stages) {
+    const unrecorded = stage.info?.unrecordedSaves ?? [];
+    if (batchSize > 1 && stage.groupBy.length === 0 && unrecorded.length > 0) {
+      // Said now: such batches cost one wasted invocation before their sets run one by one.
+      warnings.push(
+        `${stage.label}: SaveImages (module ${unrecorded.join(', ')}) does not record its files in the Image table, so in a batch cpflow cannot tell ` +
+          `which set wrote which file: batches whose sets save such files run again set by set (set "Record the file and path information to the saved image?" to Yes, or --batch-size 1)`,
+      );
+    }
+  }
 
   // 2. Files → image sets (every set must have every channel the pipelines need).
   let sources: Source[] = [];
