@@ -193,9 +193,11 @@ describe('cellprofiler engine (real CellProfiler)', () => {
     // Each row points at its own set's input folder (sets A and C share file names).
     expect(new Set([a.PathName_DNA, b.PathName_DNA, c.PathName_DNA]).size).toBe(3);
     // B's overlay has a unique name and is B's; A's and C's overlays collide on one name in the shared
-    // output folder, so neither set gets it (documented in the engine).
+    // output folder, so neither set gets it: it is returned as shared (the activity then reruns the
+    // batch's sets one by one, where every file is the set's own).
     expect(result.sets.find((s) => s.key === 'B-D04')?.files).toContain('AS_09125_050116030001_D04f00d0_Overlay.png');
     expect(result.sets.find((s) => s.key === 'A-D03')?.files.some((f) => f.endsWith('.png'))).toBe(false);
+    expect(result.shared).toEqual(['AS_09125_050116030001_D03f00d0_Overlay.png']);
   });
 
   cpIt('amortises start-up: per-set cost at B=8 vs B=1', async () => {
