@@ -7,7 +7,9 @@ import { layout, s3Store, s3Uri, type ObjectStore } from '../core/s3';
 import { runBatch, kindOf, UnattributedOutputsError } from './analyze-batch';
 import { engineFor, EngineUnavailableError, ImageSetInputError, type Engine, type EngineIdentity, type EngineSelection } from './engines';
 import { createManifestReader, type ChunkManifest, type ManifestReader, type ManifestSet } from './manifest';
+import { countedAnalysis, instrumentedDeps } from './metrics';
 import { groupProvenanceSchema, provenanceSchema, type GroupProvenance, type SetProvenance } from './provenance';
+import { sameEnvironment } from './engines/cellprofiler/environment';
 
 /**
  * analyzeImageSets: the unit of work, one batch of image sets or one whole group. Skips the sets
@@ -32,7 +34,9 @@ export function defaultAnalysisDeps(store: ObjectStore = s3Store): AnalysisDeps 
 }
 
 export function createAnalysisActivities(deps: AnalysisDeps = defaultAnalysisDeps()): AnalysisActivities {
-  return { analyzeImageSets: (input) => analyzeImageSets(deps, input) };
+  // Engine time, bytes moved and set outcomes for Prometheus (metrics.ts).
+  const measured = instrumentedDeps(deps);
+  return { analyzeImageSets: (input) => countedAnalysis(measured, input, () => analyzeImageSets(measured, input)) };
 }
 
 async function analyzeImageSets(deps: AnalysisDeps, input: AnalyzeInput): Promise<ImageSetOutcome[]> {
@@ -188,9 +192,11 @@ async function matchingGroupProvenance(
   };
 }
 
-/** Same engine, same version and the same plugin files (by content). */
+/** Same engine, same version, the same environment (packages, Python) and the same plugin files (by content). */
 function sameEngine(recorded: SetProvenance['engine'], identity: EngineIdentity): boolean {
   if (recorded.name !== identity.name || recorded.version !== identity.version) return false;
+  // Same build in another environment (packages, Python) is not the same work.
+  if (!sameEnvironment(recorded.environment, identity.environment)) return false;
   const a = JSON.stringify(recorded.plugins ?? []);
   const b = JSON.stringify(identity.plugins ?? []);
   return a === b;
@@ -236,7 +242,7 @@ function failedOutcome(manifest: ChunkManifest, set: ManifestSet, attempt: numbe
 }
 
 /** The set's provenance.json, if it proves this exact work was already done. */
-async function matchingProvenance(
+export async function matchingProvenance(
   store: ObjectStore,
   manifest: ChunkManifest,
   set: ManifestSet,

@@ -6,6 +6,9 @@ export const engineIdentitySchema = z.object({
   version: z.string(),
   /** CellProfiler plugins (CPFLOW_CELLPROFILER_PLUGINS): each file with its sha256. */
   plugins: z.array(z.object({ file: z.string(), sha256: z.string() })).optional(),
+  // CellProfiler's environment (build, Python, sha256 of `pip freeze --all`); absent for other
+  // engines and in provenance written before it was recorded.
+  environment: z.object({ build: z.string(), python: z.string(), packagesSha256: z.string() }).optional(),
 });
 
 const inputSchema = z.object({ channel: z.string(), uri: z.string(), size: z.number(), checksum: z.string(), sha256: z.string() });

@@ -3,6 +3,7 @@ import os from 'node:os';
 import { z } from 'zod';
 import { ConfigError } from './errors';
 import * as DEFAULTS from './model/defaults';
+import { temporalSettings, type TemporalSettings } from './temporal-settings';
 
 /**
  * Every setting cpflow reads from the environment, validated in one place so a bad value is reported
@@ -10,10 +11,14 @@ import * as DEFAULTS from './model/defaults';
  */
 const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
 const port = z.coerce.number().int().min(1).max(65535);
+const bool = (fallback: boolean) =>
+  z
+    .enum(['true', 'false', '1', '0'])
+    .default(fallback ? 'true' : 'false')
+    .transform((v) => v === 'true' || v === '1');
 
+/** Temporal's address, namespace and security come from @temporalio/envconfig (temporal-settings.ts). */
 const temporalSchema = z.object({
-  CPFLOW_TEMPORAL_ADDRESS: z.string().regex(/^[^\s:]+:\d+$/, 'expected host:port').default(DEFAULTS.TEMPORAL_ADDRESS),
-  CPFLOW_TEMPORAL_NAMESPACE: z.string().min(1).default(DEFAULTS.TEMPORAL_NAMESPACE),
   CPFLOW_TEMPORAL_UI_URL: z.string().url().optional(),
 });
 
@@ -27,18 +32,28 @@ const dbSchema = z.object({
     .regex(/^[A-Za-z0-9_]+$/, 'letters, digits and _ only')
     .default(DEFAULTS.DB_NAME),
   CPFLOW_DB_POOL_SIZE: positiveInt(DEFAULTS.DB_POOL_SIZE),
+  /** TLS to MariaDB; also on whenever a CA or client certificate is given. */
+  CPFLOW_DB_TLS: bool(false),
+  /** PEM file of the CA that signed the server's certificate (default: the system's CAs). */
+  CPFLOW_DB_TLS_CA: z.string().min(1).optional(),
+  /** PEM client certificate and key, for accounts that REQUIRE X509. */
+  CPFLOW_DB_TLS_CERT: z.string().min(1).optional(),
+  CPFLOW_DB_TLS_KEY: z.string().min(1).optional(),
+  /** Check the server's certificate and that it names CPFLOW_DB_HOST. Turn off only for a throwaway server. */
+  CPFLOW_DB_TLS_VERIFY_SERVER: bool(true),
 });
 
 const s3Schema = z.object({
   CPFLOW_S3_ENDPOINT: z.string().url().optional(),
-  CPFLOW_S3_REGION: z.string().min(1).default(DEFAULTS.S3_REGION),
+  /** Unset: the AWS SDK's chain (AWS_REGION, the profile's region), else us-east-1 for a custom endpoint. */
+  CPFLOW_S3_REGION: z.string().min(1).optional(),
+  /** Unset: the AWS SDK's credential chain (environment, profile, web identity, instance/pod role). */
   CPFLOW_S3_ACCESS_KEY: z.string().min(1).optional(),
   CPFLOW_S3_SECRET_KEY: z.string().min(1).optional(),
+  /** PEM file of the CA that signed an HTTPS endpoint's certificate (a private MinIO). */
+  CPFLOW_S3_TLS_CA: z.string().min(1).optional(),
   /** MinIO and most on-premise S3 need path-style addressing. */
-  CPFLOW_S3_FORCE_PATH_STYLE: z
-    .enum(['true', 'false'])
-    .default('true')
-    .transform((v) => v === 'true'),
+  CPFLOW_S3_FORCE_PATH_STYLE: bool(true),
 });
 
 const workerSchema = z.object({
@@ -63,11 +78,21 @@ const workerSchema = z.object({
   CPFLOW_WORK_DIR: z.string().min(1).default(os.tmpdir()),
   /** Benchmarks only: `noop` replaces every engine on this worker with one that writes tables without analysis. */
   CPFLOW_ENGINE_OVERRIDE: z.preprocess((v) => (v === '' ? undefined : v), z.enum(['noop']).optional()),
-  /** When set, workers serve Temporal SDK metrics for Prometheus on this port (0.0.0.0). */
+  /** When set, workers serve Temporal SDK metrics and cpflow's own for Prometheus on this port (0.0.0.0). */
   CPFLOW_METRICS_PORT: port.optional(),
+  /** When set, workers and the starter serve /healthz and /readyz on this port (0.0.0.0), for probes. */
+  CPFLOW_HEALTH_PORT: port.optional(),
 });
 
-export type TemporalConfig = z.infer<typeof temporalSchema>;
+/** Every environment variable these schemas read (deploy/k8s is checked against it, with temporal-settings' and tracing's). */
+export const SETTING_NAMES: readonly string[] = [temporalSchema, dbSchema, s3Schema, workerSchema].flatMap((schema) => Object.keys(schema.shape));
+
+export type TemporalConfig = z.infer<typeof temporalSchema> & {
+  /** Resolved from TEMPORAL_ADDRESS / CPFLOW_TEMPORAL_ADDRESS / the TOML profile. */
+  CPFLOW_TEMPORAL_ADDRESS: string;
+  CPFLOW_TEMPORAL_NAMESPACE: string;
+  settings: TemporalSettings;
+};
 export type DbConfig = z.infer<typeof dbSchema>;
 export type S3Config = z.infer<typeof s3Schema>;
 export type WorkerConfig = z.infer<typeof workerSchema>;
@@ -85,7 +110,10 @@ function parse<T extends z.ZodTypeAny>(schema: T, env: NodeJS.ProcessEnv): z.inf
   throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
 }
 
-export const temporalConfig = (env = process.env): TemporalConfig => parse(temporalSchema, env);
+export function temporalConfig(env = process.env): TemporalConfig {
+  const settings = temporalSettings(env);
+  return { ...parse(temporalSchema, env), CPFLOW_TEMPORAL_ADDRESS: settings.address, CPFLOW_TEMPORAL_NAMESPACE: settings.namespace, settings };
+}
 export const dbConfig = (env = process.env): DbConfig => parse(dbSchema, env);
 export const s3Config = (env = process.env): S3Config => parse(s3Schema, env);
 export const workerConfig = (env = process.env): WorkerConfig => parse(workerSchema, env);

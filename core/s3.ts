@@ -1,5 +1,6 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import https from 'node:https';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import {
@@ -14,25 +15,47 @@ import {
   S3ServiceException,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { s3Config, type S3Config } from './config';
-
-// Node 20 is this project's floor (it is what the lab machines run); the SDK's notice about its future
-// Node 22 requirement would otherwise print on every command.
-process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+import { ConfigError, s3Config, type S3Config } from './config';
+import * as DEFAULTS from './model/defaults';
 
 /** Object storage helpers. Everything is addressed as `s3://bucket/key` URIs in the database and payloads. */
 
 let sharedClient: S3Client | undefined;
 
+/**
+ * The region: CPFLOW_S3_REGION, else whatever the AWS SDK's own chain finds (AWS_REGION, the shared
+ * config's profile), else — for a custom endpoint such as MinIO, which ignores regions — us-east-1.
+ */
+async function resolveRegion(config: S3Config): Promise<string> {
+  if (config.CPFLOW_S3_REGION) return config.CPFLOW_S3_REGION;
+  try {
+    return await new S3Client({}).config.region();
+  } catch (err) {
+    if (config.CPFLOW_S3_ENDPOINT) return DEFAULTS.S3_REGION;
+    throw new ConfigError(`no S3 region: set CPFLOW_S3_REGION or AWS_REGION (${err instanceof Error ? err.message : String(err)})`);
+  }
+}
+
+function readCa(file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new ConfigError(`invalid configuration: CPFLOW_S3_TLS_CA=${JSON.stringify(file)}: ${(err as Error).message}`);
+  }
+}
+
 export function createS3Client(config: S3Config = s3Config()): S3Client {
   return new S3Client({
     endpoint: config.CPFLOW_S3_ENDPOINT,
-    region: config.CPFLOW_S3_REGION,
+    region: () => resolveRegion(config),
     forcePathStyle: config.CPFLOW_S3_FORCE_PATH_STYLE,
+    // Unset keys leave credentials to the SDK's chain: environment, profile, web identity, pod or instance role.
     credentials:
       config.CPFLOW_S3_ACCESS_KEY && config.CPFLOW_S3_SECRET_KEY
         ? { accessKeyId: config.CPFLOW_S3_ACCESS_KEY, secretAccessKey: config.CPFLOW_S3_SECRET_KEY }
         : undefined,
+    // A private CA for an HTTPS endpoint (the secure local stack's MinIO); the system's CAs otherwise.
+    requestHandler: config.CPFLOW_S3_TLS_CA ? { httpsAgent: new https.Agent({ ca: readCa(config.CPFLOW_S3_TLS_CA), keepAlive: true }) } : undefined,
     // The SDK's own retry (exponential backoff with jitter) covers 5xx and SlowDown; Temporal retries the rest.
     maxAttempts: 5,
   });

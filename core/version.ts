@@ -15,7 +15,7 @@ export function gitCommit(): string {
   if (!process.env.CPFLOW_GIT_COMMIT) {
     try {
       commit = execFileSync('git', ['rev-parse', 'HEAD'], {
-        cwd: path.join(__dirname, '..', '..'),
+        cwd: path.join(__dirname, '..'),
         stdio: ['ignore', 'pipe', 'ignore'],
         timeout: 5000,
       })

@@ -1,4 +1,5 @@
-import { Command } from 'commander';
+#!/usr/bin/env node
+import { Command, type Command as CommandType } from 'commander';
 import { z } from 'zod';
 import { closeDb } from '../core/db';
 import { ConfigError, describeError as describe, UsageError } from '../core/errors';
@@ -7,6 +8,7 @@ import { GroupingError } from '../core/grouping';
 import { LoadDataError } from '../core/load-data';
 import { PipelineError } from '../core/pipeline/cppipe';
 import { s3Endpoint } from '../core/s3';
+import { CPFLOW_VERSION, gitCommit } from '../core/version';
 import { registerAnalyzeLocal } from './commands/analyze-local';
 import { registerControl } from './commands/control';
 import { registerDoctor } from './commands/doctor';
@@ -15,13 +17,21 @@ import { registerSubmit } from './commands/submit';
 import { registerWatch } from './commands/watch';
 import { SubmitError } from './submit';
 
-/** `cpflow`: the starter CLI. Every failure ends in one line naming what is wrong and a non-zero exit. */
+/**
+ * `cpflow`: the starter CLI. Every failure ends in one line naming what is wrong and a non-zero exit:
+ * 2 for bad arguments, settings or input (commander's own errors included), 1 for everything else.
+ * With `--json` (every command has it) stdout carries one JSON document, the result or
+ * `{"error": {"message", "kind", "exitCode"}}`, and nothing else.
+ */
+
+/** `cpflow 0.1.0 (commit abc123…)`: the same version provenance.json records. */
+export const versionLine = (): string => `cpflow ${CPFLOW_VERSION} (commit ${gitCommit()})`;
 
 const program = new Command()
   .name('cpflow')
   .description('Durable CellProfiler runs on Temporal, MariaDB and S3')
+  .version(versionLine(), '-V, --version', 'print the version and exit')
   .showHelpAfterError(false)
-  .configureOutput({ writeErr: (s) => process.stderr.write(s) })
   .exitOverride();
 
 registerSubmit(program);
@@ -31,6 +41,17 @@ registerControl(program);
 registerDoctor(program);
 registerAnalyzeLocal(program);
 
+/** Every command accepts --json and reports its own usage errors through exitOverride. */
+function conventions(command: CommandType, json: boolean): void {
+  for (const sub of command.commands) {
+    sub.exitOverride();
+    if (!sub.options.some((option) => option.long === '--json')) sub.option('--json', 'machine-readable output', false);
+    // In JSON mode commander's own messages would break the one-document contract: main() reports them.
+    sub.configureOutput({ writeErr: (text) => (json ? undefined : process.stderr.write(text)) });
+    conventions(sub, json);
+  }
+}
+
 /** One line for any failure; services are named with where they were looked for. */
 export function describeError(err: unknown): string {
   if (err instanceof z.ZodError) return err.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
@@ -39,16 +60,30 @@ export function describeError(err: unknown): string {
 
 const USAGE_ERRORS = [UsageError, ConfigError, GroupingError, PipelineError, SubmitError, LoadDataError, ExperimentFileError];
 
+function reportError(json: boolean, kind: string, message: string, exitCode: number): number {
+  if (json) console.log(JSON.stringify({ error: { message, kind, exitCode } }, null, 2));
+  else console.error(`cpflow: ${message}`);
+  return exitCode;
+}
+
 async function main(argv: string[]): Promise<number> {
+  const json = argv.slice(2).includes('--json');
+  program.configureOutput({ writeErr: (text) => (json ? undefined : process.stderr.write(text)) });
+  conventions(program, json);
   try {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
-    const e = err as { code?: string; exitCode?: number };
+    const e = err as { code?: string; exitCode?: number; message?: string };
     if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
-    if (typeof e.code === 'string' && e.code.startsWith('commander.')) return e.exitCode ?? 2; // commander printed it
-    console.error(`cpflow: ${describeError(err)}`);
-    return USAGE_ERRORS.some((type) => err instanceof type) ? 2 : 1;
+    if (typeof e.code === 'string' && e.code.startsWith('commander.')) {
+      // Unknown command or option, missing argument, bad value: a usage error (commander printed it in text mode).
+      const message = (e.message ?? 'invalid arguments').replace(/^error: /, '');
+      return json ? reportError(true, 'usage', message, 2) : 2;
+    }
+    const usage = USAGE_ERRORS.some((type) => err instanceof type);
+    const kind = usage ? (err instanceof ConfigError ? 'config' : 'usage') : err instanceof Error ? err.name : 'error';
+    return reportError(json, kind, describeError(err), usage ? 2 : 1);
   } finally {
     await closeDb().catch(() => undefined);
   }

@@ -124,11 +124,14 @@ export class Watcher {
   }
 
   /** Poll until `signal` aborts. Errors of one pass are reported and the next pass tries again. */
-  async run(intervalMs: number, signal: AbortSignal, onError: (err: unknown) => void): Promise<void> {
+  /** Tick until aborted; `onTick` hears whether each pass worked (the health endpoint's readiness). */
+  async run(intervalMs: number, signal: AbortSignal, onError: (err: unknown) => void, onTick?: (ok: boolean) => void): Promise<void> {
     while (!signal.aborted) {
       try {
         await this.tick();
+        onTick?.(true);
       } catch (err) {
+        onTick?.(false);
         onError(err);
       }
       await new Promise<void>((resolve) => {

@@ -35,6 +35,7 @@ async function main(): Promise<number> {
     }
   }
   ensureChromium();
+  ensureTini();
   // Workers load the pre-built workflow bundle; build it once here when the sources changed.
   await ensureWorkflowBundle((line) => console.log(line));
   console.log(`local stack ready in ${((Date.now() - started) / 1000).toFixed(1)} s`);
@@ -59,6 +60,18 @@ function ensureChromium(): void {
   if (apt(['install', '-y', '--no-install-recommends', 'chromium']) !== 0) {
     apt(['update']);
     apt(['install', '-y', '--no-install-recommends', 'chromium']);
+  }
+}
+
+/** The image's PID 1 (tini): the runtime-command test runs each role under it, as the image does. */
+function ensureTini(): void {
+  if (fs.existsSync('/usr/bin/tini') || process.getuid?.() !== 0) return;
+  console.log('installing Debian tini for the runtime-command test…');
+  const apt = (args: string[]): number | null =>
+    spawnSync('apt-get', ['-o', 'DPkg::Lock::Timeout=600', ...args], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } }).status;
+  if (apt(['install', '-y', '--no-install-recommends', 'tini']) !== 0) {
+    apt(['update']);
+    apt(['install', '-y', '--no-install-recommends', 'tini']);
   }
 }
 

@@ -1,10 +1,20 @@
+import {
+  OpenTelemetryActivityInboundInterceptor,
+  OpenTelemetryActivityOutboundInterceptor,
+  makeWorkflowExporter,
+} from '@temporalio/interceptors-opentelemetry';
 import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { analysisActivities, controlActivities, reduceActivities } from '../activities';
 import { configuredCellProfiler } from '../core/cellprofiler';
 import { temporalConfig, workerConfig } from '../core/config';
 import { closeDb } from '../core/db';
 import { TemporalUnavailableError } from '../core/errors';
+import { startHealthServer, type HealthServer } from '../core/health';
+import { describeTemporal, temporalConnectionOptions } from '../core/temporal-settings';
+import { activeTracing, startTracing, stopTracing } from '../core/tracing';
+import { CPFLOW_VERSION } from '../core/version';
 import { ANALYSIS_QUEUES, DEFAULTS, TASK_QUEUES } from '../core/model';
+import { pollQueueBacklog } from './backlog';
 import { workflowBundlePath } from './workflow-bundle';
 
 /**
@@ -31,6 +41,7 @@ export function workerOptions(pool: PoolName): Array<Omit<WorkerOptions, 'connec
     shutdownGraceTime: `${cfg.CPFLOW_SHUTDOWN_GRACE_SECONDS}s` as const,
     // Heartbeats (and so cancellation requests) reach the server within 2 s, not 80% of the timeout.
     maxHeartbeatThrottleInterval: '2s' as const,
+    ...tracingOptions(),
   };
   switch (pool) {
     case 'workflow':
@@ -62,13 +73,29 @@ export function workerOptions(pool: PoolName): Array<Omit<WorkerOptions, 'connec
   }
 }
 
+/** The worker's connection, with the same address, namespace, TLS/mTLS and API key as every client. */
 export async function connectWorker(): Promise<NativeConnection> {
-  const { CPFLOW_TEMPORAL_ADDRESS: address } = temporalConfig();
+  const { settings } = temporalConfig();
   try {
-    return await NativeConnection.connect({ address });
+    return await NativeConnection.connect(temporalConnectionOptions(settings));
   } catch (err) {
-    throw new TemporalUnavailableError(address, err);
+    throw new TemporalUnavailableError(settings.address, err);
   }
+}
+
+/**
+ * OpenTelemetry for a worker: activity spans (children of the workflow's) and the sink through which
+ * the bundle's workflow interceptors export their spans; a sink that drops them when tracing is off.
+ */
+function tracingOptions(): Pick<WorkerOptions, 'interceptors' | 'sinks'> {
+  const tracing = activeTracing();
+  if (!tracing) return { sinks: { exporter: { export: { fn: () => undefined } } } };
+  return {
+    interceptors: {
+      activity: [(ctx) => ({ inbound: new OpenTelemetryActivityInboundInterceptor(ctx), outbound: new OpenTelemetryActivityOutboundInterceptor(ctx) })],
+    },
+    sinks: { exporter: makeWorkflowExporter(tracing.processor, tracing.resource) },
+  };
 }
 
 /**
@@ -77,21 +104,45 @@ export async function connectWorker(): Promise<NativeConnection> {
  * terminationGracePeriodSeconds should be a little longer).
  */
 export async function runPools(pools: PoolName[]): Promise<void> {
-  const metricsPort = workerConfig().CPFLOW_METRICS_PORT;
+  const { CPFLOW_METRICS_PORT: metricsPort, CPFLOW_HEALTH_PORT: healthPort } = workerConfig();
+  const { settings } = temporalConfig();
   Runtime.install({
     shutdownSignals: ['SIGTERM', 'SIGINT'],
-    // Task-queue latencies, slot usage and activity outcomes for Prometheus (and for autoscaling).
+    // Task-queue latencies, slot usage and activity outcomes for Prometheus (and for autoscaling), and
+    // cpflow's own (activities/metrics.ts, backlog.ts) on the same endpoint.
     telemetryOptions: metricsPort ? { metrics: { prometheus: { bindAddress: `0.0.0.0:${metricsPort}` } } } : undefined,
   });
+  startTracing('cpflow-worker');
+  const health: HealthServer | undefined = healthPort ? await startHealthServer(healthPort, `cpflow worker (${pools.join(', ')})`) : undefined;
   const connection = await connectWorker();
+  let stopBacklog: (() => void) | undefined;
+  let watchState: NodeJS.Timeout | undefined;
   try {
+    // The analysis pool may poll two queues (one per engine): one Worker each.
     const options = pools.flatMap((p) => workerOptions(p));
     const workers = await Promise.all(options.map((o) => Worker.create({ connection, ...o })));
-    console.log(`cpflow workers running: ${pools.join(', ')} (pid ${process.pid}; queues ${options.map((o) => o.taskQueue).join(', ')})`);
-    await Promise.all(workers.map((w) => w.run()));
+    if (metricsPort && pools.includes('workflow')) stopBacklog = pollQueueBacklog(connection, settings.namespace, (line) => console.warn(`cpflow worker: ${line}`));
+    const running = Promise.all(workers.map((w) => w.run()));
+    // Ready while every pool polls; not ready from the moment a shutdown begins.
+    const updateHealth = () => {
+      const states = workers.map((w) => w.getState());
+      health?.setReady(states.every((state) => state === 'RUNNING'), options.map((o, i) => `${o.taskQueue} ${states[i]}`).join(', '));
+    };
+    updateHealth();
+    watchState = setInterval(updateHealth, 1000);
+    watchState.unref();
+    console.log(
+      `cpflow workers running: ${pools.join(', ')} (pid ${process.pid}; queues ${options.map((o) => o.taskQueue).join(', ')}; cpflow ${CPFLOW_VERSION}, Temporal ${describeTemporal(settings)})`,
+    );
+    await running;
   } finally {
+    if (watchState) clearInterval(watchState);
+    health?.setReady(false, 'stopped');
+    stopBacklog?.();
     await connection.close();
     await closeDb();
+    await stopTracing();
+    await health?.close();
   }
 }
 

@@ -4,6 +4,9 @@ import path from 'node:path';
 import { bundleWorkflowCode } from '@temporalio/worker';
 import { z } from 'zod';
 
+/** OpenTelemetry's workflow interceptors (trace context from the starter through to every activity). */
+const OTEL_WORKFLOW_INTERCEPTORS = require.resolve('@temporalio/interceptors-opentelemetry/lib/workflow-interceptors');
+
 /**
  * The workflow code, bundled once ahead of time (as the Temporal samples' `production` does) rather
  * than by every worker at start-up. `npm run build` writes it; `npm test`, the demo and
@@ -11,7 +14,8 @@ import { z } from 'zod';
  * and refuses a bundle that no longer matches the workflow sources beside it.
  */
 
-const ROOT = path.resolve(__dirname, '..');
+/** The package root, also when this file runs compiled from dist/workers/ (the image, the npm package). */
+const ROOT = path.basename(path.resolve(__dirname, '..')) === 'dist' ? path.resolve(__dirname, '..', '..') : path.resolve(__dirname, '..');
 /** Sources that end up in the bundle (workflow code and the model it imports) plus the locked dependencies. */
 const SOURCE_ROOTS = ['workflows', path.join('core', 'model')];
 export const WORKFLOW_BUNDLE = path.join(ROOT, 'dist', 'workflow-bundle.js');
@@ -60,6 +64,8 @@ export async function buildWorkflowBundle(log: (line: string) => void = () => un
   const started = Date.now();
   const { code } = await bundleWorkflowCode({
     workflowsPath: require.resolve('../workflows'),
+    // Always in the bundle; the worker gives them a no-op span sink unless tracing is on (run.ts).
+    workflowInterceptorModules: [OTEL_WORKFLOW_INTERCEPTORS],
     logger: { log: () => undefined, info: () => undefined, warn: (m) => log(m), error: (m) => log(m), debug: () => undefined, trace: () => undefined },
   });
   await fs.promises.mkdir(path.dirname(WORKFLOW_BUNDLE), { recursive: true });

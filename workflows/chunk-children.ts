@@ -151,9 +151,11 @@ export class ChunkChildren {
         partition.exhausted = true;
         continue;
       }
-      partition.afterSetId = prepared.cursor.afterSetId;
-      partition.afterGroup = prepared.cursor.afterGroup;
-      for (const chunk of prepared.chunks) this.start(chunk, prepared.chunks.length);
+      // A manifest activity that predates stages answers without a cursor: its last chunk is the cursor.
+      const last = prepared.chunks[prepared.chunks.length - 1];
+      partition.afterSetId = prepared.cursor?.afterSetId ?? last?.lastSetId ?? partition.afterSetId;
+      partition.afterGroup = prepared.cursor?.afterGroup ?? partition.afterGroup;
+      for (const chunk of prepared.chunks) this.start({ ...chunk, stage: chunk.stage ?? partition.stage }, prepared.chunks.length);
       this.run.show();
     }
   }

@@ -52,6 +52,31 @@ export const freshCarriedState = (): CarriedState => ({
   recentFailures: [],
 });
 
+/**
+ * The carried state of a run started by an earlier cpflow (before stages): it had one paging cursor,
+ * `afterSetId`, and no partitions. Such a run continues as the one partition of a plain experiment.
+ */
+export function normalizeCarried(carried: Partial<CarriedState> & { afterSetId?: number }): CarriedState {
+  const fresh = freshCarriedState();
+  const { afterSetId, ...rest } = carried;
+  const state: CarriedState = { ...fresh, ...rest };
+  if (!carried.partitions) {
+    state.partitions = [{ stage: '', partition: '', afterSetId: afterSetId ?? 0, afterGroup: '', exhausted: false }];
+    state.initialised = true;
+  }
+  return state;
+}
+
+/** A plan from a worker that predates stages has neither: it is a plain, one-stage experiment. */
+export function withStageDefaults(plan: ExperimentPlan): ExperimentPlan {
+  const legacy = plan as Partial<Pick<ExperimentPlan, 'stages' | 'partitions'>> & ExperimentPlan;
+  return {
+    ...plan,
+    stages: legacy.stages ?? [{ name: '', grouped: false, dependents: [] }],
+    partitions: legacy.partitions ?? [],
+  };
+}
+
 export const partitionId = (stage: string, partition: string): string => `${stage}\n${partition}`;
 
 /**

@@ -2,7 +2,7 @@ import { CancellationScope, condition, continueAsNew, isCancellation, setHandler
 import { DEFAULTS, finalStatus, type ExperimentPlan, type ExperimentProgress, type GroupFinished } from '../core/model';
 import { control, reduce } from './activities-proxy';
 import { ChunkChildren } from './chunk-children';
-import { ExperimentRun, freshCarriedState, type CarriedState } from './experiment-run';
+import { ExperimentRun, freshCarriedState, normalizeCarried, withStageDefaults, type CarriedState } from './experiment-run';
 import { groupFinishedSignal, imageSetsAddedSignal, progressQuery, sealedSignal } from './progress';
 
 export interface ExperimentWorkflowInput {
@@ -23,7 +23,7 @@ export interface ExperimentWorkflowInput {
  * engine, stages, dispatch settings) comes from the plan activity, read once per run.
  */
 export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promise<ExperimentProgress> {
-  const run = new ExperimentRun(input.experimentId, input.carried ?? freshCarriedState(), input.searchAttributes !== false);
+  const run = new ExperimentRun(input.experimentId, input.carried ? normalizeCarried(input.carried) : freshCarriedState(), input.searchAttributes !== false);
   const historyBudget = input.historyEventsBudget ?? DEFAULTS.HISTORY_EVENTS_BUDGET;
   let newSetsHint = false;
   // Handlers first, so no query or signal is missed while the plan is read.
@@ -44,7 +44,7 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
     else early.push(g);
   });
 
-  const plan = await control.loadExperimentPlan(input.experimentId);
+  const plan = withStageDefaults(await control.loadExperimentPlan(input.experimentId));
   run.plan = plan;
   if (!input.carried) run.carried.sealed = plan.sealed;
   const chunks = new ChunkChildren(run, plan);

@@ -94,6 +94,18 @@ export interface EngineIdentity {
   version: string;
   /** Plugin files the engine loads (CellProfiler's plugins directory), each with its sha256. */
   plugins?: Array<{ file: string; sha256: string }>;
+  /** What the engine runs in, where that can change its results (CellProfiler's venv). */
+  environment?: EngineEnvironment;
+}
+
+/** A CellProfiler installation: build, Python and the installed package set. */
+export interface EngineEnvironment {
+  /** CellProfiler's `--version`. */
+  build: string;
+  /** Python version of the interpreter, e.g. `3.9.18`. */
+  python: string;
+  /** sha256 of the sorted `pip freeze --all` lines. */
+  packagesSha256: string;
 }
 
 /**
@@ -108,6 +120,25 @@ export class ImageSetInputError extends Error {
   ) {
     super(message);
     this.name = 'ImageSetInputError';
+  }
+}
+
+/**
+ * A deterministic pipeline failure: a module raised an exception, or the pipeline made no image set
+ * from the files. The same input fails the same way on every attempt, so it is final for the set (an
+ * ImageSetInputError, hence never retried), and it names the module and the exception.
+ */
+export class PipelineRunError extends ImageSetInputError {
+  constructor(
+    message: string,
+    setKey: string | undefined,
+    /** The module that raised, e.g. `ClassifyObjects`; undefined when no module was running. */
+    readonly moduleName?: string,
+    /** The exception line, e.g. `AttributeError: module 'matplotlib.cm' has no attribute 'get_cmap'`. */
+    readonly exception?: string,
+  ) {
+    super(message, setKey);
+    this.name = 'PipelineRunError';
   }
 }
 

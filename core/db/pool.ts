@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as mariadb from 'mariadb';
 import { dbConfig, type DbConfig } from '../config';
-import { DatabaseUnavailableError } from '../errors';
+import { ConfigError, DatabaseUnavailableError } from '../errors';
 
 /**
  * MariaDB access: one pool per process, versioned migrations applied on first use, parameterised
@@ -18,8 +18,36 @@ const MIGRATION_LOCK = 'cpflow_schema_migration';
 
 let sharedPool: { pool: Db; ready: Promise<void> } | undefined;
 
+function readPem(variable: string, file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new ConfigError(`invalid configuration: ${variable}=${JSON.stringify(file)}: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * TLS options for the connector (Node's tls.connect options), or undefined for plaintext. TLS is on when
+ * CPFLOW_DB_TLS=true or any certificate is given; the server's certificate is verified (and must name
+ * CPFLOW_DB_HOST) unless CPFLOW_DB_TLS_VERIFY_SERVER=false.
+ */
+export function dbTlsOptions(config: DbConfig): mariadb.PoolConfig['ssl'] {
+  const enabled = config.CPFLOW_DB_TLS || Boolean(config.CPFLOW_DB_TLS_CA || config.CPFLOW_DB_TLS_CERT || config.CPFLOW_DB_TLS_KEY);
+  if (!enabled) return undefined;
+  if (Boolean(config.CPFLOW_DB_TLS_CERT) !== Boolean(config.CPFLOW_DB_TLS_KEY)) {
+    throw new ConfigError('invalid configuration: CPFLOW_DB_TLS_CERT and CPFLOW_DB_TLS_KEY go together (a client certificate and its key)');
+  }
+  return {
+    ca: config.CPFLOW_DB_TLS_CA ? readPem('CPFLOW_DB_TLS_CA', config.CPFLOW_DB_TLS_CA) : undefined,
+    cert: config.CPFLOW_DB_TLS_CERT ? readPem('CPFLOW_DB_TLS_CERT', config.CPFLOW_DB_TLS_CERT) : undefined,
+    key: config.CPFLOW_DB_TLS_KEY ? readPem('CPFLOW_DB_TLS_KEY', config.CPFLOW_DB_TLS_KEY) : undefined,
+    rejectUnauthorized: config.CPFLOW_DB_TLS_VERIFY_SERVER,
+  };
+}
+
 export function createPool(config: DbConfig = dbConfig()): Db {
   return mariadb.createPool({
+    ssl: dbTlsOptions(config),
     host: config.CPFLOW_DB_HOST,
     port: config.CPFLOW_DB_PORT,
     user: config.CPFLOW_DB_USER,

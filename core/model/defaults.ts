@@ -86,7 +86,10 @@ export const DB_PORT = 3306;
 export const DB_USER = 'cpflow';
 /** MariaDB database. `CPFLOW_DB_NAME`. */
 export const DB_NAME = 'cpflow';
-/** S3 region. `CPFLOW_S3_REGION`. */
+/**
+ * S3 region used only when CPFLOW_S3_REGION is unset, the AWS SDK's chain (AWS_REGION, profile) finds
+ * none, and a custom endpoint (MinIO) is configured, which ignores regions. `CPFLOW_S3_REGION`.
+ */
 export const S3_REGION = 'us-east-1';
 
 // ---------------------------------------------------------------------------------------------
@@ -98,6 +101,14 @@ export const UPLOAD_CONCURRENCY = 8;
 export const REDUCE_READ_CONCURRENCY = 8;
 /** Image sets `cpflow analyze-local` runs at once. Unit: image sets. `-j`. */
 export const LOCAL_JOBS = 2;
+
+// ---------------------------------------------------------------------------------------------
+// Production operations: health, metrics, connections (see deploy/k8s/README.md).
+
+/** How often a workflow-pool process reads the task queues' backlog for `cpflow_task_queue_backlog`. Unit: milliseconds. */
+export const BACKLOG_POLL_MS = 15_000;
+/** How long a client waits for Temporal to answer a first connection. Unit: Temporal duration. */
+export const TEMPORAL_CONNECT_TIMEOUT = '5s';
 
 // ---------------------------------------------------------------------------------------------
 // Groups, stages, LoadData and plugins (issue 13: production-shaped CellProfiler runs).

@@ -1,22 +1,38 @@
 /**
  * Installs CellProfiler 5 headless into `<cacheDir>/cellprofiler-venv`, pinned to one build.
  *
- * How (worked out by reading the wheels' METADATA and installing into a scratch venv on Python 3.11):
- * 1. `cellprofiler-library-nightly` and `cellprofiler-core-nightly` at CELLPROFILER_BUILD together
+ * How (worked out from the wheels' METADATA, the installed sources and runs of every module):
+ * 1. A Python the build supports: 3.9, the only version its four packages declare, or 3.10 (same
+ *    outputs); 3.11+ is refused because it mis-names measurements (cellprofiler-python.ts).
+ * 2. `cellprofiler-library-nightly` and `cellprofiler-core-nightly` at CELLPROFILER_BUILD together
  *    with every runtime dependency, all pinned (RUNTIME_PINS is the complete working set, so pip
  *    resolves nothing on its own and every install is the same).
- * 2. `cellprofiler-nightly==CELLPROFILER_BUILD --no-deps`: its hard requirements wxPython (GUI) and
+ * 3. `cellprofiler-nightly==CELLPROFILER_BUILD --no-deps`: its hard requirements wxPython (GUI) and
  *    mysqlclient (ExportToDatabase with MySQL) do not build here and are not needed headless; its
  *    other requirements are in RUNTIME_PINS. `pip check` then reports exactly those two as missing.
- * 3. Verification: `cellprofiler --version` and a real headless run of a tiny pipeline on a
- *    synthetic image with four blobs (`Count_Nuclei` must be 4).
+ * 4. Verification, all of which must pass before the venv is marked installed:
+ *    - `cellprofiler --version` and a tiny headless run (four blobs, `Count_Blobs` must be 4);
+ *    - python/module_inventory.py: every one of the build's 91 modules imports, instantiates and
+ *      survives a save/load round trip headless;
+ *    - python/api_audit.py: no library API the sources call is missing from the installed packages;
+ *    - the module-coverage pipeline (module-coverage.ts): 30 modules run on generated images and
+ *      produce what they should; a failure names the first module that broke.
  *
- * Python 3.11 notes (upstream tests 3.9 only):
- * - scipy must stay < 1.11 (cellprofiler-core/library require it); 1.10.1 is the last such release and
- *   has cp311 wheels.
- * - scikit-image 0.25+ needs scipy ≥ 1.11, so 0.24.0 is the newest that fits.
- * - numpy < 2 is required; 1.26.4 has cp311 wheels.
- * - docutils is pinned to 0.15.2 as cellprofiler-nightly asks (it is pure Python and imports fine).
+ * Upper bounds the sources force (CellProfiler's own requirements leave them open; the newest
+ * releases break modules at run time, after import, so only running them shows it):
+ * - matplotlib < 3.9 (3.8.4): `matplotlib.cm.get_cmap`, removed in 3.9, is called by ClassifyObjects
+ *   (classifyobjects.py:1447), DisplayDataOnImage (displaydataonimage.py:423, 513),
+ *   MeasureObjectNeighbors (measureobjectneighbors.py:596), MeasureObjectSkeleton (:460),
+ *   TrackObjects (trackobjects.py:1389), cellprofiler_core/utilities/core/object.py:70 and
+ *   cellprofiler_library/functions/image_processing.py:814, object_processing.py:1040.
+ * - tifffile < 2025.2.18 (2024.8.30): SaveImages writes TIFFs with `compression=(8, 6)`
+ *   (saveimages.py:790, the default "lossless compression"); tifffile 2025.2.18 made that tuple an
+ *   error.
+ * - zarr < 3 (2.18.2): the OME-Zarr reader uses `zarr.storage.FSStore` (readers/ngff_reader.py:58),
+ *   which zarr 3 removed.
+ * - numpy < 2, scipy < 1.11 (1.10.1): declared by cellprofiler-core/library; scikit-image 0.24.0 is
+ *   the newest that fits scipy 1.10. docutils 0.15.2 as cellprofiler-nightly asks. The rest is what
+ *   pip resolves for Python 3.9 within those bounds.
  * Headless runs need no JVM as long as the engine passes `-e imageio_reader`: the Bio-Formats reader
  * would start Java through scyjava/jgo and download ome:formats-gpl from a Maven repository this
  * machine cannot reach. scyjava/jpype1 are still installed because cellprofiler_core imports them.
@@ -31,98 +47,104 @@ import path from 'node:path';
 import execa from 'execa';
 import { HEADLESS_ENV, probeCellProfilerVersion } from '../../core/cellprofiler';
 import { installPinnedVenv, pipInstall, readyEntryPoint, runLogged, venvPython } from './venv';
+import { CELLPROFILER_PYTHON_MINORS, findCellProfilerPython } from './cellprofiler-python';
+import { cachedModuleCoverage, describeModuleCoverage } from './module-coverage';
 
 /** The one CellProfiler build cpflow runs (PyPI nightly of CellProfiler 5). */
 export const CELLPROFILER_BUILD = '5.0.0.dev784';
 
 /**
  * Every package of the working venv except cellprofiler-nightly itself (pip freeze of a verified
- * install on Python 3.11.7, 2026-11). Changing any pin changes the marker and rebuilds the venv.
+ * install on Python 3.9.18, 2026-11; the same set installs and gives identical module-coverage
+ * outputs on 3.10.13). Changing any pin changes the marker and rebuilds the venv.
  */
 export const RUNTIME_PINS: readonly string[] = [
   `cellprofiler-library-nightly==${CELLPROFILER_BUILD}`,
   `cellprofiler-core-nightly==${CELLPROFILER_BUILD}`,
   `centriole-nightly==${CELLPROFILER_BUILD}`,
-  'annotated-types==0.8.0',
-  'boto3==1.44.5',
-  'botocore==1.44.5',
+  'annotated-types==0.7.0',
+  'asciitree==1.0.0',
+  'boto3==1.42.97',
+  'botocore==1.42.97',
   'certifi==2026.10.18',
-  'cffi==2.1.1',
+  'cffi==2.0.0',
   'charset-normalizer==3.5.2',
-  'cjdk==0.5.0',
-  'click==8.5.1',
-  'cloudpickle==3.1.2',
-  'contourpy==1.3.3',
+  'cjdk==0.4.1',
+  'click==8.1.8',
+  'contourpy==1.3.0',
   'cryptography==50.0.2',
   'cycler==0.12.1',
   'deprecation==2.1.0',
   'docutils==0.15.2',
-  'donfig==0.8.1.post1',
-  'fonttools==4.68.0',
-  'fsspec==2026.9.0',
+  'fasteners==0.20',
+  'fonttools==4.60.2',
+  'fsspec==2025.10.0',
   'future==1.0.0',
-  'google-api-core==2.44.0',
-  'google-auth==2.62.2',
-  'google-cloud-core==2.8.0',
+  'google-api-core==2.30.3',
+  'google-auth==2.50.0',
+  'google-cloud-core==2.5.1',
   'google-cloud-storage==2.10.0',
-  'google-crc32c==1.9.0',
-  'google-resumable-media==2.11.0',
-  'googleapis-common-protos==1.76.0',
-  'h5py==3.16.0',
+  'google-crc32c==1.8.0',
+  'google-resumable-media==2.8.2',
+  'googleapis-common-protos==1.75.0',
+  'h5py==3.14.0',
   'idna==3.20',
-  'imageio==2.38.1',
-  'importlib-metadata==10.2.0',
-  'jgo==3.2.0',
+  'ImageIO==2.37.2',
+  'importlib_metadata==8.7.1',
+  'importlib_resources==6.5.2',
+  'jgo==2.1.0',
   'Jinja2==3.1.6',
   'jmespath==1.1.0',
-  'joblib==1.6.0',
+  'joblib==1.5.3',
   'jpype1==1.7.1',
-  'kiwisolver==1.5.1',
-  'lazy-importer==0.1.0',
+  'kiwisolver==1.4.7',
   'lazy-loader==0.6',
   'lxml==6.1.3',
-  'mahotas==1.4.19',
+  'mahotas==1.4.18',
+  'markdown-it-py==3.0.0',
   'MarkupSafe==3.0.4',
-  'matplotlib==3.11.2',
-  'narwhals==2.29.0',
-  'networkx==3.6.1',
-  'numcodecs==0.16.6',
+  'matplotlib==3.8.4',
+  'mdurl==0.1.2',
+  'networkx==3.2.1',
+  'numcodecs==0.12.1',
   'numpy==1.26.4',
-  'opentelemetry-api==1.45.2',
   'packaging==26.3',
   'pillow==11.3.0',
-  'progressbar2==4.6.0',
-  'proto-plus==1.29.0',
-  'protobuf==7.36.2',
+  'progressbar2==4.5.0',
+  'proto-plus==1.27.2',
+  'protobuf==6.33.6',
   'psutil==7.2.2',
   'pyasn1==0.6.5',
-  'pyasn1-modules==0.4.2',
-  'pycparser==3.12',
-  'pydantic==2.14.3',
-  'pydantic-core==2.50.4',
+  'pyasn1_modules==0.4.2',
+  'pycparser==2.23',
+  'pydantic==2.13.5',
+  'pydantic_core==2.46.5',
+  'Pygments==2.21.0',
   'pyparsing==3.3.3',
   'python-dateutil==2.9.0.post0',
-  'python-utils==4.2.0',
-  'PyYAML==6.0.3',
+  'python-utils==3.9.1',
   'pyzmq==27.3.0',
-  'rapidfuzz==3.14.6',
-  'requests==2.34.2',
-  's3transfer==0.19.3',
+  'RapidFuzz==3.13.0',
+  'requests==2.32.5',
+  'rich-click==1.9.9',
+  'rich==15.0.0',
+  's3transfer==0.16.1',
   'scikit-image==0.24.0',
-  'scikit-learn==1.9.1',
+  'scikit-learn==1.6.1',
   'scipy==1.10.1',
-  'scyjava==1.12.5',
-  'semver==3.1.1',
+  'scyjava==1.12.4',
+  'semver==3.0.4',
   'sentry-sdk==2.8.0',
   'six==1.17.0',
-  'threadpoolctl==3.8.0',
-  'tifffile==2026.3.3',
-  'tomli-w==1.2.0',
-  'typing-inspection==0.4.5',
-  'typing-extensions==4.16.0',
-  'urllib3==2.8.0',
-  'zarr==3.1.5',
-  'zipp==4.1.2',
+  'threadpoolctl==3.7.0',
+  'tifffile==2024.8.30',
+  'tomli==2.5.0',
+  'tomli_w==1.2.0',
+  'typing-inspection==0.4.2',
+  'typing_extensions==4.16.0',
+  'urllib3==1.26.20',
+  'zarr==2.18.2',
+  'zipp==3.23.1',
 ];
 
 /** Requirements of cellprofiler-nightly deliberately left out (GUI / MySQL export only). */
@@ -131,8 +153,8 @@ const EXPECTED_MISSING = ['mysqlclient', 'wxpython'];
 const MARKER_FILE = 'cpflow-cellprofiler.json';
 /** Hashed into the marker in this order; changing it would rebuild every installed venv. */
 const ALL_PINS: readonly string[] = [`cellprofiler-nightly==${CELLPROFILER_BUILD}`, ...RUNTIME_PINS];
-/** cellprofiler-core/library require scipy < 1.11, and scipy 1.10.1 has wheels for 3.8–3.11 only. */
-const PYTHON_MINORS = { min: 9, max: 11 };
+/** See cellprofiler-python.ts: 3.9 as the build declares, 3.10 verified equal. */
+const PYTHON_MINORS = CELLPROFILER_PYTHON_MINORS;
 
 export function cellProfilerVenv(cacheDir: string): string {
   return path.join(cacheDir, 'cellprofiler-venv');
@@ -169,6 +191,7 @@ export async function installCellProfiler(
       expectedVersion: CELLPROFILER_BUILD,
       entryPoint: 'bin/cellprofiler',
       pythonMinors: PYTHON_MINORS,
+      basePython: async () => (await findCellProfilerPython()).executable,
       markerExtras: { build: CELLPROFILER_BUILD },
       installedVersion: probeCellProfilerVersion,
       install: async (python, log) => {
@@ -176,7 +199,10 @@ export async function installCellProfiler(
         await pipInstall(python, ['--no-deps', `cellprofiler-nightly==${CELLPROFILER_BUILD}`], log);
         await checkOnlyExpectedMissing(python, log);
       },
-      verify: (executable, log) => verifyHeadlessRun(venv, executable, log),
+      verify: async (executable, log) => {
+        await verifyHeadlessRun(venv, executable, log);
+        await verifyEveryModule(venv, cacheDir, executable, log);
+      },
     },
     log,
   );
@@ -194,6 +220,34 @@ async function checkOnlyExpectedMissing(python: string, log: (line: string) => v
   );
   if (unexpected.length > 0) throw new Error(`pip check found unexpected problems:\n${unexpected.join('\n')}`);
   log(`pip check: only ${EXPECTED_MISSING.join(' and ')} missing, as intended (GUI / MySQL export only)`);
+}
+
+const PYTHON_CHECKS_DIR = path.join(__dirname, 'python');
+
+/**
+ * Every module imports and instantiates, no API the sources call is missing, and the
+ * module-coverage pipeline runs; throws naming the first module that breaks. The coverage result is
+ * cached per environment, so `cpflow doctor` finds it without running CellProfiler again.
+ */
+export async function verifyEveryModule(venv: string, cacheDir: string, executable: string, log: (line: string) => void): Promise<void> {
+  const python = venvPython(venv);
+  for (const script of ['module_inventory.py', 'api_audit.py']) {
+    const result = await execa(python, [path.join(PYTHON_CHECKS_DIR, script)], {
+      reject: false,
+      all: true,
+      stdin: 'ignore',
+      env: { ...process.env, ...HEADLESS_ENV },
+    });
+    const lines = (result.all ?? '').split('\n').filter((l) => l.trim() !== '');
+    if (result.exitCode !== 0) {
+      const failures = lines.filter((l) => l.startsWith('FAIL') || /^\S+\.py:\d+:/.test(l));
+      throw new Error(`${script} failed (exit ${result.exitCode}):\n${(failures.length ? failures : lines.slice(-20)).join('\n')}`);
+    }
+    log(`${script}: ${lines[lines.length - 1] ?? 'ok'}`);
+  }
+  const coverage = await cachedModuleCoverage(cacheDir, executable, { fresh: true });
+  if (!coverage.ok) throw new Error(`module-coverage pipeline: ${describeModuleCoverage(coverage)}`);
+  log(`module coverage: ${describeModuleCoverage(coverage)} in ${coverage.seconds.toFixed(1)} s`);
 }
 
 /**

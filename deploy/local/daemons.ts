@@ -3,6 +3,7 @@
  * the ports and credentials of the stack state, and waiting until it answers.
  */
 import fs from 'node:fs';
+import https from 'node:https';
 import path from 'node:path';
 import execa from 'execa';
 import mariadb, { type Connection } from 'mariadb';
@@ -11,6 +12,8 @@ import { DEFAULTS, SEARCH_ATTRIBUTE_KEYS } from '../../core/model';
 import { currentUserName } from './install';
 import { isPortAnswering, spawnDetached, waitUntilReady } from './processes';
 import { StackError, type ServiceName, type StackPaths, type StackState } from './state';
+import { proxyAnswers, proxyArgs, writeProxyConfig, type ProxyPlan } from './temporal-tls-proxy';
+import { tlsFiles } from './tls';
 
 export const TEMPORAL_NAMESPACE = DEFAULTS.TEMPORAL_NAMESPACE;
 export const DATABASE_NAME = DEFAULTS.DB_NAME;
@@ -22,13 +25,30 @@ export const TEMPORAL_SEARCH_ATTRIBUTES: Record<string, string> = Object.fromEnt
   Object.values(SEARCH_ATTRIBUTE_KEYS).map((key) => [key.name, key.type.charAt(0) + key.type.slice(1).toLowerCase()]),
 );
 
+/** The default address of the local stack; `state.host` is the one in force. */
 export const HOST = '127.0.0.1';
+
+/**
+ * Where the dev server's plaintext gRPC listens: the stack's host, or, in the secure stack, loopback
+ * only, behind the mTLS proxy on the host.
+ */
+export function temporalDevHost(state: StackState): string {
+  return state.secure ? '127.0.0.1' : state.host;
+}
+
+export function temporalProxyPlan(paths: StackPaths, state: StackState): ProxyPlan {
+  if (state.temporal.tlsPort === undefined) throw new StackError('the secure stack has no TLS port for Temporal in its state; run "npm run stack -- up --secure"');
+  return { listenHost: state.host, listenPort: state.temporal.tlsPort, upstreamPort: state.temporal.port, dir: paths.temporalProxyDir, files: tlsFiles(paths.tlsDir) };
+}
 const READY_TIMEOUT_MS: Record<ServiceName, number> = { temporal: 60_000, mariadb: 60_000, minio: 60_000 };
 
 /** The string we expect in /proc/<pid>/cmdline, to tell our daemon from a recycled pid. */
 export function expectedCommand(name: ServiceName): string {
   return name === 'mariadb' ? 'mariadbd' : name;
 }
+
+/** The TLS proxy in front of Temporal (secure stack). */
+export const PROXY_COMMAND = 'nginx';
 
 export function logFileOf(paths: StackPaths, name: ServiceName): string {
   return path.join(paths.logsDir, `${name}.log`);
@@ -40,7 +60,7 @@ export function logFileOf(paths: StackPaths, name: ServiceName): string {
 async function temporalIsServing(state: StackState): Promise<boolean> {
   const result = await execa(
     state.binaries.temporal,
-    ['operator', 'cluster', 'health', '--address', `${HOST}:${state.temporal.port}`, '--command-timeout', '2s'],
+    ['operator', 'cluster', 'health', '--address', `${temporalDevHost(state)}:${state.temporal.port}`, '--command-timeout', '2s'],
     { reject: false, timeout: 5000, stdin: 'ignore' },
   );
   return result.exitCode === 0 && result.stdout.includes('SERVING');
@@ -56,7 +76,7 @@ async function startTemporal(paths: StackPaths, state: StackState): Promise<numb
       'server',
       'start-dev',
       '--ip',
-      HOST,
+      temporalDevHost(state),
       '--port',
       String(state.temporal.port),
       '--ui-port',
@@ -80,7 +100,27 @@ async function startTemporal(paths: StackPaths, state: StackState): Promise<numb
     timeoutMs: READY_TIMEOUT_MS.temporal,
     pid,
     expectedCommand: expectedCommand('temporal'),
-    probe: async () => (await isPortAnswering(state.temporal.port)) && (await temporalIsServing(state)),
+    probe: async () => (await isPortAnswering(state.temporal.port, 500, temporalDevHost(state))) && (await temporalIsServing(state)),
+  });
+  if (state.secure) state.temporal.proxyPid = await startTemporalProxy(paths, state);
+  return pid;
+}
+
+/** nginx with mTLS on the stack's host, passing gRPC to the dev server on loopback. */
+async function startTemporalProxy(paths: StackPaths, state: StackState): Promise<number> {
+  const nginx = state.binaries.nginx;
+  if (nginx === undefined) throw new StackError('the secure stack needs nginx; run "npm run stack -- up --secure"');
+  const plan = temporalProxyPlan(paths, state);
+  const configFile = writeProxyConfig(plan);
+  const logFile = path.join(paths.logsDir, 'temporal-tls-proxy.log');
+  const pid = spawnDetached(nginx, proxyArgs(plan, configFile), logFile);
+  await waitUntilReady({
+    service: 'Temporal TLS proxy (nginx)',
+    logFile: path.join(plan.dir, 'error.log'),
+    timeoutMs: 20_000,
+    pid,
+    expectedCommand: PROXY_COMMAND,
+    probe: () => proxyAnswers(plan),
   });
   return pid;
 }
@@ -132,11 +172,36 @@ async function provisionDatabase(paths: StackPaths, state: StackState): Promise<
       database: DATABASE_NAME,
       user: DATABASE_USER,
       password: state.mariadb.password,
-      hosts: ['127.0.0.1', 'localhost'],
+      // A stack on another address (the multi-host drill) is reached from other hosts' addresses.
+      hosts: state.host === HOST ? ['127.0.0.1', 'localhost'] : ['127.0.0.1', 'localhost', '%'],
     });
+    await requireTlsForAccounts(connection, state.secure);
   } finally {
     await connection.end();
   }
+}
+
+/**
+ * Secure stack: every account other than the administrators must connect with TLS and a client
+ * certificate signed by the stack's CA (REQUIRE X509); a plain stack requires nothing. Applied to
+ * all such accounts, whatever they are called, so accounts added later are covered too.
+ */
+async function requireTlsForAccounts(root: Connection, secure: boolean): Promise<void> {
+  const admins = ['root', 'mariadb.sys', 'mysql', 'PUBLIC', '', currentUserName()];
+  const accounts = await root.query<Array<{ User: string; Host: string }>>(
+    `SELECT User, Host FROM mysql.user WHERE User NOT IN (${admins.map(() => '?').join(', ')})`,
+    admins,
+  );
+  for (const { User, Host } of accounts) {
+    await root.query(`ALTER USER ${root.escape(User)}@${root.escape(Host)} REQUIRE ${secure ? 'X509' : 'NONE'}`);
+  }
+}
+
+/** mariadbd's TLS flags in the secure stack: TCP clients must use TLS (the admin socket is exempt). */
+function mariadbTlsArgs(paths: StackPaths, state: StackState): string[] {
+  if (!state.secure) return [];
+  const files = tlsFiles(paths.tlsDir);
+  return [`--ssl-ca=${files.caCert}`, `--ssl-cert=${files.serverCert}`, `--ssl-key=${files.serverKey}`, '--require-secure-transport=ON', '--tls-version=TLSv1.2,TLSv1.3'];
 }
 
 async function startMariadb(paths: StackPaths, state: StackState): Promise<number> {
@@ -152,7 +217,7 @@ async function startMariadb(paths: StackPaths, state: StackState): Promise<numbe
       `--pid-file=${paths.mariadbPidFile}`,
       `--log-error=${logFile}`,
       `--port=${state.mariadb.port}`,
-      `--bind-address=${HOST}`,
+      `--bind-address=${state.host}`,
       `--user=${currentUserName()}`,
       '--skip-name-resolve',
       '--max-connections=500',
@@ -162,6 +227,7 @@ async function startMariadb(paths: StackPaths, state: StackState): Promise<numbe
       // Flush the redo log once a second instead of per commit: a killed mariadbd loses nothing
       // (the OS still has the writes), only an OS crash could, which is fine for a local stack.
       '--innodb-flush-log-at-trx-commit=2',
+      ...mariadbTlsArgs(paths, state),
     ],
     logFile,
   );
@@ -171,7 +237,7 @@ async function startMariadb(paths: StackPaths, state: StackState): Promise<numbe
     timeoutMs: READY_TIMEOUT_MS.mariadb,
     pid,
     expectedCommand: expectedCommand('mariadb'),
-    probe: async () => (await isPortAnswering(state.mariadb.port)) && (await mariadbAcceptsRoot(paths)),
+    probe: async () => (await isPortAnswering(state.mariadb.port, 500, state.host)) && (await mariadbAcceptsRoot(paths)),
   });
   await provisionDatabase(paths, state);
   return pid;
@@ -180,21 +246,60 @@ async function startMariadb(paths: StackPaths, state: StackState): Promise<numbe
 // ---------------------------------------------------------------------------------------------
 // MinIO
 
-async function minioIsLive(state: StackState): Promise<boolean> {
-  try {
-    const response = await fetch(`http://${HOST}:${state.minio.port}/minio/health/live`, { signal: AbortSignal.timeout(2000) });
-    return response.status === 200;
-  } catch {
-    return false;
+export function minioUrl(state: StackState): string {
+  return `${state.secure ? 'https' : 'http'}://${state.host}:${state.minio.port}`;
+}
+
+async function minioIsLive(paths: StackPaths, state: StackState): Promise<boolean> {
+  if (!state.secure) {
+    try {
+      const response = await fetch(`${minioUrl(state)}/minio/health/live`, { signal: AbortSignal.timeout(2000) });
+      return response.status === 200;
+    } catch {
+      return false;
+    }
   }
+  const ca = fs.readFileSync(tlsFiles(paths.tlsDir).caCert);
+  return new Promise((resolve) => {
+    const request = https.get(`${minioUrl(state)}/minio/health/live`, { ca, timeout: 2000 }, (response) => {
+      response.resume();
+      resolve(response.statusCode === 200);
+    });
+    request.once('timeout', () => request.destroy());
+    request.once('error', () => resolve(false));
+  });
+}
+
+/** MinIO serves HTTPS when its certs directory holds public.crt and private.key. */
+function prepareMinioCerts(paths: StackPaths): void {
+  const files = tlsFiles(paths.tlsDir);
+  fs.mkdirSync(path.join(paths.minioCertsDir, 'CAs'), { recursive: true });
+  fs.copyFileSync(files.serverCert, path.join(paths.minioCertsDir, 'public.crt'));
+  fs.copyFileSync(files.serverKey, path.join(paths.minioCertsDir, 'private.key'));
+  fs.chmodSync(path.join(paths.minioCertsDir, 'private.key'), 0o600);
+  fs.copyFileSync(files.caCert, path.join(paths.minioCertsDir, 'CAs', 'ca.crt'));
 }
 
 async function startMinio(paths: StackPaths, state: StackState): Promise<number> {
   fs.mkdirSync(paths.minioDataDir, { recursive: true });
   const logFile = logFileOf(paths, 'minio');
+  // Without --certs-dir MinIO looks in ~/.minio/certs: point it at the stack's own (empty when plain).
+  fs.rmSync(paths.minioCertsDir, { recursive: true, force: true });
+  if (state.secure) prepareMinioCerts(paths);
+  else fs.mkdirSync(paths.minioCertsDir, { recursive: true });
   const pid = spawnDetached(
     state.binaries.minio,
-    ['server', paths.minioDataDir, '--address', `${HOST}:${state.minio.port}`, '--console-address', `${HOST}:${state.minio.consolePort}`, '--quiet'],
+    [
+      'server',
+      paths.minioDataDir,
+      '--address',
+      `${state.host}:${state.minio.port}`,
+      '--console-address',
+      `${HOST}:${state.minio.consolePort}`,
+      '--certs-dir',
+      paths.minioCertsDir,
+      '--quiet',
+    ],
     logFile,
     {
       ...process.env,
@@ -210,7 +315,7 @@ async function startMinio(paths: StackPaths, state: StackState): Promise<number>
     timeoutMs: READY_TIMEOUT_MS.minio,
     pid,
     expectedCommand: expectedCommand('minio'),
-    probe: () => minioIsLive(state),
+    probe: () => minioIsLive(paths, state),
   });
   return pid;
 }

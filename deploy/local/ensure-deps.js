@@ -11,11 +11,12 @@ const marker = path.join(root, 'node_modules', '.package-lock.json');
 const lock = path.join(root, 'package-lock.json');
 const stale = !fs.existsSync(marker) || fs.statSync(marker).mtimeMs < fs.statSync(lock).mtimeMs;
 if (stale) {
-  console.log('installing npm dependencies (npm ci)…');
-  const res = spawnSync(process.platform === 'win32' ? 'npm.cmd' : 'npm', ['ci', '--no-audit', '--no-fund'], {
-    cwd: root,
-    stdio: 'inherit',
-  });
+  console.error('installing npm dependencies (npm ci)…');
+  // Under `npm run`, npm_execpath is npm's own CLI: run it with this Node (cpflow's LTS, see node-lts.js).
+  const npmCli = process.env.npm_execpath && /npm-cli\.js$/.test(process.env.npm_execpath) ? process.env.npm_execpath : undefined;
+  const res = npmCli
+    ? spawnSync(process.execPath, [npmCli, 'ci', '--no-audit', '--no-fund'], { cwd: root, stdio: [0, 2, 2] })
+    : spawnSync(process.platform === 'win32' ? 'npm.cmd' : 'npm', ['ci', '--no-audit', '--no-fund'], { cwd: root, stdio: [0, 2, 2] });
   if (res.status !== 0) {
     console.error('npm ci failed: see the output above');
     process.exit(res.status ?? 1);

@@ -181,7 +181,7 @@ async function ensureMinio(paths: StackPaths, log: Logger): Promise<string> {
  * in the state file are reused without any lookup when they still exist, so a warm `up` is fast.
  */
 export async function ensureInstalled(paths: StackPaths, log: Logger, remembered?: Binaries): Promise<Binaries> {
-  if (remembered !== undefined && Object.values(remembered).every(isExecutable)) return remembered;
+  if (remembered !== undefined && Object.values(remembered).every((file) => file === undefined || isExecutable(file))) return remembered;
   fs.mkdirSync(paths.binDir, { recursive: true });
   // Three independent installers run side by side; the two wheels share one venv, so they take turns.
   const temporalTools = async () => {

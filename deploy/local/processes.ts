@@ -36,10 +36,10 @@ export function isProcessAlive(pid: number | null, expectedCommand?: string): bo
   }
 }
 
-/** True when something accepts TCP connections on 127.0.0.1:port within `timeoutMs`. */
-export function isPortAnswering(port: number, timeoutMs = 500): Promise<boolean> {
+/** True when something accepts TCP connections on host:port (127.0.0.1 unless given) within `timeoutMs`. */
+export function isPortAnswering(port: number, timeoutMs = 500, host = '127.0.0.1'): Promise<boolean> {
   return new Promise((resolve) => {
-    const socket = net.connect({ host: '127.0.0.1', port });
+    const socket = net.connect({ host, port });
     const finish = (answer: boolean) => {
       socket.destroy();
       resolve(answer);
@@ -50,12 +50,12 @@ export function isPortAnswering(port: number, timeoutMs = 500): Promise<boolean>
   });
 }
 
-/** True when we could bind 127.0.0.1:port right now. */
-export function isPortFree(port: number): Promise<boolean> {
+/** True when we could bind host:port (127.0.0.1 unless given) right now. */
+export function isPortFree(port: number, host = '127.0.0.1'): Promise<boolean> {
   return new Promise((resolve) => {
     const server = net.createServer();
     server.once('error', () => resolve(false));
-    server.listen({ host: '127.0.0.1', port, exclusive: true }, () => server.close(() => resolve(true)));
+    server.listen({ host, port, exclusive: true }, () => server.close(() => resolve(true)));
   });
 }
 

@@ -7,10 +7,14 @@
  *  - Temporal: the default namespace answers and the Cpflow* search attributes are registered.
  * With --expect-marker it fails unless a marker written earlier survived (data kept across restarts).
  */
-import { CreateBucketCommand, GetObjectCommand, HeadBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, GetObjectCommand, HeadBucketCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { Connection } from '@temporalio/client';
 import mariadb from 'mariadb';
+import { dbConfig, s3Config } from '../../core/config';
 import { smokeCheckDatabase } from '../../core/db/admin';
+import { dbTlsOptions } from '../../core/db/pool';
+import { createS3Client } from '../../core/s3';
+import { temporalConnectionOptions, temporalSettings } from '../../core/temporal-settings';
 import { stackEnv, TEMPORAL_NAMESPACE, TEMPORAL_SEARCH_ATTRIBUTES } from './services';
 
 async function checkDatabase(env: Awaited<ReturnType<typeof stackEnv>>, writeMarker?: string, expectMarker?: string): Promise<string> {
@@ -19,6 +23,8 @@ async function checkDatabase(env: Awaited<ReturnType<typeof stackEnv>>, writeMar
     port: Number(env.CPFLOW_DB_PORT),
     user: env.CPFLOW_DB_USER,
     password: env.CPFLOW_DB_PASSWORD,
+    // The secure stack's TLS settings, read the way cpflow reads them.
+    ssl: dbTlsOptions(dbConfig({ ...env })),
   });
   try {
     const { markers, charset } = await smokeCheckDatabase(connection, env.CPFLOW_DB_NAME, { write: writeMarker, expect: expectMarker });
@@ -29,12 +35,7 @@ async function checkDatabase(env: Awaited<ReturnType<typeof stackEnv>>, writeMar
 }
 
 async function checkObjectStore(env: Awaited<ReturnType<typeof stackEnv>>, writeMarker?: string, expectMarker?: string): Promise<string> {
-  const s3 = new S3Client({
-    endpoint: env.CPFLOW_S3_ENDPOINT,
-    region: env.CPFLOW_S3_REGION,
-    forcePathStyle: true,
-    credentials: { accessKeyId: env.CPFLOW_S3_ACCESS_KEY, secretAccessKey: env.CPFLOW_S3_SECRET_KEY },
-  });
+  const s3 = createS3Client(s3Config({ ...env }));
   const Bucket = 'stack-smoke';
   try {
     await s3.send(new HeadBucketCommand({ Bucket }));
@@ -55,7 +56,7 @@ async function checkObjectStore(env: Awaited<ReturnType<typeof stackEnv>>, write
 }
 
 async function checkTemporal(env: Awaited<ReturnType<typeof stackEnv>>): Promise<string> {
-  const connection = await Connection.connect({ address: env.CPFLOW_TEMPORAL_ADDRESS, connectTimeout: 5000 });
+  const connection = await Connection.connect({ ...temporalConnectionOptions(temporalSettings({ ...env })), connectTimeout: 5000 });
   try {
     const response = await connection.operatorService.listSearchAttributes({ namespace: TEMPORAL_NAMESPACE });
     const registered = Object.keys(response.customAttributes ?? {});

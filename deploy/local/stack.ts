@@ -2,7 +2,9 @@
  * `npm run stack -- <command>`: the local development stack (Temporal dev server, MariaDB, MinIO)
  * installed into a cache outside the repository (CPFLOW_CACHE_DIR, default ~/.cache/cpflow).
  *
- *   up                      install what is missing and start every service (idempotent)
+ *   up [--secure|--plain]   install what is missing and start every service (idempotent); --secure: TLS
+ *                           everywhere (private CA, mTLS to Temporal through nginx, X509 for MariaDB's
+ *                           accounts, HTTPS MinIO), kept until --plain; CPFLOW_STACK_SECURE=1 does the same
  *   down [--wipe]           stop every service; --wipe also deletes their data and the state
  *   status                  running/stopped, pid and ports of each service
  *   env                     connection settings as KEY=value lines (for `eval` or dotenv files)
@@ -58,9 +60,12 @@ function buildProgram(): Command {
     .command('up')
     .description('install what is missing and start every service')
     .option('-q, --quiet', 'no progress lines')
-    .action(async (options: { quiet?: boolean }) => {
+    .option('--secure', 'TLS everywhere: mTLS to Temporal, TLS + client certificates to MariaDB, HTTPS to MinIO (kept until --plain)')
+    .option('--plain', 'back to plaintext on 127.0.0.1')
+    .action(async (options: { quiet?: boolean; secure?: boolean; plain?: boolean }) => {
+      if (options.secure && options.plain) throw new StackError('--secure and --plain exclude each other');
       const started = Date.now();
-      const env = await ensureStackUp({ quiet: options.quiet });
+      const env = await ensureStackUp({ quiet: options.quiet, secure: options.secure ? true : options.plain ? false : undefined });
       if (!options.quiet) {
         process.stderr.write(`[stack] up in ${((Date.now() - started) / 1000).toFixed(1)} s; Temporal UI ${env.CPFLOW_TEMPORAL_UI_URL}\n`);
       }

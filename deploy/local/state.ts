@@ -46,6 +46,10 @@ export function stackPaths(root: string = cacheDir()) {
     mariadbPidFile: path.join(root, 'mariadb', 'mariadbd.pid'),
     minioDir: path.join(root, 'minio'),
     minioDataDir: path.join(root, 'minio', 'data'),
+    /** The secure stack's CA and certificates (deploy/local/tls.ts). */
+    tlsDir: path.join(root, 'tls'),
+    minioCertsDir: path.join(root, 'minio', 'certs'),
+    temporalProxyDir: path.join(root, 'temporal', 'tls-proxy'),
   };
 }
 export type StackPaths = ReturnType<typeof stackPaths>;
@@ -59,6 +63,9 @@ const temporalState = z.object({
   httpPort: port,
   metricsPort: port,
   pid,
+  /** Secure stack only: the mTLS proxy's public port and pid (the dev server then listens on 127.0.0.1). */
+  tlsPort: port.optional(),
+  proxyPid: pid.default(null),
 });
 const mariadbState = z.object({
   port,
@@ -81,7 +88,13 @@ export const stackStateSchema = z.object({
     mariadbd: z.string(),
     mariadbInstallDb: z.string(),
     minio: z.string(),
+    /** Secure stack only: nginx, Temporal's TLS proxy. */
+    nginx: z.string().optional(),
   }),
+  /** `up --secure`: TLS everywhere, mTLS to Temporal, X509 for MariaDB's cpflow accounts, HTTPS MinIO. */
+  secure: z.boolean().default(false),
+  /** The address every service listens on and clients are given (127.0.0.1 unless a test host needs another). */
+  host: z.string().default('127.0.0.1'),
   temporal: temporalState,
   mariadb: mariadbState,
   minio: minioState,

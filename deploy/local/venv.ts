@@ -35,6 +35,8 @@ export interface PinnedVenvSpec {
   /** Program the caller uses, relative to the venv (e.g. 'bin/cellprofiler'); must exist for reuse. */
   entryPoint: string;
   pythonMinors: PythonMinors;
+  /** Picks the base interpreter; default CPFLOW_PYTHON or `python3` (its version is checked either way). */
+  basePython?: () => Promise<string>;
   /** Fields written into the marker ahead of the shared ones (CellProfiler records its build). */
   markerExtras?: Record<string, string>;
   /** Reports the installed package's version (on reuse and after installing). */
@@ -128,7 +130,7 @@ export async function installPinnedVenv(spec: PinnedVenvSpec, log: Log): Promise
       return { entryPoint: installedMeanwhile, version: await spec.installedVersion(installedMeanwhile), seconds: elapsed() };
     }
 
-    const basePython = process.env.CPFLOW_PYTHON?.trim() || 'python3';
+    const basePython = spec.basePython ? await spec.basePython() : process.env.CPFLOW_PYTHON?.trim() || 'python3';
     const pythonVersion = await checkPython(basePython, label, spec.pythonMinors);
     log(`installing ${label} ${spec.expectedVersion} with ${basePython} (Python ${pythonVersion}) into ${venv}`);
     await fs.promises.rm(venv, { recursive: true, force: true });

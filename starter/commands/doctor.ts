@@ -5,13 +5,17 @@ import { db } from '../../core/db';
 import { describeError } from '../../core/errors';
 import { ensureBucket, s3Endpoint } from '../../core/s3';
 import { withClient } from '../../core/temporal';
+import { cellProfilerDoctorCheck } from './doctor-cellprofiler';
+import { describeTemporal } from '../../core/temporal-settings';
 
 /** `cpflow doctor`: configuration and every service, one line each. */
 export function registerDoctor(program: Command): void {
   program
     .command('doctor')
     .description('check configuration and connectivity')
-    .action(async () => {
+    .option('--recheck', 'run the CellProfiler module-coverage pipeline even if this environment passed before', false)
+    .option('--json', 'machine-readable output', false)
+    .action(async (o: { recheck: boolean; json: boolean }) => {
       const checks: Array<[string, () => Promise<string>]> = [
         [
           'configuration',
@@ -42,7 +46,7 @@ export function registerDoctor(program: Command): void {
           'Temporal',
           async () => {
             await withClient((client) => client.workflowService.getSystemInfo({}));
-            return temporalConfig().CPFLOW_TEMPORAL_ADDRESS;
+            return describeTemporal(temporalConfig().settings);
           },
         ],
         [
@@ -51,7 +55,7 @@ export function registerDoctor(program: Command): void {
             const exe = workerConfig().CPFLOW_CELLPROFILER;
             if (!exe) return 'not configured (CPFLOW_CELLPROFILER unset): the builtin engine is used';
             if (!configuredCellProfiler()) throw new Error(`CPFLOW_CELLPROFILER=${exe} does not exist`);
-            return `${exe} (this worker polls the cellprofiler queue)`;
+            return `${await cellProfilerDoctorCheck(exe, { fresh: o.recheck })}; this worker polls the cellprofiler queue`;
           },
         ],
         [
@@ -64,15 +68,17 @@ export function registerDoctor(program: Command): void {
           },
         ],
       ];
-      let failed = 0;
+      const results: Array<{ check: string; ok: boolean; detail: string }> = [];
       for (const [name, check] of checks) {
         try {
-          console.log(`ok    ${name.padEnd(13)} ${await check()}`);
+          results.push({ check: name, ok: true, detail: await check() });
         } catch (err) {
-          failed++;
-          console.log(`FAIL  ${name.padEnd(13)} ${describeError(err, s3Endpoint)}`);
+          results.push({ check: name, ok: false, detail: describeError(err, s3Endpoint) });
         }
+        const last = results[results.length - 1]!;
+        if (!o.json) console.log(`${last.ok ? 'ok  ' : 'FAIL'}  ${name.padEnd(13)} ${last.detail}`);
       }
-      if (failed) process.exitCode = 1;
+      if (o.json) console.log(JSON.stringify({ ok: results.every((r) => r.ok), checks: results }, null, 2));
+      if (results.some((r) => !r.ok)) process.exitCode = 1;
     });
 }

@@ -1,4 +1,3 @@
-import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -28,6 +27,7 @@ import {
   type BenchProcess,
   type PoolName,
 } from './processes';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
 /**
  * `npm run bench`: cpflow's cost measured on the real local stack.
@@ -340,7 +340,7 @@ interface CellProfilerResult {
   batch8?: { sets: number; seconds: number; perSet: number };
 }
 
-const EXAMPLE_HUMAN = EXAMPLEHUMAN_DIR;
+
 const EH_CHANNELS = ['DNA', 'PH3', 'cellbody'];
 
 async function cellProfilerBatching(o: BenchOptions): Promise<CellProfilerResult> {

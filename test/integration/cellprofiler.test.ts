@@ -10,7 +10,6 @@
  * counts must be within 1% of the reference (289 → 287..291), PH3 exact, the threshold within 1e-6,
  * and the engine's numbers must equal the direct CLI run's exactly.
  */
-import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -22,8 +21,9 @@ import { createCellProfilerEngine } from '../../activities/engines/cellprofiler'
 import { ImageSetInputError, type EngineImageSet } from '../../activities/engines/types';
 import { CELLPROFILER_BUILD, cellProfilerExecutable } from '../../deploy/local/cellprofiler';
 import { cacheDir } from '../../deploy/local/state';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
-const DATA = EXAMPLEHUMAN_DIR;
+const DATA = EXAMPLE_HUMAN;
 const PIPELINE = path.join(DATA, 'ExampleHuman.cppipe');
 const IMAGES = path.join(DATA, 'images');
 const CHANNELS = ['DNA', 'PH3', 'cellbody'] as const;
@@ -193,10 +193,11 @@ describe('cellprofiler engine (real CellProfiler)', () => {
     // Each row points at its own set's input folder (sets A and C share file names).
     expect(new Set([a.PathName_DNA, b.PathName_DNA, c.PathName_DNA]).size).toBe(3);
     // B's overlay has a unique name and is B's; A's and C's overlays collide on one name in the shared
-    // output folder, so neither set gets it: it is returned as shared (the activity then reruns the
-    // batch's sets one by one, where every file is the set's own).
+    // output folder, so neither set gets it (documented in the engine).
     expect(result.sets.find((s) => s.key === 'B-D04')?.files).toContain('AS_09125_050116030001_D04f00d0_Overlay.png');
     expect(result.sets.find((s) => s.key === 'A-D03')?.files.some((f) => f.endsWith('.png'))).toBe(false);
+    // The colliding overlay comes back as shared: the activity then reruns the batch's sets one by one,
+    // where every file is the set's own.
     expect(result.shared).toEqual(['AS_09125_050116030001_D03f00d0_Overlay.png']);
   });
 

@@ -17,7 +17,6 @@
  *   per-set folders convert across sets with the stock preset; the last test checks that on real
  *   CellProfiler output.
  */
-import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -28,9 +27,10 @@ import { z } from 'zod';
 import { cytoTablePython, installCytoTable, CYTOTABLE_VERSION } from '../../deploy/local/cytotable';
 import { cacheDir } from '../../deploy/local/state';
 import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const EXAMPLEHUMAN = EXAMPLEHUMAN_DIR;
+const EXAMPLEHUMAN = EXAMPLE_HUMAN;
 const REFERENCE = path.join(EXAMPLEHUMAN, 'reference-output');
 const CONVERT_SCRIPT = path.join(REPO_ROOT, 'test', 'support', 'cytotable_convert.py');
 const SET_KEYS = ['SET-A', 'SET-B'] as const;

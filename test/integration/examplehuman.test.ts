@@ -1,4 +1,3 @@
-import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -8,6 +7,7 @@ import { GROUPING_PRESETS } from '../../core/grouping';
 import { getBytes, layout } from '../../core/s3';
 import { submit } from '../../starter/submit';
 import { readCsvFromS3, requireStack, startWatcher, startWorkers, teardown, uniqueName, waitForExperiment, type ManagedProcess } from '../support/harness';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
 /**
  * ExampleHuman through cpflow with the real CellProfiler: submit → watcher → workflow → CellProfiler
@@ -18,11 +18,9 @@ import { readCsvFromS3, requireStack, startWatcher, startWorkers, teardown, uniq
  */
 jest.setTimeout(900_000);
 
-const DATA = EXAMPLEHUMAN_DIR;
+const DATA = EXAMPLE_HUMAN;
 const executable = process.env.CPFLOW_CELLPROFILER;
-const skipReason = !fs.existsSync(DATA)
-  ? `ExampleHuman data not found at ${DATA}`
-  : !executable
+const skipReason = !executable
     ? `CellProfiler is not installed (${process.env.CPFLOW_CELLPROFILER_UNAVAILABLE ?? 'CPFLOW_CELLPROFILER unset; npm test installs it unless CPFLOW_SKIP_CELLPROFILER=1'})`
     : undefined;
 if (skipReason) console.warn(`SKIPPED ExampleHuman through cpflow with CellProfiler: ${skipReason}`);

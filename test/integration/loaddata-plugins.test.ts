@@ -15,7 +15,7 @@ import path from 'node:path';
 import { decodeGrayscale } from '../../activities/engines/builtin/decode';
 import { db, findExperimentByName } from '../../core/db';
 import { getBytes, layout } from '../../core/s3';
-import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
+import { EXAMPLE_HUMAN as EXAMPLEHUMAN_DIR } from '../support/fixtures';
 import { generateIlluminationPlates } from '../fixtures/illumination-plates';
 import { compared, expectSameObjects, runCellProfilerDirectly, type Row } from '../support/cellprofiler-direct';
 import {

@@ -52,10 +52,13 @@ export function startProcess(
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  return manageProcess(child, entry, `${path.basename(entry, '.ts')}${args[0] ? `-${args[0]}` : ''}`, opts);
+}
+
+/** Output capture, waitFor and stop for any child process (also one started some other way than startProcess). */
+export function manageProcess(child: ChildProcess, entry: string, logName: string, opts: { logDir?: string } = {}): ManagedProcess {
   // Optionally also to a file, to read after a failed run (the in-memory copy is trimmed).
-  const log = opts.logDir
-    ? fs.createWriteStream(path.join(opts.logDir, `${path.basename(entry, '.ts')}${args[0] ? `-${args[0]}` : ''}-${child.pid ?? 'nopid'}.log`))
-    : undefined;
+  const log = opts.logDir ? fs.createWriteStream(path.join(opts.logDir, `${logName}-${child.pid ?? 'nopid'}.log`)) : undefined;
   let out = '';
   const listeners = new Set<() => void>();
   const onData = (b: Buffer): void => {

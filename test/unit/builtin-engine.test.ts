@@ -1,5 +1,4 @@
-import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
-import { promises as fs, existsSync } from 'fs';
+import { promises as fs } from 'fs';
 import os from 'os';
 import path from 'path';
 import { parse } from 'csv-parse/sync';
@@ -8,6 +7,7 @@ import packageJson from '../../package.json';
 import { createBuiltinEngine, builtinOptionsFromPipeline } from '../../activities/engines/builtin';
 import { ImageSetInputError, type EngineImageSet } from '../../activities/engines/types';
 import { generateSyntheticPlate, type GroundTruth } from '../fixtures/synthetic-plate';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
 // Image generation and segmentation share two cores with other suites; allow for a slow machine.
 jest.setTimeout(60_000);
@@ -195,8 +195,8 @@ describe('builtin engine', () => {
   }, 30_000);
 });
 
-const EXAMPLE_HUMAN = EXAMPLEHUMAN_DIR;
-(existsSync(EXAMPLE_HUMAN) ? describe : describe.skip)('builtin engine on ExampleHuman', () => {
+
+describe('builtin engine on ExampleHuman', () => {
   it('counts nuclei close to CellProfiler and measures every channel', async () => {
     const images = path.join(EXAMPLE_HUMAN, 'images');
     const dirs = await freshDirs('examplehuman');

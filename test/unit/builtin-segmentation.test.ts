@@ -1,5 +1,4 @@
-import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
-import { promises as fs, existsSync } from 'fs';
+import { promises as fs } from 'fs';
 import os from 'os';
 import path from 'path';
 import { parse } from 'csv-parse/sync';
@@ -14,6 +13,7 @@ import {
   type GrayscaleImage,
 } from '../../activities/engines/builtin';
 import { generateSyntheticPlate } from '../fixtures/synthetic-plate';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
 // Image generation and segmentation share two cores with other suites; allow for a slow machine.
 jest.setTimeout(60_000);
@@ -184,8 +184,8 @@ describe('segmentNuclei on the synthetic plate', () => {
   }, 60_000);
 });
 
-const EXAMPLE_HUMAN = EXAMPLEHUMAN_DIR;
-const describeExampleHuman = existsSync(EXAMPLE_HUMAN) ? describe : describe.skip;
+
+const describeExampleHuman = describe;
 
 describeExampleHuman('ExampleHuman (CellProfiler 4.0.6 counted 289 nuclei)', () => {
   it('reads the nuclei settings from the pipeline', async () => {

@@ -3,8 +3,9 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { parseCppipe, pipelineSha256, PipelineError, type Pipeline } from '../../core/pipeline/cppipe';
 import { spreadsheetFilePrefix, validatePipelineForCpflow } from '../../core/pipeline/validate';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
-const EXAMPLE_PATH = path.join(__dirname, '..', 'fixtures', 'examplehuman', 'ExampleHuman.cppipe');
+const EXAMPLE_PATH = path.join(EXAMPLE_HUMAN, 'ExampleHuman.cppipe');
 const example = fs.readFileSync(EXAMPLE_PATH, 'utf8');
 
 /** Runs `fn`, expects a PipelineError, and returns it for further checks. */
@@ -156,7 +157,7 @@ describe('validatePipelineForCpflow', () => {
   });
 
   it('accepts a LoadData pipeline: its channels come from the CSV', () => {
-    const text = fs.readFileSync(path.join(__dirname, '..', 'fixtures', 'examplehuman', 'ExampleHuman-LoadData.cppipe'), 'utf8');
+    const text = fs.readFileSync(path.join(EXAMPLE_HUMAN, 'ExampleHuman-LoadData.cppipe'), 'utf8');
     const info = validatePipelineForCpflow(parseCppipe(text, 'ExampleHuman-LoadData.cppipe'));
     expect(info.input).toBe('loaddata');
     expect(info.channels).toEqual([]);

@@ -3,14 +3,14 @@
  * seeded generator and the generator returns the truth (counts, per-set means) it used, so tests can
  * compare the merge's output against independently known numbers.
  */
-import { EXAMPLEHUMAN_DIR } from '../fixtures/examplehuman-dir';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import type { ImageSetResult, ImageSetTable } from '../../activities/reduce/summary';
 import { seededRandom } from '../../core/random';
+import { EXAMPLE_HUMAN } from '../support/fixtures';
 
-export const EXAMPLEHUMAN_OUTPUT = path.join(EXAMPLEHUMAN_DIR, 'reference-output');
+export const EXAMPLEHUMAN_OUTPUT = path.join(EXAMPLE_HUMAN, 'reference-output');
 
 /** RFC 4180 quoting, written independently of csv-stringify so the tests do not check the library against itself. */
 export function csvText(header: string[], rows: (string | number)[][]): string {

@@ -59,6 +59,7 @@ import { DEFAULTS } from '../../../core/model';
 import { parseCppipe, PipelineError, type Pipeline } from '../../../core/pipeline/cppipe';
 import { validatePipelineForCpflow } from '../../../core/pipeline/validate';
 import { ImageSetInputError, SHARED_OUTPUTS_DIR, type Engine, type EngineIdentity, type EngineImageSet, type EngineRunInput, type EngineRunResult } from '../types';
+import { cellProfilerEnvironment } from './environment';
 import { classifyFailure, invoke, pipelineLoadFailure } from './invoke';
 import { writeLoadDataCsv } from './load-data';
 import { setFolderName, splitOutputs, type AttemptPaths } from './split-outputs';
@@ -73,16 +74,21 @@ export interface CellProfilerEngineOptions {
 }
 
 export function createCellProfilerEngine(opts: CellProfilerEngineOptions): Engine {
-  let versionPromise: Promise<string> | undefined;
+  let basePromise: Promise<EngineIdentity> | undefined;
   const identity = async (): Promise<EngineIdentity> => {
-    versionPromise ??= probeCellProfilerVersion(opts.executable);
+    // The environment (Python, package set) goes into provenance and the skip-if-done check.
+    basePromise ??= probeCellProfilerVersion(opts.executable).then(async (version) => ({
+      name: 'cellprofiler',
+      version,
+      environment: await cellProfilerEnvironment(opts.executable, version),
+    }));
     // A failed probe (e.g. a venv being installed) is not cached: the next call tries again.
-    versionPromise.catch(() => {
-      versionPromise = undefined;
+    basePromise.catch(() => {
+      basePromise = undefined;
     });
-    const version = await versionPromise;
+    const base = await basePromise;
     // Hashed on every call (a few small files): a plugin edited on a running worker is noticed.
-    return opts.pluginsDir ? { name: 'cellprofiler', version, plugins: await pluginFiles(opts.pluginsDir) } : { name: 'cellprofiler', version };
+    return opts.pluginsDir ? { ...base, plugins: await pluginFiles(opts.pluginsDir) } : base;
   };
   return {
     identity,

@@ -1,14 +1,16 @@
 /**
  * One CellProfiler process: started detached in its own process group (so cancellation and
  * time-outs kill it and every child with one kill(-pid)), its log lines turned into progress, and a
- * failure classified from the module error CellProfiler reports.
+ * failure classified: deterministic pipeline failures are final (PipelineRunError), what the machine
+ * caused (a signal, no memory or disk, a failed start) is retried.
  */
 import { once } from 'node:events';
+import path from 'node:path';
 import readline from 'node:readline';
 import execa from 'execa';
 import { headlessEnv } from '../../../core/cellprofiler';
 import { DEFAULTS } from '../../../core/model';
-import { ImageSetInputError, type EngineImageSet, type EngineRunInput } from '../types';
+import { PipelineRunError, type EngineImageSet, type EngineRunInput } from '../types';
 
 const STDERR_TAIL_LINES = 40;
 /** Modules that load images; an error there means the image itself could not be read. */
@@ -25,8 +27,14 @@ export interface InvocationResult {
   errorModule?: string;
   /** Exception line (e.g. `IndexError: ...`) of the traceback that followed the module error. */
   errorException?: string;
-  /** Module whose preparation failed ("Failed to prepare run for module X"): no image set was made. */
-  prepareRunModule?: string;
+  /** Signal that ended CellProfiler (OOM killer, …), if any. */
+  signal?: string;
+  /** Whether CellProfiler reported running any module on any image set. */
+  ranAnImageSet: boolean;
+  /** The last exception line of any traceback CellProfiler printed. */
+  lastException?: string;
+  /** CellProfiler said no image matched the pipeline's rules (NamesAndTypes made no image set). */
+  noImageSets: boolean;
   /**
    * CellProfiler could not load the whole pipeline (e.g. a plugin module it does not know). This build
    * then runs the modules it did load and still reports `Complete`: the run must not count.
@@ -37,9 +45,8 @@ export interface InvocationResult {
 }
 
 const MODULE_PROGRESS = /Image # (\d+), module (\S+) # (\d+)/;
-const MODULE_ERROR = /Error detected during run of module (\S+)/;
+const MODULE_ERROR = /Error detected during run of module (\w+)/;
 const EXCEPTION_LINE = /^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): ?(.*)$/;
-const PREPARE_RUN_ERROR = /Failed to prepare run for module (\S+)/;
 const PIPELINE_LOAD_ERROR = /Failed to load pipeline/;
 const WARNING_LINE = /^\[CP - WARNING\] [^:]+::[^:]+: (.+)$/;
 /** Warnings every headless run of this build logs; they say nothing about the pipeline or the images. */
@@ -51,6 +58,17 @@ const WARNING_NOISE: Array<(warning: string) => boolean> = [
     return m !== null && m[1] === m[2];
   },
 ];
+/** CellProfiler's warning when NamesAndTypes' rules match none of the listed files. */
+const NO_IMAGE_SETS = /No images passed group filters|no image sets|image set list is empty/i;
+/** Failures that another attempt (later, or on another worker) may not meet again. */
+const RESOURCE_EXHAUSTION = /MemoryError|Killed|No space left on device|Errno 28|Errno 12|Cannot allocate memory|Too many open files/;
+/**
+ * Exceptions that say the machine, not the run, was at fault (I/O error, no memory or disk, too many
+ * files, a connection or timeout). A plain OSError is not among them: on a local, checksummed input it
+ * is the decoder saying the file is not an image, which the next attempt meets again.
+ */
+const TRANSIENT_EXCEPTION =
+  /^(BlockingIOError|ConnectionError|ConnectionResetError|ConnectionRefusedError|TimeoutError|BrokenPipeError|InterruptedError|KeyboardInterrupt)\b|\[Errno (5|11|12|24|28|110|111)\]/;
 
 export async function invoke(
   executable: string,
@@ -77,7 +95,7 @@ export async function invoke(
     }
   };
 
-  const result: InvocationResult = { exitCode: undefined, stderrTail: [], warnings: [] };
+  const result: InvocationResult = { exitCode: undefined, stderrTail: [], ranAnImageSet: false, noImageSets: false, warnings: [] };
   let lastImageNumber: number | undefined;
   let awaitingException = false;
   let awaitingLoadException = false;
@@ -88,12 +106,7 @@ export async function invoke(
       // CellProfiler logs to stderr; stdout lines (rare) are kept too, in arrival order.
       result.stderrTail.push(line);
       if (result.stderrTail.length > STDERR_TAIL_LINES) result.stderrTail.shift();
-      const progress = MODULE_PROGRESS.exec(line);
-      if (progress) {
-        lastImageNumber = Number(progress[1]);
-        input.onProgress?.(`CellProfiler image set ${progress[1]}/${setCount}: ${progress[2]} (module ${progress[3]})`);
-        return;
-      }
+      if (NO_IMAGE_SETS.test(line)) result.noImageSets = true;
       const warning = WARNING_LINE.exec(line)?.[1]?.trim();
       if (warning && !WARNING_NOISE.some((isNoise) => isNoise(warning)) && !result.warnings.includes(warning)) {
         if (result.warnings.length < DEFAULTS.MAX_WARNINGS_PER_SET) result.warnings.push(warning);
@@ -101,17 +114,20 @@ export async function invoke(
       if (PIPELINE_LOAD_ERROR.test(line) && result.pipelineLoadError === undefined) {
         result.pipelineLoadError = 'CellProfiler could not load the pipeline';
         awaitingLoadException = true;
-        return;
-      }
-      if (awaitingLoadException && EXCEPTION_LINE.test(line)) {
-        result.pipelineLoadError = `CellProfiler could not load the pipeline: ${line}`;
+      } else if (awaitingLoadException && EXCEPTION_LINE.test(line.trim())) {
+        result.pipelineLoadError = `CellProfiler could not load the pipeline: ${line.trim()}`;
         awaitingLoadException = false;
-        return;
       }
-      const prepare = PREPARE_RUN_ERROR.exec(line);
-      if (prepare && result.prepareRunModule === undefined) {
-        result.prepareRunModule = prepare[1];
-        awaitingException = true;
+      const anyException = EXCEPTION_LINE.exec(line.trim());
+      if (anyException && !/^ModuleNotFoundError: No module named 'MySQLdb'/.test(line.trim())) {
+        // (MySQLdb: CellProfiler logs its guarded, expected import failure at every start.)
+        result.lastException = line.trim();
+      }
+      const progress = MODULE_PROGRESS.exec(line);
+      if (progress) {
+        result.ranAnImageSet = true;
+        lastImageNumber = Number(progress[1]);
+        input.onProgress?.(`CellProfiler image set ${progress[1]}/${setCount}: ${progress[2]} (module ${progress[3]})`);
         return;
       }
       const moduleError = MODULE_ERROR.exec(line);
@@ -145,6 +161,7 @@ export async function invoke(
   try {
     const [outcome] = await Promise.all([child, consume(child.stderr), consume(child.stdout)]);
     result.exitCode = outcome.exitCode;
+    result.signal = outcome.signal ?? undefined;
     if (outcome.failed && outcome.exitCode === undefined && !outcome.isCanceled && outcome.signal === undefined) {
       // With reject:false execa resolves with its error object when the spawn itself failed.
       result.spawnError = outcome instanceof Error ? outcome.message : 'spawn failed';
@@ -168,45 +185,57 @@ function abortError(signal: AbortSignal | undefined): Error {
 }
 
 /** A pipeline CellProfiler could not load: the same for every attempt and every set, so final. */
-export function pipelineLoadFailure(run: InvocationResult, sets: EngineImageSet[]): ImageSetInputError | undefined {
+export function pipelineLoadFailure(run: InvocationResult, sets: EngineImageSet[]): PipelineRunError | undefined {
   if (!run.pipelineLoadError) return undefined;
   const plugin = /Could not find the (\S+) module/.exec(run.pipelineLoadError);
   const hint = plugin ? ` (${plugin[1]} is not a module of this CellProfiler: if it is a plugin, set CPFLOW_CELLPROFILER_PLUGINS on the workers)` : '';
-  return new ImageSetInputError(`${run.pipelineLoadError}${hint}`, sets.length === 1 ? sets[0]?.key : undefined);
+  return new PipelineRunError(`${run.pipelineLoadError}${hint}`, sets.length === 1 ? sets[0]?.key : undefined, plugin?.[1]);
 }
 
 export function classifyFailure(run: InvocationResult, done: string | undefined, sets: EngineImageSet[]): Error {
   const doneText = done === undefined ? 'no done file' : `done file says ${JSON.stringify(done.trim())}`;
   const detail = run.spawnError
     ? `CellProfiler could not be started: ${run.spawnError}`
-    : `CellProfiler failed (exit ${run.exitCode ?? 'none'}, ${doneText})`;
+    : `CellProfiler failed (exit ${run.exitCode ?? 'none'}${run.signal ? `, ${run.signal}` : ''}, ${doneText})`;
   const stderr = run.stderrTail.join('\n');
-  // A module error on an image set is a property of that set's data (a file that does not decode, an
-  // image the pipeline cannot handle): retrying cannot help. Resource exhaustion can, so it stays
-  // retryable.
-  const exhausted = /MemoryError|Killed|No space left on device/.test(run.errorException ?? '');
-  if (run.prepareRunModule && !run.errorModule && !exhausted) {
-    // The input modules made no image set from these files (rules matching none of them, a channel
-    // with no file): the same files and pipeline fail the same way every time, so it is not retried.
-    const which = sets.length === 1 ? `image set ${sets[0].key}` : `a batch of ${sets.length} image sets (${sets.map((s) => s.key).join(', ')})`;
-    return new ImageSetInputError(
-      `${which}: CellProfiler could not make image sets from the files (module ${run.prepareRunModule}${run.errorException ? `: ${run.errorException}` : ''})` +
-        `${run.warnings.length ? `; CellProfiler said: ${run.warnings.join('; ')}` : ''}\n${detail}; last lines of stderr:\n${stderr}`,
-      sets.length === 1 ? sets[0].key : undefined,
-    );
-  }
-  if (run.errorModule && !exhausted) {
-    const imageNo = run.errorImageNumber;
+  const single = sets.length === 1 ? sets[0].key : undefined;
+  // In a batch the failing set is not named: the caller reruns the sets one by one to find it.
+  const which = (imageNo: number | undefined) =>
+    single !== undefined
+      ? `image set ${single}`
+      : `image set #${imageNo ?? '?'} of a batch of ${sets.length} (${sets.map((s) => s.key).join(', ')})`;
+  const retryable =
+    run.spawnError !== undefined ||
+    run.signal !== undefined ||
+    RESOURCE_EXHAUSTION.test(`${run.errorException ?? ''}\n${run.lastException ?? ''}\n${stderr}`) ||
+    TRANSIENT_EXCEPTION.test(run.errorException ?? run.lastException ?? '');
+  if (!retryable && run.errorModule) {
+    // A module that raises on an image set raises on every attempt (a file that does not decode, a
+    // setting the data cannot satisfy, a library API the module needs): final, named, never retried.
     const loading = IMAGE_LOADING_MODULES.has(run.errorModule);
     const what = loading ? 'could not load an image' : `module ${run.errorModule} failed`;
-    const which =
-      sets.length === 1
-        ? `image set ${sets[0].key}`
-        : `image set #${imageNo ?? '?'} of a batch of ${sets.length} (${sets.map((s) => s.key).join(', ')})`;
-    // In a batch the failing set is not named: the caller reruns the sets one by one to find it.
-    return new ImageSetInputError(
-      `${which}: CellProfiler ${what}${run.errorException ? `: ${run.errorException}` : ''}\n${detail}; last lines of stderr:\n${stderr}`,
-      sets.length === 1 ? sets[0].key : undefined,
+    return new PipelineRunError(
+      `${which(run.errorImageNumber)}: CellProfiler ${what}${run.errorException ? `: ${run.errorException}` : ''}\n${detail}; last lines of stderr:\n${stderr}`,
+      single,
+      run.errorModule,
+      run.errorException,
+    );
+  }
+  if (!retryable && run.noImageSets && !run.ranAnImageSet) {
+    return new PipelineRunError(
+      `${which(undefined)}: CellProfiler made no image set from the files ${sets.flatMap((s) => s.files.map((f) => path.basename(f.path))).join(', ')} ` +
+        `(do the pipeline's NamesAndTypes rules match these file names?)${run.warnings.length ? `; CellProfiler said: ${run.warnings.join('; ')}` : ''}\n${detail}; last lines of stderr:\n${stderr}`,
+      single,
+    );
+  }
+  if (!retryable && done !== undefined && run.lastException) {
+    // CellProfiler finished its run and recorded a failure after an exception outside any module
+    // (pipeline load, prepare_run, post_run): the same pipeline on the same files does it again.
+    return new PipelineRunError(
+      `${which(undefined)}: CellProfiler failed: ${run.lastException}\n${detail}; last lines of stderr:\n${stderr}`,
+      single,
+      undefined,
+      run.lastException,
     );
   }
   return new Error(`${detail}; last lines of stderr:\n${stderr}`);
