@@ -45,7 +45,7 @@ export async function analyzeLocal(o: AnalyzeLocalOptions): Promise<AnalyzeLocal
   if (o.pipelineFile) {
     const text = fs.readFileSync(o.pipelineFile, 'utf8');
     const info = validatePipelineForCpflow(parseCppipe(text, o.pipelineFile));
-    const pooled = info.pooling[0];
+    const pooled = info.pooling.find((f) => f.kind === 'pools');
     if (pooled) {
       // analyze-local runs image set by image set: a pooling pipeline would compute other numbers.
       throw new UsageError(`${o.pipelineFile}: ${describePooling(pooled)}; analyze-local runs image set by image set: use \`cpflow submit --group-by …\``);

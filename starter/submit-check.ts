@@ -125,7 +125,7 @@ export async function checkStageWithCellProfiler(
     ];
     const aggregation = inspection.modules
       .filter((m) => m.aggregation)
-      .map((m) => ({ module: m.name, moduleNum: m.num, why: 'CellProfiler reports that it aggregates across the image sets of a group' }));
+      .map((m) => ({ module: m.name, moduleNum: m.num, kind: 'pools' as const, why: 'CellProfiler reports that it aggregates across the image sets of a group' }));
     return { warnings, aggregation, checkedSets: sample.length };
   } finally {
     await fs.promises.rm(root, { recursive: true, force: true });

@@ -68,7 +68,13 @@ function withPipeline(stage: PlannedStage): PlannedStage {
 }
 
 /** Refuses pooling without grouping, and grouping that would split the pipeline's own groups. */
-export function checkGrouping(stage: PlannedStage, metadataKeys: string[], pooling: PoolingFinding[] = stage.info?.pooling ?? []): void {
+export function checkGrouping(
+  stage: PlannedStage,
+  metadataKeys: string[],
+  findings: PoolingFinding[] = stage.info?.pooling ?? [],
+  warnings: string[] = [],
+): void {
+  const pooling = findings.filter((f) => f.kind === 'pools');
   const flag = stage.name === SINGLE_STAGE ? '--group-by' : `groupBy of stage ${stage.name}`;
   for (const key of stage.groupBy) {
     if (!metadataKeys.includes(key)) {
@@ -85,6 +91,13 @@ export function checkGrouping(stage: PlannedStage, metadataKeys: string[], pooli
       `${stage.label}: ${describePooling(pooling[0] as PoolingFinding)}; split into one CellProfiler run per image set it would compute other numbers than CellProfiler run on all the files: ${how}` +
         (pooling.length > 1 ? ` (also: ${pooling.slice(1).map(describePooling).join('; ')})` : ''),
     );
+  }
+  if (stage.groupBy.length === 0) {
+    for (const f of findings.filter((x) => x.kind === 'experiment-wide')) {
+      warnings.push(
+        `${stage.label}: ${describePooling(f)}; run image set by image set, each set's Experiment table holds that set's values, not the experiment's (per-image measurements are unaffected; --group-by computes them per group)`,
+      );
+    }
   }
   const own = stage.info?.groupingKeys;
   if (own && stage.groupBy.length > 0) {

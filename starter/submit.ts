@@ -228,7 +228,7 @@ async function submitChecked(opts: SubmitOptions): Promise<SubmitResult> {
   }
 
   // 3. Grouping, pooling and stage inputs; one row per stage and image set.
-  for (const stage of stages) checkGrouping(stage, metadataKeys);
+  for (const stage of stages) checkGrouping(stage, metadataKeys, undefined, warnings);
   checkStageInputs(stages, metadataKeys);
   const staged = stageSets(stages, sets);
 

@@ -3,6 +3,8 @@
  * CellProfiler invocation per image set (or per batch of arbitrary sets), such a pipeline computes
  * different numbers than CellProfiler run on all the files, so cpflow accepts it only with
  * `--group-by` (one invocation per group: CellProfiler sees the whole group, as it would run it).
+ * Modules whose cross-set values go only into the Experiment table (experiment-wide statistics) are
+ * accepted with a warning: their per-image measurements are unaffected.
  *
  * The list follows CellProfiler's own notion of an aggregation module (`Module.is_aggregation_module`:
  * CorrectIlluminationCalculate in "All" mode, MakeProjection, RescaleIntensity from all images,
@@ -16,6 +18,12 @@ import { settingValue, type Pipeline, type PipelineModule } from './cppipe';
 export interface PoolingFinding {
   module: string;
   moduleNum: number;
+  /**
+   * `pools`: image or object measurements depend on other image sets (refused without --group-by);
+   * `experiment-wide`: only Experiment-table values are computed over the run's image sets, per-image
+   * measurements are unaffected (accepted with a warning: split runs compute them per set or group).
+   */
+  kind: 'pools' | 'experiment-wide';
   /** The setting that makes it pool, with its value; absent when the module always pools. */
   setting?: string;
   value?: string;
@@ -23,9 +31,12 @@ export interface PoolingFinding {
   why: string;
 }
 
+type Check = (m: PipelineModule) => Omit<PoolingFinding, 'module' | 'moduleNum' | 'kind'> | undefined;
+
 interface Rule {
   module: string;
-  check: (m: PipelineModule) => Omit<PoolingFinding, 'module' | 'moduleNum'> | undefined;
+  kind: PoolingFinding['kind'];
+  check: Check;
 }
 
 const when = (text: string, test: (value: string) => boolean, why: string) => (m: PipelineModule) => {
@@ -34,7 +45,7 @@ const when = (text: string, test: (value: string) => boolean, why: string) => (m
 };
 
 const anyOf =
-  (...checks: Array<(m: PipelineModule) => Omit<PoolingFinding, 'module' | 'moduleNum'> | undefined>) =>
+  (...checks: Check[]) =>
   (m: PipelineModule) => {
     for (const check of checks) {
       const found = check(m);
@@ -52,6 +63,7 @@ const whenAny = (text: string, test: (value: string) => boolean, why: string) =>
 export const POOLING_RULES: readonly Rule[] = [
   {
     module: 'CorrectIlluminationCalculate',
+    kind: 'pools',
     // CellProfiler 5 says "All"; pipelines from CellProfiler ≤ 4 say "All: First cycle" / "All: Across cycles".
     check: when(
       'Calculate function for each image individually, or based on all images?',
@@ -59,10 +71,11 @@ export const POOLING_RULES: readonly Rule[] = [
       'the illumination function is computed from every image set of the group',
     ),
   },
-  { module: 'TrackObjects', check: () => ({ why: 'objects are tracked from one image set to the next' }) },
-  { module: 'MakeProjection', check: () => ({ why: 'the projection combines the images of every image set of the group' }) },
+  { module: 'TrackObjects', kind: 'pools', check: () => ({ why: 'objects are tracked from one image set to the next' }) },
+  { module: 'MakeProjection', kind: 'pools', check: () => ({ why: 'the projection combines the images of every image set of the group' }) },
   {
     module: 'RescaleIntensity',
+    kind: 'pools',
     check: anyOf(
       when('Method to calculate the minimum intensity', (v) => v === 'Minimum of all images', 'the minimum is taken over every image set'),
       when('Method to calculate the maximum intensity', (v) => v === 'Maximum of all images', 'the maximum is taken over every image set'),
@@ -70,19 +83,22 @@ export const POOLING_RULES: readonly Rule[] = [
   },
   {
     module: 'SaveImages',
+    kind: 'pools',
     check: anyOf(
       when('Select the type of image to save', (v) => v === 'Movie/Stack', 'a movie is assembled from every image set'),
       when('When to save', (v) => v === 'Last cycle', 'the image is saved once, after the last image set of the group'),
     ),
   },
-  { module: 'Tile', check: when('Tile assembly method', (v) => v === 'Across cycles', 'tiles are assembled across image sets') },
-  { module: 'CalculateStatistics', check: () => ({ why: 'its statistics (Z-factors, dose-response) are computed over every image set' }) },
+  { module: 'Tile', kind: 'pools', check: when('Tile assembly method', (v) => v === 'Across cycles', 'tiles are assembled across image sets') },
+  { module: 'CalculateStatistics', kind: 'experiment-wide', check: () => ({ why: 'its statistics (Z-factors, dose-response) are computed over every image set' }) },
   {
     module: 'MeasureImageQuality',
+    kind: 'experiment-wide',
     check: whenAny('Calculate thresholds?', (v) => v === 'Yes', 'it also records the mean, median and spread of the thresholds over every image set (Experiment table)'),
   },
   {
     module: 'ExportToSpreadsheet',
+    kind: 'experiment-wide',
     check: when('Create a GenePattern GCT file?', (v) => v === 'Yes', 'the GenePattern file gathers every image set'),
   },
 ];
@@ -95,16 +111,18 @@ export function poolingFindings(p: Pipeline): PoolingFinding[] {
     for (const rule of POOLING_RULES) {
       if (rule.module !== m.name) continue;
       const found = rule.check(m);
-      if (found) findings.push({ module: m.name, moduleNum: m.moduleNum, ...found });
+      if (found) findings.push({ module: m.name, moduleNum: m.moduleNum, kind: rule.kind, ...found });
     }
   }
   return findings;
 }
 
-/** One sentence naming the module, the setting and what to do. */
+/** One sentence naming the module, the setting and what it computes across image sets. */
 export function describePooling(f: PoolingFinding): string {
   const setting = f.setting ? ` ("${f.setting}" is "${f.value}")` : '';
-  return `${f.module} (module ${f.moduleNum}) pools image sets${setting}: ${f.why}`;
+  return f.kind === 'pools'
+    ? `${f.module} (module ${f.moduleNum}) pools image sets${setting}: ${f.why}`
+    : `${f.module} (module ${f.moduleNum}) computes experiment-wide values${setting}: ${f.why}`;
 }
 
 /** Metadata keys of an enabled Groups module that groups images, else undefined. */

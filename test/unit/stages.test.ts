@@ -72,6 +72,16 @@ describe('submit stage checks', () => {
     expect(() => checkGrouping(stage('', { groupBy: ['Plate'] }), ['Plate', 'Well'])).not.toThrow();
   });
 
+  it('accepts experiment-wide statistics without --group-by, with a warning', () => {
+    const text = example
+      .replace('ModuleCount:14', 'ModuleCount:15')
+      .concat(`\nMeasureImageQuality:[module_num:15|svn_version:'Unknown'|variable_revision_number:6|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]\n    Calculate thresholds?:Yes\n`);
+    const info = validatePipelineForCpflow(parseCppipe(text));
+    const warnings: string[] = [];
+    expect(() => checkGrouping(stage('', { info }), ['Plate'], undefined, warnings)).not.toThrow();
+    expect(warnings).toEqual([expect.stringMatching(/MeasureImageQuality \(module 15\) computes experiment-wide values \("Calculate thresholds\?" is "Yes"\).*each set's Experiment table holds that set's values/)]);
+  });
+
   it('refuses an unknown --group-by key with the keys there are', () => {
     expect(() => checkGrouping(stage('', { groupBy: ['Plat'] }), ['Plate', 'Well', 'Site'])).toThrow(
       /--group-by: Plat is not a metadata key of the image sets \(keys: Plate, Well, Site\)/,
