@@ -3,18 +3,19 @@ import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import { imageLimitsConfig } from '../core/config';
 import { pixelProblem, readImageHeader, sizeProblem } from '../core/image-limits';
-import { DEFAULTS, type ImageSetOutcome } from '../core/model';
-import { layout, parseS3Uri } from '../core/s3';
+import { DEFAULTS, type ImageSetOutcome, type ResultFileRecord } from '../core/model';
+import { layout, parseS3Uri, s3Uri, type StoredObject } from '../core/s3';
 import { CPFLOW_VERSION, gitCommit, workerIdentity } from '../core/version';
 import type { AnalysisDeps } from './analyze';
-import { ImageSetInputError, type Engine, type EngineIdentity, type EngineImageSet } from './engines';
+import { ImageSetInputError, SHARED_OUTPUTS_DIR, type Engine, type EngineIdentity, type EngineImageSet, type EngineRunResult } from './engines';
 import type { ChunkManifest, ManifestSet } from './manifest';
-import type { SetProvenance } from './provenance';
+import type { GroupProvenance, SetProvenance } from './provenance';
 
 /**
- * One engine invocation over a batch of image sets: download each set's files from S3 (hashing on
- * the way), run the engine, upload its outputs under the set's deterministic prefix and write
- * provenance.json last as the done marker. Heartbeats carry what it is doing.
+ * One engine invocation over a batch of image sets, or over one whole group: download each set's
+ * files from S3 (hashing on the way), run the engine, upload its outputs under the set's
+ * deterministic prefix (the group's outputs under the group's prefix) and write provenance.json last
+ * as the done marker (per set, then the group's). Heartbeats carry what it is doing.
  */
 
 export interface BatchRun {
@@ -23,10 +24,24 @@ export interface BatchRun {
   engine: Engine;
   identity: EngineIdentity;
   attempt: number;
+  /** The sets are one group of a grouped stage. */
+  group?: { key: string; metadata: Record<string, string> };
+}
+
+/**
+ * A batch of unrelated sets produced files no single set's row names (SaveImages that records no
+ * path, or two sets writing one file name): they cannot be attributed, so the caller runs the sets
+ * one by one (with one set every file is its own). Nothing of the batch was uploaded.
+ */
+export class UnattributedOutputsError extends Error {
+  constructor(readonly files: string[]) {
+    super(`outputs named by no single image set: ${files.slice(0, 5).join(', ')}${files.length > 5 ? ` (+${files.length - 5})` : ''}`);
+    this.name = 'UnattributedOutputsError';
+  }
 }
 
 export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<ImageSetOutcome[]> {
-  const { manifest, sets, engine, identity, attempt } = batch;
+  const { manifest, sets, engine, identity, attempt, group } = batch;
   const ctx = Context.current();
   const workRoot = await fs.promises.mkdtemp(path.join(deps.workDir(), `cpflow-${manifest.experimentId}-`));
   const startedAt = new Date().toISOString();
@@ -41,10 +56,17 @@ export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<Ima
 
     const engineSets: EngineImageSet[] = [];
     const inputsBySet = new Map<number, SetProvenance['inputs']>();
-    for (const set of sets) {
+    for (const [i, set] of sets.entries()) {
+      if (sets.length > 1) lastDetail = `downloading image set ${i + 1}/${sets.length}`;
       const downloaded = await downloadSet(deps, set, path.join(inputDir, set.key));
       inputsBySet.set(set.id, downloaded.inputs);
-      engineSets.push({ key: set.key, metadata: set.metadata, files: downloaded.files, imageNumber: set.id });
+      engineSets.push({
+        key: set.key,
+        metadata: set.metadata,
+        files: downloaded.files,
+        imageNumber: set.id,
+        outputUri: s3Uri(manifest.bucket, layout.setPrefix(manifest.experimentId, set.key, manifest.stage)),
+      });
     }
 
     let pipelinePath: string | undefined;
@@ -54,9 +76,12 @@ export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<Ima
       await deps.store.downloadToFile(bucket, key, pipelinePath);
     }
 
-    lastDetail = `running ${identity.name} on ${sets.map((s) => s.key).join(', ')}`;
+    lastDetail = `running ${identity.name} on ${group ? `group ${group.key} (${sets.length} image sets)` : sets.map((s) => s.key).join(', ')}`;
     const result = await engine.run({
       imageSets: engineSets,
+      grouping: group
+        ? { ...group, outputUri: s3Uri(manifest.bucket, layout.groupPrefix(manifest.experimentId, group.key, manifest.stage)) }
+        : undefined,
       pipelinePath,
       outDir,
       tmpDir,
@@ -66,18 +91,27 @@ export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<Ima
         lastDetail = detail;
       },
     });
+    if (!group && sets.length > 1 && (result.shared?.length ?? 0) > 0) throw new UnattributedOutputsError(result.shared ?? []);
 
     lastDetail = 'uploading outputs';
-    const outcomes: ImageSetOutcome[] = [];
+    const uploaded: Array<{ set: ManifestSet; outcome: ImageSetOutcome; record: GroupProvenance['sets'][number] }> = [];
     for (const set of sets) {
       const produced = result.sets.find((r) => r.key === set.key);
       if (!produced) throw new Error(`engine ${identity.name} returned no output for image set ${set.key}`);
-      outcomes.push(
+      uploaded.push(
         await uploadSet(deps, batch, set, path.join(outDir, set.key), produced.files, {
           inputs: inputsBySet.get(set.id) ?? [],
           startedAt,
+          warnings: result.warnings ?? [],
         }),
       );
+    }
+    const outcomes = uploaded.map((u) => u.outcome);
+    if (group) {
+      const groupResults = await uploadGroup(deps, batch, group, path.join(outDir, SHARED_OUTPUTS_DIR), result, uploaded, startedAt);
+      // Group outputs belong to no single set: they ride on the group's first outcome to the mirror.
+      const first = outcomes[0];
+      if (first) first.groupResults = groupResults;
     }
     return outcomes;
   } finally {
@@ -104,7 +138,7 @@ async function downloadSet(
     if (registeredTooBig) throw refused(registeredTooBig);
     // Keep the original file name: CellProfiler pipelines match channels by name.
     let local = path.join(setDir, path.posix.basename(key));
-    if (files.some((x) => x.path === local)) local = path.join(setDir, `${f.channel}-${path.posix.basename(key)}`);
+    if (files.some((x) => x.path === local)) local = path.join(setDir, `${f.channel.replace(/[^A-Za-z0-9_-]/g, '_')}-${path.posix.basename(key)}`);
     const got = await deps.store.downloadIfExists(bucket, key, local);
     if (!got) throw refused('is missing');
     if (got.size === 0) throw refused('is empty');
@@ -119,7 +153,7 @@ async function downloadSet(
     const tooManyPixels = header ? pixelProblem(header, limits) : undefined;
     if (tooManyPixels) throw refused(tooManyPixels);
     inputs.push({ channel: f.channel, uri: f.uri, size: got.size, checksum: f.checksum, sha256: got.sha256 });
-    files.push({ channel: f.channel, path: local });
+    files.push({ channel: f.channel, path: local, sourceUri: f.uri });
   }
   return { files, inputs };
 }
@@ -142,26 +176,24 @@ async function uploadSet(
   set: ManifestSet,
   localDir: string,
   produced: string[],
-  record: { inputs: SetProvenance['inputs']; startedAt: string },
-): Promise<ImageSetOutcome> {
-  const { manifest, identity, attempt } = batch;
-  const prefix = layout.setPrefix(manifest.experimentId, set.key);
-  const outputs: SetProvenance['outputs'] = [];
-  for (const name of [...produced].sort()) {
-    if (name === 'provenance.json') continue;
-    const stored = await deps.store.putFile(manifest.bucket, `${prefix}${name}`, path.join(localDir, name), {
-      contentType: name.endsWith('.csv') ? 'text/csv' : undefined,
-    });
-    outputs.push({ name, ...stored });
-  }
+  record: { inputs: SetProvenance['inputs']; startedAt: string; warnings: string[] },
+): Promise<{ set: ManifestSet; outcome: ImageSetOutcome; record: GroupProvenance['sets'][number] }> {
+  const { manifest, identity, attempt, group } = batch;
+  const prefix = layout.setPrefix(manifest.experimentId, set.key, manifest.stage);
+  const outputs = await uploadFiles(deps, manifest.bucket, prefix, localDir, produced);
   const provenance: SetProvenance = {
     kind: 'cpflow.image-set-provenance/v1',
     experimentId: manifest.experimentId,
+    ...(manifest.stage ? { stage: manifest.stage } : {}),
     imageSet: { id: set.id, key: set.key, metadata: set.metadata },
+    ...(group
+      ? { group: { key: group.key, provenanceUri: s3Uri(manifest.bucket, `${layout.groupPrefix(manifest.experimentId, group.key, manifest.stage)}provenance.json`) } }
+      : {}),
     engine: identity,
     pipelineSha256: manifest.pipelineSha256,
     inputs: record.inputs,
     outputs,
+    ...(record.warnings.length > 0 ? { warnings: record.warnings } : {}),
     cpflow: { version: CPFLOW_VERSION, gitCommit: gitCommit() },
     worker: { ...workerIdentity(), attempt },
     startedAt: record.startedAt,
@@ -169,7 +201,7 @@ async function uploadSet(
   };
   // Written last: its presence means every output above is complete.
   const marker = await deps.store.putBytes(manifest.bucket, `${prefix}provenance.json`, JSON.stringify(provenance, null, 2), 'application/json');
-  return {
+  const outcome: ImageSetOutcome = {
     imageSetId: set.id,
     status: 'done',
     attempts: attempt,
@@ -179,12 +211,77 @@ async function uploadSet(
       ...outputs.map((o) => ({ kind: kindOf(o.name), uri: o.uri, size: o.size, checksum: o.checksum })),
       { kind: 'provenance', uri: marker.uri, size: marker.size, checksum: marker.checksum },
     ],
+    ...(record.warnings.length > 0 ? { warnings: record.warnings } : {}),
   };
+  return {
+    set,
+    outcome,
+    record: {
+      id: set.id,
+      key: set.key,
+      inputs: record.inputs,
+      outputs,
+      provenance: { uri: marker.uri, size: marker.size, checksum: marker.checksum },
+      ...(record.warnings.length > 0 ? { warnings: record.warnings } : {}),
+    },
+  };
+}
+
+/** Uploads the group's own outputs, then the group's provenance.json (its done marker) last. */
+async function uploadGroup(
+  deps: AnalysisDeps,
+  batch: BatchRun,
+  group: NonNullable<BatchRun['group']>,
+  sharedDir: string,
+  result: EngineRunResult,
+  uploaded: Array<{ record: GroupProvenance['sets'][number] }>,
+  startedAt: string,
+): Promise<ResultFileRecord[]> {
+  const { manifest, identity, attempt } = batch;
+  const prefix = layout.groupPrefix(manifest.experimentId, group.key, manifest.stage);
+  const outputs = await uploadFiles(deps, manifest.bucket, prefix, sharedDir, result.shared ?? []);
+  const provenance: GroupProvenance = {
+    kind: 'cpflow.group-provenance/v1',
+    experimentId: manifest.experimentId,
+    stage: manifest.stage,
+    group,
+    engine: identity,
+    pipelineSha256: manifest.pipelineSha256,
+    sets: uploaded.map((u) => u.record),
+    outputs,
+    cpflow: { version: CPFLOW_VERSION, gitCommit: gitCommit() },
+    worker: { ...workerIdentity(), attempt },
+    startedAt,
+    finishedAt: new Date().toISOString(),
+  };
+  const marker = await deps.store.putBytes(manifest.bucket, `${prefix}provenance.json`, JSON.stringify(provenance, null, 2), 'application/json');
+  return [
+    ...outputs.map((o) => ({ kind: `group-${kindOf(o.name)}`, uri: o.uri, size: o.size, checksum: o.checksum })),
+    { kind: 'group-provenance', uri: marker.uri, size: marker.size, checksum: marker.checksum },
+  ];
+}
+
+async function uploadFiles(
+  deps: AnalysisDeps,
+  bucket: string,
+  prefix: string,
+  localDir: string,
+  names: string[],
+): Promise<Array<{ name: string } & StoredObject>> {
+  const outputs: Array<{ name: string } & StoredObject> = [];
+  for (const name of [...names].sort()) {
+    if (name === 'provenance.json') continue;
+    const stored = await deps.store.putFile(bucket, `${prefix}${name.split(path.sep).join('/')}`, path.join(localDir, name), {
+      contentType: name.endsWith('.csv') ? 'text/csv' : undefined,
+    });
+    outputs.push({ name: name.split(path.sep).join('/'), ...stored });
+  }
+  return outputs;
 }
 
 /** The result_file kind of an output: `table:<Name>` for tables, `file:<ext>` for the rest. */
 export function kindOf(name: string): string {
   if (name === 'provenance.json') return 'provenance';
-  if (name.endsWith('.csv')) return `table:${name.slice(0, -4)}`;
+  if (name.endsWith('.csv')) return `table:${path.posix.basename(name).slice(0, -4)}`;
   return `file:${path.extname(name).slice(1) || 'bin'}`;
 }

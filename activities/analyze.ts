@@ -4,17 +4,19 @@ import { workerConfig } from '../core/config';
 import { isInfrastructureError } from '../core/errors';
 import type { AnalysisActivities, AnalyzeInput, ImageSetOutcome } from '../core/model';
 import { layout, s3Store, s3Uri, type ObjectStore } from '../core/s3';
-import { runBatch, kindOf } from './analyze-batch';
+import { runBatch, kindOf, UnattributedOutputsError } from './analyze-batch';
 import { engineFor, EngineUnavailableError, ImageSetInputError, type Engine, type EngineIdentity, type EngineSelection } from './engines';
 import { createManifestReader, type ChunkManifest, type ManifestReader, type ManifestSet } from './manifest';
 import { countedAnalysis, instrumentedDeps } from './metrics';
-import { provenanceSchema, type SetProvenance } from './provenance';
+import { groupProvenanceSchema, provenanceSchema, type GroupProvenance, type SetProvenance } from './provenance';
 import { sameEnvironment } from './engines/cellprofiler/environment';
 
 /**
- * analyzeImageSets: the per-image-set unit of work. Skips the sets whose provenance.json proves the
- * work was done; runs the rest in one engine invocation (analyze-batch.ts); when an input error hits
- * a batch, reruns its sets one by one so one bad set fails alone; caps engine failures at the
+ * analyzeImageSets: the unit of work, one batch of image sets or one whole group. Skips the sets
+ * whose provenance.json proves the work was done (a group: only when its own provenance.json matches
+ * every input, the pipeline and the engine; otherwise the whole group runs again); runs the rest in
+ * one engine invocation (analyze-batch.ts); when an input error hits a batch (or its outputs cannot
+ * be told apart), reruns its sets one by one so one bad set fails alone; caps engine failures at the
  * experiment's maxEngineAttempts, while outages retry without limit.
  */
 
@@ -50,10 +52,13 @@ async function analyzeImageSets(deps: AnalysisDeps, input: AnalyzeInput): Promis
   try {
     engine = deps.engineFor({ engine: manifest.engine, ...manifest.engineOptions });
   } catch (err) {
-    if (err instanceof EngineUnavailableError) throw ApplicationFailure.nonRetryable(err.message, 'EngineUnavailable');
+    // Analysis is routed by engine, so this is a misconfigured worker: another worker must take the
+    // set (retried with backoff, never failed).
+    if (err instanceof EngineUnavailableError) throw ApplicationFailure.retryable(err.message, 'EngineUnavailable');
     throw err;
   }
   const identity = await engine.identity();
+  if (manifest.groupBy.length > 0) return analyzeGroup(deps, manifest, sets, engine, identity, attempt);
 
   const outcomes: ImageSetOutcome[] = [];
   const toRun: ManifestSet[] = [];
@@ -68,8 +73,9 @@ async function analyzeImageSets(deps: AnalysisDeps, input: AnalyzeInput): Promis
   try {
     outcomes.push(...(await run(toRun)));
   } catch (err) {
-    if (err instanceof ImageSetInputError && toRun.length > 1) {
-      // One bad set must not fail its batch neighbours: rerun them one by one to find it.
+    if ((err instanceof ImageSetInputError || err instanceof UnattributedOutputsError) && toRun.length > 1) {
+      // One bad set must not fail its batch neighbours: rerun them one by one to find it. Outputs no
+      // single set's row names are attributed the same way: alone, every file is the set's own.
       for (const set of toRun) {
         try {
           outcomes.push(...(await run([set])));
@@ -95,6 +101,117 @@ async function analyzeImageSets(deps: AnalysisDeps, input: AnalyzeInput): Promis
   return outcomes;
 }
 
+/**
+ * One whole group in one engine invocation. The group is skipped only when its provenance.json
+ * (written after every set's) matches; any failure fails the whole group: its sets are analysed
+ * together, so no set's result stands without the others.
+ */
+async function analyzeGroup(
+  deps: AnalysisDeps,
+  manifest: ChunkManifest,
+  sets: ManifestSet[],
+  engine: Engine,
+  identity: EngineIdentity,
+  attempt: number,
+): Promise<ImageSetOutcome[]> {
+  const key = sets[0]?.group ?? '';
+  if (key === '' || sets.some((s) => s.group !== key)) {
+    throw ApplicationFailure.nonRetryable(`experiment ${manifest.experimentId} stage ${manifest.stage}: an analysis of a grouped stage must get exactly one group`);
+  }
+  const metadata = Object.fromEntries(manifest.groupBy.map((k) => [k, sets[0]?.metadata[k] ?? '']));
+  const finished = await matchingGroupProvenance(deps.store, manifest, key, sets, identity);
+  if (finished) return skippedGroup(manifest, sets, attempt, finished);
+  try {
+    return await runBatch(deps, { manifest, sets, engine, identity, attempt, group: { key, metadata } });
+  } catch (err) {
+    if (err instanceof ImageSetInputError) {
+      throw ApplicationFailure.nonRetryable(`group ${key} (${sets.length} image sets): ${err.message}`, 'ImageSetInputError', { setKey: key, attempt });
+    }
+    if (!isInfrastructureError(err) && attempt >= manifest.dispatch.maxEngineAttempts) {
+      const message = err instanceof Error ? err.message : String(err);
+      throw ApplicationFailure.nonRetryable(`group ${key}: ${message}`, 'EngineFailure', { setKey: key, attempt });
+    }
+    throw err;
+  }
+}
+
+function skippedGroup(manifest: ChunkManifest, sets: ManifestSet[], attempt: number, finished: FinishedGroup): ImageSetOutcome[] {
+  return sets.map((set, i) => {
+    const record = finished.provenance.sets.find((s) => s.id === set.id);
+    return {
+      imageSetId: set.id,
+      status: 'done',
+      attempts: attempt,
+      skipped: true,
+      outputPrefix: layout.setPrefix(manifest.experimentId, set.key, manifest.stage),
+      results: [
+        ...(record?.outputs ?? []).map((o) => ({ kind: kindOf(o.name), uri: o.uri, size: o.size, checksum: o.checksum })),
+        ...(record ? [{ kind: 'provenance', ...record.provenance }] : []),
+      ],
+      ...(record?.warnings?.length ? { warnings: record.warnings } : {}),
+      ...(i === 0
+        ? {
+            groupResults: [
+              ...finished.provenance.outputs.map((o) => ({ kind: `group-${kindOf(o.name)}`, uri: o.uri, size: o.size, checksum: o.checksum })),
+              { kind: 'group-provenance', ...finished.marker },
+            ],
+          }
+        : {}),
+    };
+  });
+}
+
+interface FinishedGroup {
+  provenance: GroupProvenance;
+  marker: { uri: string; size: number; checksum: string };
+}
+
+/** The group's provenance.json, if it proves this exact group was already analysed. */
+async function matchingGroupProvenance(
+  store: ObjectStore,
+  manifest: ChunkManifest,
+  key: string,
+  sets: ManifestSet[],
+  identity: EngineIdentity,
+): Promise<FinishedGroup | undefined> {
+  const markerKey = `${layout.groupPrefix(manifest.experimentId, key, manifest.stage)}provenance.json`;
+  const raw = await store.getBytesIfExists(manifest.bucket, markerKey);
+  if (!raw) return undefined;
+  const parsed = groupProvenanceSchema.safeParse(JSON.parse(raw.toString('utf8')));
+  if (!parsed.success) return undefined;
+  const p = parsed.data;
+  if (!sameEngine(p.engine, identity) || p.pipelineSha256 !== manifest.pipelineSha256) return undefined;
+  if (p.sets.length !== sets.length) return undefined;
+  for (const set of sets) {
+    const recorded = p.sets.find((s) => s.id === set.id && s.key === set.key);
+    if (!recorded || !sameInputs(recorded.inputs, set)) return undefined;
+  }
+  return {
+    provenance: p,
+    marker: { uri: s3Uri(manifest.bucket, markerKey), size: raw.length, checksum: `sha256:${crypto.createHash('sha256').update(raw).digest('hex')}` },
+  };
+}
+
+/** Same engine, same version, the same environment (packages, Python) and the same plugin files (by content). */
+function sameEngine(recorded: SetProvenance['engine'], identity: EngineIdentity): boolean {
+  if (recorded.name !== identity.name || recorded.version !== identity.version) return false;
+  // Same build in another environment (packages, Python) is not the same work.
+  if (!sameEnvironment(recorded.environment, identity.environment)) return false;
+  const a = JSON.stringify(recorded.plugins ?? []);
+  const b = JSON.stringify(identity.plugins ?? []);
+  return a === b;
+}
+
+function sameInputs(recorded: SetProvenance['inputs'], set: ManifestSet): boolean {
+  if (recorded.length !== set.files.length) return false;
+  return set.files.every((f) => {
+    const r = recorded.find((i) => i.channel === f.channel);
+    if (r === undefined || r.checksum !== f.checksum || r.uri !== f.uri) return false;
+    // A run that analysed other bytes than were registered (before cpflow checked) proves nothing.
+    return !f.checksum.startsWith('sha256:') || f.checksum === `sha256:${r.sha256}`;
+  });
+}
+
 interface FinishedSet {
   provenance: SetProvenance;
   marker: { uri: string; size: number; checksum: string };
@@ -106,7 +223,7 @@ function skippedOutcome(manifest: ChunkManifest, set: ManifestSet, attempt: numb
     status: 'done',
     attempts: attempt,
     skipped: true,
-    outputPrefix: layout.setPrefix(manifest.experimentId, set.key),
+    outputPrefix: layout.setPrefix(manifest.experimentId, set.key, manifest.stage),
     // The same rows a fresh run records, provenance.json included: a set whose first run wrote
     // its outputs but never reported back (worker killed) must not end with its marker unrecorded.
     results: [
@@ -121,7 +238,7 @@ function failedOutcome(manifest: ChunkManifest, set: ManifestSet, attempt: numbe
     imageSetId: set.id,
     status: 'failed',
     attempts: attempt,
-    outputPrefix: layout.setPrefix(manifest.experimentId, set.key),
+    outputPrefix: layout.setPrefix(manifest.experimentId, set.key, manifest.stage),
     error: err.message,
   };
 }
@@ -133,23 +250,17 @@ export async function matchingProvenance(
   set: ManifestSet,
   identity: EngineIdentity,
 ): Promise<FinishedSet | undefined> {
-  const markerKey = `${layout.setPrefix(manifest.experimentId, set.key)}provenance.json`;
+  const markerKey = `${layout.setPrefix(manifest.experimentId, set.key, manifest.stage)}provenance.json`;
   const raw = await store.getBytesIfExists(manifest.bucket, markerKey);
   if (!raw) return undefined;
   const parsed = provenanceSchema.safeParse(JSON.parse(raw.toString('utf8')));
   if (!parsed.success) return undefined;
   const p = parsed.data;
-  if (p.engine.name !== identity.name || p.engine.version !== identity.version) return undefined;
-  // Same build in another environment (packages, Python) is not the same work.
-  if (!sameEnvironment(p.engine.environment, identity.environment)) return undefined;
+  if (!sameEngine(p.engine, identity)) return undefined;
   if (p.pipelineSha256 !== manifest.pipelineSha256) return undefined;
-  if (p.inputs.length !== set.files.length) return undefined;
-  for (const f of set.files) {
-    const recorded = p.inputs.find((i) => i.channel === f.channel);
-    if (!recorded || recorded.checksum !== f.checksum || recorded.uri !== f.uri) return undefined;
-    // A run that analysed other bytes than were registered (before cpflow checked) proves nothing.
-    if (f.checksum.startsWith('sha256:') && f.checksum !== `sha256:${recorded.sha256}`) return undefined;
-  }
+  // A set analysed as part of a group is judged by its group's record, never on its own.
+  if (p.group) return undefined;
+  if (!sameInputs(p.inputs, set)) return undefined;
   const marker = {
     uri: s3Uri(manifest.bucket, markerKey),
     size: raw.length,

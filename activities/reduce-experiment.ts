@@ -3,7 +3,18 @@ import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import { webUiLink, workerConfig } from '../core/config';
 import { metadataKeysOf } from '../core/grouping';
-import { allImageSets, db, getExperiment, imageSetCounts, tableUrisBySet, upsertExperimentResult, type Db, type ImageSetRow } from '../core/db';
+import {
+  allImageSets,
+  db,
+  getExperiment,
+  imageSetCounts,
+  stageHasTables,
+  stagesOf,
+  tableUrisBySet,
+  upsertExperimentResult,
+  type Db,
+  type ImageSetRow,
+} from '../core/db';
 import type { ReduceInput, ReduceOutput } from '../core/model';
 import { getBytesIfExists, getStream, layout, parseS3Uri, putBytes, putFile } from '../core/s3';
 import { CPFLOW_VERSION, gitCommit, workerIdentity } from '../core/version';
@@ -16,11 +27,15 @@ import { loadProfilesForReport } from './reduce/profiles-inputs';
  * reduceExperiment: merges every image set's tables into `summary.csv` and `report.html` under the
  * experiment's results prefix, records them in MariaDB, and returns the counts the final status is
  * decided on. Streams sets page by page, so memory stays bounded at 100,000 sets.
+ *
+ * Stages: the final stage's tables make `summary.csv` and the report; every other stage that wrote
+ * tables gets its own `results/stages/<stage>/summary.csv`. A stage without tables (an illumination
+ * pipeline whose results are its saved functions) gets no summary; the report still lists its sets.
  */
 
 const PAGE = 500;
 
-async function* setResults(pool: Db, experimentId: number, onSet: () => void): AsyncGenerator<ImageSetResult> {
+async function* setResults(pool: Db, experimentId: number, stage: string, onSet: () => void): AsyncGenerator<ImageSetResult> {
   let page: ImageSetRow[] = [];
   const emit = async function* (rows: ImageSetRow[]): AsyncGenerator<ImageSetResult> {
     const tables = await tableUrisBySet(pool, rows.map((r) => r.id));
@@ -45,7 +60,7 @@ async function* setResults(pool: Db, experimentId: number, onSet: () => void): A
       };
     }
   };
-  for await (const row of allImageSets(pool, experimentId, PAGE)) {
+  for await (const row of allImageSets(pool, experimentId, PAGE, stage)) {
     page.push(row);
     if (page.length >= PAGE) {
       yield* emit(page);
@@ -64,40 +79,71 @@ export async function reduceExperiment(input: ReduceInput): Promise<ReduceOutput
 
   const workDir = await fs.promises.mkdtemp(path.join(workerConfig().CPFLOW_WORK_DIR, `cpflow-reduce-${e.id}-`));
   try {
-    const summaryPath = path.join(workDir, 'summary.csv');
+    const stages = stagesOf(e);
+    const finalStage = stages[stages.length - 1]?.name ?? '';
+    // LoadData experiments have no file-name rule: their metadata keys are the CSV's.
+    let metadataKeys = metadataKeysOf(e.grouping_rule);
+    if (metadataKeys.length === 0) {
+      for await (const row of allImageSets(pool, e.id, 1)) {
+        metadataKeys = Object.keys(row.metadata);
+        break;
+      }
+    }
     let seen = 0;
     const beat = setInterval(() => ctx.heartbeat({ setsMerged: seen }), 5_000);
+    const summaries = new Map<string, { path: string; hasTables: boolean }>();
     let stats;
     try {
-      stats = await mergeImageSetTables(
-        setResults(pool, e.id, () => {
-          seen++;
-        }),
-        {
-          out: fs.createWriteStream(summaryPath),
-          metadataKeys: metadataKeysOf(e.grouping_rule),
-        },
-      );
+      for (const stage of stages) {
+        const hasTables = await stageHasTables(pool, e.id, stage.name);
+        // The final stage is always merged (its statistics make the report); others only with tables.
+        if (!hasTables && stage.name !== finalStage) continue;
+        const summaryPath = path.join(workDir, `summary-${stage.name || 'experiment'}.csv`);
+        const stageStats = await mergeImageSetTables(
+          setResults(pool, e.id, stage.name, () => {
+            seen++;
+          }),
+          { out: fs.createWriteStream(summaryPath), metadataKeys, expectTables: hasTables },
+        );
+        summaries.set(stage.name, { path: summaryPath, hasTables });
+        if (stage.name === finalStage) stats = stageStats;
+      }
     } finally {
       clearInterval(beat);
     }
+    if (!stats) throw new Error(`experiment ${e.id}: final stage ${finalStage} was not merged`);
 
     // The engine that produced the tables, from the first finished set's provenance.
     let engine: SetProvenance['engine'] = { name: e.engine, version: 'unknown' };
     const firstDone = stats.perSet.find((s) => s.status === 'done');
     if (firstDone) {
-      const raw = await getBytesIfExists(e.bucket, `${layout.setPrefix(e.id, firstDone.key)}provenance.json`);
+      const raw = await getBytesIfExists(e.bucket, `${layout.setPrefix(e.id, firstDone.key, finalStage)}provenance.json`);
       const parsed = raw ? provenanceSchema.safeParse(JSON.parse(raw.toString('utf8'))) : undefined;
       if (parsed?.success) engine = parsed.data.engine;
     }
 
-    const summary = await putFile(e.bucket, layout.results(e.id, 'summary.csv'), summaryPath, { contentType: 'text/csv' });
+    let summary: Awaited<ReturnType<typeof putFile>> | undefined;
+    const stageSummaries: Record<string, string> = {};
+    for (const [stage, merged] of summaries) {
+      if (!merged.hasTables) continue;
+      if (stage === finalStage) {
+        summary = await putFile(e.bucket, layout.results(e.id, 'summary.csv'), merged.path, { contentType: 'text/csv' });
+      } else {
+        const stored = await putFile(e.bucket, layout.results(e.id, `stages/${stage}/summary.csv`), merged.path, { contentType: 'text/csv' });
+        await upsertExperimentResult(pool, e.id, { kind: `summary:${stage}`, uri: stored.uri, size: stored.size, checksum: stored.checksum });
+        stageSummaries[stage] = stored.uri;
+      }
+    }
     const profiles = input.profiles ? await loadProfilesForReport(input.profiles) : undefined;
     const provenance = {
       kind: 'cpflow.experiment-provenance/v1',
       experiment: { id: e.id, name: e.name, project: e.project_name },
       engine,
       pipeline: { uri: e.pipeline_uri, sha256: e.pipeline_sha256 },
+      ...(stages.length > 1 || stages.some((s) => s.groupBy.length > 0)
+        ? { stages: stages.map((s) => ({ name: s.name, pipeline: s.pipelineUri, sha256: s.pipelineSha256, groupBy: s.groupBy, inputs: s.inputs, summary: stageSummaries[s.name] })) }
+        : {}),
+      ...(e.warnings.length > 0 ? { warnings: e.warnings } : {}),
       groupingRule: e.grouping_rule,
       imageSets: { total: stats.rows, done: stats.setsDone, failed: stats.setsFailed },
       cpflow: { version: CPFLOW_VERSION, gitCommit: gitCommit() },
@@ -130,11 +176,11 @@ export async function reduceExperiment(input: ReduceInput): Promise<ReduceOutput
       ['report', report],
       ['experiment-provenance', prov],
     ] as const) {
-      await upsertExperimentResult(pool, e.id, { kind, uri: r.uri, size: r.size, checksum: r.checksum });
+      if (r) await upsertExperimentResult(pool, e.id, { kind, uri: r.uri, size: r.size, checksum: r.checksum });
     }
     const counts = await imageSetCounts(pool, e.id);
     return {
-      summaryUri: summary.uri,
+      summaryUri: summary?.uri,
       reportUri: report.uri,
       provenanceUri: prov.uri,
       total: counts.total,

@@ -1,4 +1,6 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
 import execa from 'execa';
 import { workerConfig } from './config';
 
@@ -35,4 +37,33 @@ export async function probeCellProfilerVersion(executable: string): Promise<stri
     throw new Error(`\`${executable} --version\` failed (exit ${result.exitCode ?? 'none'}): ${output}`);
   }
   return version;
+}
+
+/** The CellProfiler plugins directory configured on this machine (CPFLOW_CELLPROFILER_PLUGINS), if any. */
+export function configuredPlugins(): string | undefined {
+  return workerConfig().CPFLOW_CELLPROFILER_PLUGINS;
+}
+
+/**
+ * Every file of a plugins directory (recursively, without Python's caches) with its sha256, sorted
+ * by path: what the provenance records, and what decides whether earlier results still hold.
+ */
+export async function pluginFiles(dir: string): Promise<Array<{ file: string; sha256: string }>> {
+  const entries = await fs.promises.readdir(dir, { recursive: true, withFileTypes: true });
+  const files = entries
+    .filter((e) => e.isFile() && !e.parentPath.split(path.sep).includes('__pycache__') && !e.name.endsWith('.pyc'))
+    .map((e) => path.relative(dir, path.join(e.parentPath, e.name)))
+    .sort();
+  return Promise.all(
+    files.map(async (file) => ({
+      file,
+      sha256: crypto.createHash('sha256').update(await fs.promises.readFile(path.join(dir, file))).digest('hex'),
+    })),
+  );
+}
+
+/** The venv's python beside a `cellprofiler` entry point, when there is one (submit-time checks use it). */
+export function pythonBeside(executable: string): string | undefined {
+  const candidate = path.join(path.dirname(executable), 'python');
+  return fs.existsSync(candidate) ? candidate : undefined;
 }

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import os from 'node:os';
 import { z } from 'zod';
 import { ConfigError } from './errors';
@@ -61,8 +62,19 @@ const workerSchema = z.object({
   CPFLOW_REDUCE_SLOTS: positiveInt(DEFAULTS.REDUCE_SLOTS),
   /** How long a SIGTERM'd worker lets running activities finish before it cancels them. */
   CPFLOW_SHUTDOWN_GRACE_SECONDS: positiveInt(DEFAULTS.SHUTDOWN_GRACE_SECONDS),
-  /** The `cellprofiler` executable on this worker; unset means no CellProfiler here. */
-  CPFLOW_CELLPROFILER: z.string().min(1).optional(),
+  /** The `cellprofiler` executable on this worker; unset (or empty) means no CellProfiler here. */
+  CPFLOW_CELLPROFILER: z.preprocess((v) => (v === '' ? undefined : v), z.string().min(1).optional()),
+  /**
+   * CellProfiler plugins directory on this worker (passed as --plugins-directory); every file in it
+   * is hashed into the provenance of what it analyses.
+   */
+  CPFLOW_CELLPROFILER_PLUGINS: z.preprocess(
+    (v) => (v === '' ? undefined : v),
+    z
+      .string()
+      .refine((dir) => fs.existsSync(dir) && fs.statSync(dir).isDirectory(), 'no such directory')
+      .optional(),
+  ),
   /** Python of the profiling venv (CytoTable + pycytominer) on a reduce-pool worker; unset means no profiles here. */
   CPFLOW_PROFILES_PYTHON: z.string().min(1).optional(),
   CPFLOW_WORK_DIR: z.string().min(1).default(os.tmpdir()),

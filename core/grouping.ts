@@ -45,9 +45,17 @@ export const GROUPING_PRESETS: Record<string, { rule: GroupingRule; description:
   },
 };
 
+/**
+ * CellProfiler's Metadata module (Python) writes named groups as `(?P<Plate>…)` and back-references
+ * as `(?P=Plate)`; JavaScript spells them `(?<Plate>…)` and `\k<Plate>`. Rules may use either.
+ */
+export function toJavaScriptPattern(pattern: string): string {
+  return pattern.replace(/\(\?P<([A-Za-z_][A-Za-z0-9_]*)>/g, '(?<$1>').replace(/\(\?P=([A-Za-z_][A-Za-z0-9_]*)\)/g, '\\k<$1>');
+}
+
 /** A rule's metadata keys: the expression's named groups, minus the channel group. */
 export function metadataKeysOf(rule: Pick<GroupingRule, 'pattern' | 'channelGroup'>): string[] {
-  return [...rule.pattern.matchAll(/\(\?<([A-Za-z][A-Za-z0-9_]*)>/g)]
+  return [...toJavaScriptPattern(rule.pattern).matchAll(/\(\?<([A-Za-z][A-Za-z0-9_]*)>/g)]
     .map((m) => m[1] ?? '')
     .filter((n) => n !== '' && n !== rule.channelGroup);
 }
@@ -73,6 +81,9 @@ export function resolveGroupingRule(spec: string, channelMap: Record<string, str
   } else {
     candidate = { pattern: spec, channelMap };
   }
+  if (candidate && typeof candidate === 'object' && 'pattern' in candidate && typeof candidate.pattern === 'string') {
+    candidate = { ...candidate, pattern: toJavaScriptPattern(candidate.pattern) };
+  }
   const parsed = groupingRuleSchema.safeParse(candidate);
   if (!parsed.success) {
     throw new GroupingError(`--grouping: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
@@ -83,12 +94,13 @@ export function resolveGroupingRule(spec: string, channelMap: Record<string, str
 
 function compile(rule: GroupingRule): RegExp {
   let re: RegExp;
+  const pattern = toJavaScriptPattern(rule.pattern);
   try {
-    re = new RegExp(rule.pattern);
+    re = new RegExp(pattern);
   } catch (err) {
     throw new GroupingError(`--grouping: invalid regular expression ${rule.pattern}: ${(err as Error).message}`);
   }
-  if (!rule.pattern.includes(`(?<${rule.channelGroup}>`)) {
+  if (!pattern.includes(`(?<${rule.channelGroup}>`)) {
     throw new GroupingError(`--grouping: the expression has no named group (?<${rule.channelGroup}>…) for the channel`);
   }
   return re;
@@ -111,6 +123,21 @@ export interface GroupingResult<F> {
   channels: string[];
   /** Sets left out for lacking channels (only with `skipIncomplete`; otherwise such sets are an error). */
   incomplete: Array<{ key: string; missing: string[] }>;
+  /** Channel values as the file names have them, before the channel map renames them. */
+  rawChannels: string[];
+}
+
+/**
+ * `--channel-map` keys must be raw channel values some file has: a key that matches nothing is a
+ * typo (or a preset's other spelling) that would otherwise be ignored without a word.
+ */
+export function checkChannelMapKeys(userMap: Record<string, string>, grouped: Pick<GroupingResult<unknown>, 'rawChannels'>): void {
+  const unknown = Object.keys(userMap).filter((k) => !grouped.rawChannels.includes(k));
+  if (unknown.length > 0) {
+    throw new GroupingError(
+      `--channel-map: no file has the raw channel ${unknown.map((k) => JSON.stringify(k)).join(', ')} (raw channels in the file names: ${grouped.rawChannels.join(', ') || 'none'})`,
+    );
+  }
 }
 
 function renderKey(rule: GroupingRule, groups: Record<string, string>): string {
@@ -142,6 +169,7 @@ export function groupFiles<F>(
   const sets = new Map<string, GroupedSet<F>>();
   const unmatched: string[] = [];
   const channels = new Set<string>();
+  const rawChannels = new Set<string>();
   for (const file of files) {
     const base = path.posix.basename(name(file));
     const m = re.exec(base);
@@ -159,6 +187,7 @@ export function groupFiles<F>(
     }
     const channel = rule.channelMap[raw] ?? raw;
     channels.add(channel);
+    rawChannels.add(raw);
     const key = renderKey(rule, groups);
     const metadata = Object.fromEntries(Object.entries(groups).filter(([k]) => k !== rule.channelGroup));
     const set = sets.get(key) ?? { key, metadata, files: [] };
@@ -182,10 +211,14 @@ export function groupFiles<F>(
   if (incomplete.length > 0 && !options.skipIncomplete) {
     const problems = incomplete.map((i) => `image set ${i.key} lacks channel ${i.missing.join(', ')}`);
     const more = problems.length > 5 ? ` (and ${problems.length - 5} more)` : '';
-    throw new GroupingError(`${problems.slice(0, 5).join('; ')}${more}; --skip-incomplete registers the complete sets only`);
+    const found = [...channels].sort().join(', ') || 'none';
+    const mapped = Object.keys(rule.channelMap).length > 0 ? ` after --channel-map ${Object.entries(rule.channelMap).map(([k, v]) => `${k}=${v}`).join(',')}` : '';
+    throw new GroupingError(
+      `${problems.slice(0, 5).join('; ')}${more} (channels found in the file names${mapped}: ${found}; needed: ${needed.join(', ')}); --skip-incomplete registers the complete sets only`,
+    );
   }
   for (const i of incomplete) sets.delete(i.key);
   const sorted = [...sets.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   for (const s of sorted) s.files.sort((a, b) => (a.channel < b.channel ? -1 : 1));
-  return { sets: sorted, unmatched, channels: [...channels].sort(), incomplete };
+  return { sets: sorted, unmatched, channels: [...channels].sort(), rawChannels: [...rawChannels].sort(), incomplete };
 }

@@ -296,14 +296,29 @@ export const s3Store: ObjectStore = {
   putBytes: (bucket, key, body, contentType) => putBytes(bucket, key, body, contentType),
 };
 
-/** S3 key layout (DESIGN.md §3). Deterministic, so a retried attempt writes to the same place. */
+/**
+ * S3 key layout (DESIGN.md §3). Deterministic, so a retried attempt writes to the same place. A plain
+ * experiment keeps `cpflow/<id>/sets/<key>/`; a stage of a staged experiment lives under
+ * `cpflow/<id>/stages/<stage>/`, with the same `sets/` and `groups/<group key>/` inside.
+ */
+const stageRoot = (experimentId: number, stage = ''): string =>
+  stage === '' ? `cpflow/${experimentId}/` : `cpflow/${experimentId}/stages/${stage}/`;
+
 export const layout = {
   pipeline: (sha256: string) => `pipelines/${sha256}.cppipe`,
   /** Uploaded inputs of one experiment: a prefix no other experiment shares (appends get sub-folders). */
   experimentInputs: (experimentId: number) => `inputs/${experimentId}/`,
   experimentRoot: (experimentId: number) => `cpflow/${experimentId}/`,
-  setPrefix: (experimentId: number, setKey: string) => `cpflow/${experimentId}/sets/${setKey}/`,
-  manifestChunk: (experimentId: number, chunk: number) =>
-    `cpflow/${experimentId}/manifest/chunk-${String(chunk).padStart(6, '0')}.json`,
+  stageRoot,
+  setPrefix: (experimentId: number, setKey: string, stage = '') => `${stageRoot(experimentId, stage)}sets/${setKey}/`,
+  /** Outputs of a whole group (e.g. its illumination function) and the group's provenance.json. */
+  groupPrefix: (experimentId: number, groupKey: string, stage = '') => `${stageRoot(experimentId, stage)}groups/${groupKey}/`,
+  /**
+   * A chunk manifest, named by its first set id and a digest of its content: a retry writes the same
+   * object again, while a later run over other sets (or changed inputs) gets a new key, so a worker's
+   * manifest cache can never serve an older manifest under the same name.
+   */
+  manifestChunk: (experimentId: number, chunk: number, digest: string) =>
+    `cpflow/${experimentId}/manifest/chunk-${String(chunk).padStart(6, '0')}-${digest.slice(0, 16)}.json`,
   results: (experimentId: number, name: string) => `cpflow/${experimentId}/results/${name}`,
 };

@@ -8,6 +8,8 @@ import { engineFor, ImageSetInputError } from '../activities/engines';
 import { builtinOptionsFromPipeline } from '../activities/engines/builtin';
 import { parseCppipe } from '../core/pipeline/cppipe';
 import { validatePipelineForCpflow } from '../core/pipeline/validate';
+import { describePooling } from '../core/pipeline/pooling';
+import { UsageError } from '../core/errors';
 import { mergeImageSetTables, type ImageSetResult } from '../activities/reduce/summary';
 
 /**
@@ -42,7 +44,13 @@ export async function analyzeLocal(o: AnalyzeLocalOptions): Promise<AnalyzeLocal
   let pipelineOptions = {};
   if (o.pipelineFile) {
     const text = fs.readFileSync(o.pipelineFile, 'utf8');
-    required = validatePipelineForCpflow(parseCppipe(text, o.pipelineFile)).channels;
+    const info = validatePipelineForCpflow(parseCppipe(text, o.pipelineFile));
+    const pooled = info.pooling.find((f) => f.kind === 'pools');
+    if (pooled) {
+      // analyze-local runs image set by image set: a pooling pipeline would compute other numbers.
+      throw new UsageError(`${o.pipelineFile}: ${describePooling(pooled)}; analyze-local runs image set by image set: use \`cpflow submit --group-by …\``);
+    }
+    required = info.channels;
     if (o.engine === 'builtin') pipelineOptions = builtinOptionsFromPipeline(text);
   }
   const grouped = groupFiles(files, (f) => f, o.grouping, required);

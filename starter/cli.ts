@@ -4,7 +4,9 @@ import { z } from 'zod';
 import { validateSettings } from '../core/config';
 import { closeDb } from '../core/db';
 import { ConfigError, describeError as describe, isCredentialFailure, UsageError } from '../core/errors';
+import { ExperimentFileError } from '../core/experiment-file';
 import { GroupingError } from '../core/grouping';
+import { LoadDataError } from '../core/load-data';
 import { PipelineError } from '../core/pipeline/cppipe';
 import { s3Endpoint } from '../core/s3';
 import { CPFLOW_VERSION, gitCommit } from '../core/version';
@@ -64,7 +66,7 @@ export function describeError(err: unknown): string {
   return describe(err, s3Endpoint);
 }
 
-const USAGE_ERRORS = [UsageError, ConfigError, GroupingError, PipelineError, SubmitError];
+const USAGE_ERRORS = [UsageError, ConfigError, GroupingError, PipelineError, SubmitError, LoadDataError, ExperimentFileError];
 
 function reportError(json: boolean, kind: string, message: string, exitCode: number): number {
   if (json) console.log(JSON.stringify({ error: { message, kind, exitCode } }, null, 2));

@@ -26,6 +26,9 @@ export async function startExperimentWorkflow(client: Client, e: ExperimentRow):
       `**Experiment** ${e.id} — ${e.project_name} / ${e.name}`,
       `**Engine** ${e.engine}${batch > 1 ? ` (${batch} sets per invocation)` : ''}`,
       `**Pipeline** ${e.pipeline_uri ?? '(none: builtin defaults)'}`,
+      ...(e.stages
+        ? [`**Stages** ${e.stages.map((s) => `${s.name || 'experiment'}${s.groupBy.length > 0 ? ` (one run per ${s.groupBy.join(',')})` : ''}`).join(' → ')}`]
+        : []),
       `**Inputs** ${e.input_prefix}`,
       `**Image sets** ${e.total_sets}${e.sealed ? '' : ' so far (open experiment)'}`,
     ].join('\n\n'),

@@ -1,5 +1,6 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
 import { Readable } from 'node:stream';
 import { SingleBar, Presets } from 'cli-progress';
 import { configuredCellProfiler } from '../core/cellprofiler';
@@ -20,8 +21,9 @@ import {
   type Db,
   type NewImageSet,
 } from '../core/db';
-import { DEFAULTS, dispatchOptionsSchema, type DispatchOptions, type EngineName, type GroupingRule } from '../core/model';
-import { groupFiles, type GroupedSet } from '../core/grouping';
+import { DEFAULTS, dispatchOptionsSchema, SINGLE_STAGE, type DispatchOptions, type EngineName, type GroupingRule, type StageSpec } from '../core/model';
+import { checkChannelMapKeys, groupFiles, metadataKeysOf } from '../core/grouping';
+import { parseLoadDataCsv } from '../core/load-data';
 import { imageLimitProblem, sizeProblem } from '../core/image-limits';
 import {
   bucketForProject,
@@ -34,28 +36,26 @@ import {
   validateExperimentName,
   validateProjectName,
 } from '../core/naming';
-import { deletePrefix, ensureBucket, layout, listObjects, putBytes, putFile, s3Uri } from '../core/s3';
-import { parseCppipe, pipelineSha256 } from '../core/pipeline/cppipe';
-import { validatePipelineForCpflow } from '../core/pipeline/validate';
-import { firstFew, listLocalFolder } from './local-files';
+import { deletePrefix, ensureBucket, layout, putBytes, putFile, s3Uri } from '../core/s3';
+import { firstFew } from './local-files';
 import { checkAppendedWells, describePlatemap, preparePlatemap, storePlatemap, type PlatemapRequest } from './platemap';
-import { readPipelineFile } from './pipeline-file';
+import { checkWithCellProfiler } from './submit-check';
+import { SubmitError } from './submit-error';
+import { listSources, resolveLoadDataFiles, type Source, type SourceSet } from './submit-sources';
+import { checkGrouping, checkStageInputs, planStages, requiredImageChannels, stageSets, StagePlanError, type StagedSet } from './submit-stages';
 
 /**
  * `cpflow submit`: register an experiment from a local folder (uploaded, with checksums) or an S3
- * prefix, with a pipeline and a grouping rule. Everything that can be checked locally is checked
- * before anything is written (names, pipeline, files, image sizes); then the experiment is reserved
+ * prefix, with a pipeline (or an experiment file of stages) and a grouping rule or a LoadData CSV.
+ * Everything that can be checked locally is checked before anything is written (names, pipelines,
+ * pooling without --group-by, group sizes, files, image sizes, CellProfiler's own view of the files
+ * where it is installed); then the experiment is reserved
  * in MariaDB, its inputs uploaded under a prefix of its own (`inputs/<experiment id>/`), and its image
  * sets committed in one transaction (core/db/registration.ts). A failed submit leaves no row and no
  * uploaded input behind.
  */
 
-export class SubmitError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'SubmitError';
-  }
-}
+export { SubmitError };
 
 export interface SubmitOptions {
   project: string;
@@ -64,7 +64,17 @@ export interface SubmitOptions {
   folder?: string;
   s3Prefix?: string;
   pipelineFile?: string;
-  grouping: GroupingRule;
+  /** Stages (YAML/JSON), instead of one --pipeline. */
+  experimentFile?: string;
+  /** A LoadData CSV: one image set per row, instead of a grouping rule. */
+  loadDataFile?: string;
+  grouping?: GroupingRule;
+  /** The `--channel-map` the user gave (its keys must be raw channels some file has). */
+  userChannelMap?: Record<string, string>;
+  /** Metadata keys whose values form a group (one engine invocation per group). */
+  groupBy?: string[];
+  /** Ask CellProfiler (when installed here) whether the pipelines make the expected image sets. Default true. */
+  cellProfilerCheck?: boolean;
   engine: 'auto' | EngineName;
   /** How the experiment's image sets are dispatched; unset fields take the defaults. */
   dispatch?: Partial<DispatchOptions>;
@@ -99,6 +109,11 @@ export interface SubmitResult {
   inputPrefix: string;
   /** One line about the platemap, when one was given. */
   platemap?: string;
+  stages: Array<{ name: string; groupBy: string[]; groups: number; imageSets: number }>;
+  /** What submit and CellProfiler said about the pipelines (also stored with the experiment). */
+  warnings: string[];
+  /** How the pipelines were checked against the files. */
+  checked: string;
 }
 
 export { bucketForProject };
@@ -109,7 +124,6 @@ function resolveEngine(engine: SubmitOptions['engine'], hasPipeline: boolean): E
   return configuredCellProfiler() && hasPipeline ? 'cellprofiler' : 'builtin';
 }
 
-type Source = { name: string; local?: string; size: number; s3?: { bucket: string; key: string; etag: string } };
 
 /** Longest experiment id's decimal form, for checking upload keys before the id is known. */
 const ID_DIGITS = 20;
@@ -118,6 +132,16 @@ const ID_DIGITS = 20;
 const appendFolder = (): string => `append-${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '')}-${crypto.randomBytes(3).toString('hex')}`;
 
 export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
+  try {
+    return await submitChecked(opts);
+  } catch (err) {
+    // Problems with the input are usage errors: one line, exit 2, nothing registered.
+    if (err instanceof StagePlanError) throw new SubmitError(err.message);
+    throw err;
+  }
+}
+
+async function submitChecked(opts: SubmitOptions): Promise<SubmitResult> {
   // 0. Names and options: refused before anything is read, uploaded or created.
   const project = canonicalName(opts.project);
   const name = canonicalName(opts.name);
@@ -140,52 +164,42 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
     validateBucketName(m[1], `--s3-prefix ${opts.s3Prefix}: bucket`);
     s3Source = { bucket: m[1], key: m[2] ?? '' };
   }
+  if (opts.loadDataFile && opts.grouping) throw new SubmitError('give either --load-data <csv> or --grouping <rule>, not both');
+  if (!opts.loadDataFile && !opts.grouping) throw new SubmitError('give --grouping <rule> (file names → image sets) or --load-data <csv> (one image set per row)');
+  if (opts.loadDataFile && !fs.existsSync(opts.loadDataFile)) throw new SubmitError(`--load-data ${opts.loadDataFile}: no such file`);
 
-  // 1. The pipeline: parsed and validated before anything is uploaded.
-  let pipelineText: string | undefined;
-  let requiredChannels: string[] | undefined;
-  if (opts.pipelineFile) {
-    pipelineText = readPipelineFile(opts.pipelineFile);
-    requiredChannels = validatePipelineForCpflow(parseCppipe(pipelineText, opts.pipelineFile)).channels;
+  // 1. The pipelines: parsed and validated before anything is uploaded.
+  const stages = planStages({ pipelineFile: opts.pipelineFile, experimentFile: opts.experimentFile, groupBy: opts.groupBy });
+  const isGrouped = stages.some((s) => s.groupBy.length > 0);
+  if ((opts.open || opts.append) && (stages.length > 1 || isGrouped || opts.loadDataFile)) {
+    throw new SubmitError('--open/--append add image sets one by one; groups, stages and LoadData experiments are registered whole');
   }
-  const engine = resolveEngine(opts.engine, pipelineText !== undefined);
-  if (engine === 'cellprofiler' && !pipelineText) throw new SubmitError('--engine cellprofiler needs --pipeline <file.cppipe>');
+  const engine = resolveEngine(opts.engine, stages.some((s) => s.pipelineText !== undefined));
+  if (engine === 'cellprofiler' && stages.some((s) => !s.pipelineText)) throw new SubmitError('--engine cellprofiler needs --pipeline <file.cppipe>');
+  if (engine === 'builtin' && stages.length > 1) throw new SubmitError('--experiment: stages run CellProfiler pipelines; use --engine cellprofiler (CPFLOW_CELLPROFILER)');
+  const warnings = unrecordedSaveWarnings(stages, opts.dispatch?.batchSize ?? DEFAULTS.BATCH_SIZE);
 
-  // 2. Files → image sets (every set must have every channel the pipeline needs, or be skipped and listed).
-  let sources: Source[] = [];
-  let hidden: string[] = [];
-  if (opts.folder !== undefined) {
-    const listing = listLocalFolder(opts.folder);
-    if (listing.refused.length > 0) {
-      throw new SubmitError(
-        `--folder ${opts.folder}: ${listing.refused.length} ${listing.refused.length === 1 ? 'entry is' : 'entries are'} not files cpflow can upload: ` +
-          firstFew(listing.refused.map((r) => `${r.name} ${r.reason}`)),
-      );
-    }
-    sources = listing.files.map((f) => ({ name: f.name, local: f.local, size: f.size }));
-    hidden = listing.hidden;
-  } else if (s3Source) {
-    for await (const o of listObjects(s3Source.bucket, s3Source.key)) {
-      sources.push({ name: o.key.slice(s3Source.key.length), size: o.size, s3: { bucket: s3Source.bucket, key: o.key, etag: o.etag } });
-    }
-  }
+  // 2. Files → image sets (every set must have every channel the pipelines need, or be skipped and listed).
+  const { sources, hidden } = await listSources({ folder: opts.folder, s3: s3Source });
   const where = opts.folder ?? opts.s3Prefix;
-  if (sources.length === 0) throw new SubmitError(`no files found in ${where}${hidden.length ? ` (only hidden ones: ${firstFew(hidden)})` : ''}`);
-  const grouped = groupFiles(sources, (s) => s.name, opts.grouping, requiredChannels, { skipIncomplete: opts.skipIncomplete });
-  if (grouped.sets.length === 0) {
-    throw new SubmitError(
-      grouped.incomplete.length > 0
-        ? `no complete image set in ${where}: ${firstFew(grouped.incomplete.map((i) => `${i.key} lacks ${i.missing.join(', ')}`))}`
-        : `the grouping rule matched none of the ${sources.length} files in ${where} (first: ${sources[0]?.name})`,
-    );
-  }
-  checkColumnLimits(grouped.sets);
-  const chosen = grouped.sets.flatMap((set) => set.files.map((f) => f.file));
+  if (sources.length === 0 && !opts.loadDataFile) throw new SubmitError(`no files found in ${where}${hidden.length ? ` (only hidden ones: ${firstFew(hidden)})` : ''}`);
+  const required = requiredImageChannels(stages);
+  const grouped = opts.loadDataFile ? await loadDataSets(opts.loadDataFile, sources, required, opts, `${opts.folder ? '--folder' : '--s3-prefix'} ${where}`) : ruleSets(sources, required, opts, where);
+  const { sets, metadataKeys, groupingRule } = grouped;
+  checkColumnLimits(sets);
+  const chosen = [...new Set(sets.flatMap((set) => set.files.map((f) => f.source)))];
   await checkImageLimits(chosen, opts.uploadConcurrency ?? DEFAULTS.UPLOAD_CONCURRENCY);
   for (const f of chosen) {
     // Not fatal: the set fails alone, with this reason, when analysed. Said now so nobody is surprised.
     if (f.size === 0) process.stderr.write(`warning: ${f.name} is empty; its image set will fail\n`);
   }
+
+  // Grouping, pooling and stage inputs; one row per stage and image set.
+  for (const stage of stages) checkGrouping(stage, metadataKeys, undefined, warnings);
+  checkStageInputs(stages, metadataKeys);
+  const staged = stageSets(stages, sets);
+  // CellProfiler's own view of the files, where it is installed.
+  const checked = engine === 'cellprofiler' ? await checkWithCellProfiler(stages, sets, opts, metadataKeys, warnings) : 'not checked with CellProfiler (engine builtin)';
 
   // 3. The project, its bucket and the experiment's name, checked against MariaDB before any write.
   const pool = await db();
@@ -207,7 +221,7 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
     if (Buffer.byteLength(uri) > INPUT_URI_MAX) throw new SubmitError(`--folder ${opts.folder}: path ${longest} is too long for an S3 key (${INPUT_URI_MAX} bytes with the bucket and prefix)`);
   }
   if (opts.platemap && opts.append) throw new SubmitError('--platemap is given with the first submit of an experiment, not with --append');
-  const platemap = opts.platemap ? preparePlatemap(opts.platemap, grouped.sets) : undefined;
+  const platemap = opts.platemap ? preparePlatemap(opts.platemap, sets) : undefined;
 
   const existing = await findExperimentByName(pool, project, name);
   if (existing && !opts.append) {
@@ -220,23 +234,40 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
   if (existing?.status === 'registering') throw new SubmitError(`--append: experiment ${project}/${name} is still being registered by another cpflow submit`);
   if (existing?.sealed) throw new SubmitError(`--append: experiment ${project}/${name} is sealed and accepts no more image sets`);
 
-  const base = { project, name, bucket, unmatched: grouped.unmatched, incomplete: grouped.incomplete, hidden, channels: grouped.channels };
+  const stageSummary = stages.map((s) => ({
+    name: s.name,
+    groupBy: s.groupBy,
+    groups: s.groupBy.length > 0 ? new Set(staged.filter((x) => x.stage === s.name).map((x) => x.groupKey)).size : 0,
+    imageSets: sets.length,
+  }));
+  const base = {
+    project,
+    name,
+    bucket,
+    unmatched: grouped.unmatched,
+    incomplete: grouped.incomplete,
+    hidden,
+    channels: grouped.channels,
+    stages: stageSummary,
+    warnings,
+    checked,
+  };
   if (existing) {
-    await checkAppendedWells(pool, existing.id, grouped.sets);
-    const already = await existingSetKeys(pool, existing.id, grouped.sets.map((s) => s.key));
+    await checkAppendedWells(pool, existing.id, sets);
+    const already = await existingSetKeys(pool, existing.id, sets.map((s) => s.key));
     if (already.length > 0) {
       throw new SubmitError(`--append: ${already.length} image sets are already registered in ${project}/${name}: ${firstFew(already)}; nothing was added`);
     }
     const folder = `${layout.experimentInputs(existing.id)}${appendFolder()}/`;
-    const sets = await uploadAndDescribe(grouped.sets, bucket, folder, opts);
+    const rows = await uploadAndDescribe(staged, bucket, folder, opts);
     try {
-      await appendImageSets(pool, existing.id, sets);
+      await appendImageSets(pool, existing.id, rows);
     } catch (err) {
       if (opts.folder !== undefined) await deletePrefix(bucket, folder).catch(() => undefined);
       if (isDuplicateEntry(err)) throw new SubmitError(`--append: another submit registered some of these image sets in ${project}/${name} meanwhile; nothing was added`);
       throw err;
     }
-    return { ...base, experimentId: existing.id, engine: existing.engine, imageSets: sets.length, added: sets.length, appended: true, inputPrefix: existing.input_prefix };
+    return { ...base, experimentId: existing.id, engine: existing.engine, imageSets: rows.length, added: rows.length, appended: true, inputPrefix: existing.input_prefix };
   }
 
   // 4. New experiment: bucket and project, reservation, upload, commit.
@@ -244,26 +275,30 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
   const claim = await claimProject(pool, project, bucket);
   if (claim.kind === 'similar-name') throw new SubmitError(similarNameMessage(project, claim.existing));
   if (claim.kind === 'bucket-taken') throw new SubmitError(`bucket ${bucket} belongs to project ${claim.owner}; projects never share a bucket`);
-  let pipelineUri: string | null = null;
-  let pipelineSha: string | null = null;
-  if (pipelineText) {
+  const stageSpecs: StageSpec[] = [];
+  for (const stage of stages) {
     // Content-addressed: the same pipeline always lands on the same key with the same bytes.
-    pipelineSha = pipelineSha256(pipelineText);
-    pipelineUri = (await putBytes(bucket, layout.pipeline(pipelineSha), pipelineText, 'text/plain')).uri;
+    const pipelineUri = stage.pipelineText && stage.pipelineSha256 ? (await putBytes(bucket, layout.pipeline(stage.pipelineSha256), stage.pipelineText, 'text/plain')).uri : null;
+    stageSpecs.push({ name: stage.name, pipelineUri, pipelineSha256: stage.pipelineSha256 ?? null, groupBy: stage.groupBy, input: stage.info?.input ?? 'files', inputs: stage.inputs });
   }
+  const finalStage = stageSpecs[stageSpecs.length - 1];
+  // A plain experiment (one pipeline, no groups, file rules) keeps no stage record: its layout is unchanged.
+  const plain = stageSpecs.length === 1 && stageSpecs[0]?.name === SINGLE_STAGE && !isGrouped && stageSpecs[0]?.input === 'files';
   const reserved = await reserveExperiment(
     pool,
     {
       projectId: claim.id,
       name,
-      pipelineUri,
-      pipelineSha256: pipelineSha,
+      pipelineUri: finalStage?.pipelineUri ?? null,
+      pipelineSha256: finalStage?.pipelineSha256 ?? null,
       engine,
       engineOptions: {},
       dispatch: dispatchOptionsSchema.parse(opts.dispatch ?? {}),
-      groupingRule: opts.grouping,
+      stages: plain ? null : stageSpecs,
+      groupingRule,
       sealed: !opts.open,
       maxFailedFraction: opts.maxFailedFraction ?? DEFAULTS.MAX_FAILED_FRACTION,
+      warnings,
     },
     (id) => opts.s3Prefix ?? s3Uri(bucket, layout.experimentInputs(id)),
   );
@@ -277,8 +312,8 @@ export async function submit(opts: SubmitOptions): Promise<SubmitResult> {
   const folder = layout.experimentInputs(experimentId);
   try {
     if (replacedExperimentId !== undefined) await deletePrefix(bucket, layout.experimentInputs(replacedExperimentId)).catch(() => undefined);
-    const sets = await uploadAndDescribe(grouped.sets, bucket, folder, opts);
-    await commitExperiment(pool, experimentId, sets, platemap ? await storePlatemap(bucket, platemap) : undefined);
+    const rows = await uploadAndDescribe(staged, bucket, folder, opts);
+    await commitExperiment(pool, experimentId, rows, platemap ? await storePlatemap(bucket, platemap) : undefined);
     return {
       ...base,
       experimentId,
@@ -315,12 +350,12 @@ async function refuseProjectCollisions(pool: Db, project: string, bucket: string
 }
 
 /** Set keys and channel names must fit their columns ("Data too long" is no message for a person). */
-function checkColumnLimits(sets: Array<GroupedSet<Source>>): void {
+function checkColumnLimits(sets: SourceSet[]): void {
   const longKey = sets.find((s) => [...s.key].length > SET_KEY_MAX);
   if (longKey) throw new SubmitError(`image set key ${longKey.key.slice(0, 40)}… is ${[...longKey.key].length} characters; at most ${SET_KEY_MAX} are allowed`);
   for (const s of sets) {
     const longChannel = s.files.find((f) => [...f.channel].length > CHANNEL_MAX);
-    if (longChannel) throw new SubmitError(`channel name ${longChannel.channel.slice(0, 40)}… (${longChannel.file.name}) is longer than ${CHANNEL_MAX} characters`);
+    if (longChannel) throw new SubmitError(`channel name ${longChannel.channel.slice(0, 40)}… (${longChannel.source.name}) is longer than ${CHANNEL_MAX} characters`);
   }
 }
 
@@ -343,15 +378,18 @@ async function checkImageLimits(files: Source[], concurrency: number): Promise<v
   }
 }
 
-/** Upload a folder's files under `prefix` (S3 sources are registered where they are) and describe the sets. */
-async function uploadAndDescribe(sets: Array<GroupedSet<Source>>, bucket: string, prefix: string, opts: SubmitOptions): Promise<NewImageSet[]> {
-  const flat = sets.flatMap((set) => set.files.map((f) => f.file));
+/**
+ * Upload a folder's files under `prefix` (S3 sources are registered where they are; a file several
+ * stages share is uploaded once) and describe the rows, one per stage and image set.
+ */
+async function uploadAndDescribe(staged: Array<StagedSet<SourceSet['files'][number]>>, bucket: string, prefix: string, opts: SubmitOptions): Promise<NewImageSet[]> {
+  const unique = [...new Set(staged.flatMap((set) => set.files.map((f) => f.source)))];
   const bar = opts.progress && opts.folder ? new SingleBar({ format: 'uploading {bar} {value}/{total} files' }, Presets.shades_classic) : undefined;
-  bar?.start(flat.length, 0);
+  bar?.start(unique.length, 0);
   const stored = new Map<Source, { uri: string; size: number; checksum: string }>();
   try {
     // Node's stream map: bounded concurrency, the one pool cpflow uses for such fan-outs.
-    await Readable.from(flat)
+    await Readable.from(unique)
       .map(
         async (src: Source) => {
           if (src.local) stored.set(src, await putFile(bucket, `${prefix}${src.name}`, src.local));
@@ -364,13 +402,78 @@ async function uploadAndDescribe(sets: Array<GroupedSet<Source>>, bucket: string
   } finally {
     bar?.stop();
   }
-  return sets.map((set) => ({
+  return staged.map((set) => ({
     key: set.key,
     metadata: set.metadata,
+    stage: set.stage,
+    groupKey: set.groupKey,
+    partitionKey: set.partitionKey,
     files: set.files.map((f) => {
-      const s = stored.get(f.file);
-      if (!s) throw new Error(`internal: ${f.file.name} was not uploaded`);
+      const s = stored.get(f.source);
+      if (!s) throw new Error(`internal: ${f.source.name} was not uploaded`);
       return { channel: f.channel, ...s };
     }),
   }));
+}
+
+/** The warning for batches whose SaveImages files cannot be told apart (they rerun set by set). */
+function unrecordedSaveWarnings(stages: ReturnType<typeof planStages>, batchSize: number): string[] {
+  const warnings: string[] = [];
+  for (const stage of stages) {
+    const unrecorded = stage.info?.unrecordedSaves ?? [];
+    if (batchSize > 1 && stage.groupBy.length === 0 && unrecorded.length > 0) {
+      // Said now: such batches cost one wasted invocation before their sets run one by one.
+      warnings.push(
+        `${stage.label}: SaveImages (module ${unrecorded.join(', ')}) does not record its files in the Image table, so in a batch cpflow cannot tell ` +
+          `which set wrote which file: batches whose sets save such files run again set by set (set "Record the file and path information to the saved image?" to Yes, or --batch-size 1)`,
+      );
+    }
+  }
+  return warnings;
+}
+
+interface ExperimentSets {
+  sets: SourceSet[];
+  unmatched: string[];
+  incomplete: Array<{ key: string; missing: string[] }>;
+  channels: string[];
+  metadataKeys: string[];
+  groupingRule: GroupingRule;
+}
+
+/** Image sets from file names and the grouping rule, in the files' own order (as CellProfiler orders a folder). */
+function ruleSets(sources: Source[], required: string[], opts: SubmitOptions, where: string | undefined): ExperimentSets {
+  const rule = opts.grouping as GroupingRule;
+  const result = groupFiles(sources, (s) => s.name, rule, required.length > 0 ? required : undefined, { skipIncomplete: opts.skipIncomplete });
+  checkChannelMapKeys(opts.userChannelMap ?? {}, result);
+  if (result.sets.length === 0) {
+    throw new SubmitError(
+      result.incomplete.length > 0
+        ? `no complete image set in ${where}: ${firstFew(result.incomplete.map((i) => `${i.key} lacks ${i.missing.join(', ')}`))}`
+        : `the grouping rule matched none of the ${sources.length} files in ${where} (first: ${sources[0]?.name})`,
+    );
+  }
+  // Registration order is the order a group's sets reach CellProfiler: the files' own order, not the keys'.
+  const location = (s: (typeof result.sets)[number]): string => s.files.map((f) => f.file.name).join('\n');
+  const sets = [...result.sets]
+    .sort((a, b) => (location(a) < location(b) ? -1 : location(a) > location(b) ? 1 : 0))
+    .map((s) => ({ key: s.key, metadata: s.metadata, files: s.files.map((f) => ({ channel: f.channel, source: f.file })) }));
+  return { sets, unmatched: result.unmatched, incomplete: result.incomplete, channels: result.channels, metadataKeys: metadataKeysOf(rule), groupingRule: rule };
+}
+
+/** Image sets from a LoadData CSV: one per row, files by relative path or s3:// URL. */
+async function loadDataSets(csv: string, sources: Source[], required: string[], opts: SubmitOptions, where: string): Promise<ExperimentSets> {
+  const table = parseLoadDataCsv(fs.readFileSync(csv, 'utf8'), csv, { folderRoot: opts.folder });
+  const missing = required.filter((c) => !table.channels.includes(c));
+  if (missing.length > 0) {
+    throw new SubmitError(`--load-data ${csv}: no column FileName_${missing[0]} for channel ${missing.join(', ')} the pipeline needs (channels in the CSV: ${table.channels.join(', ')})`);
+  }
+  return {
+    sets: await resolveLoadDataFiles(table.sets, sources, csv, where),
+    unmatched: [],
+    incomplete: [],
+    channels: table.channels,
+    metadataKeys: table.metadataKeys,
+    groupingRule: { pattern: `loaddata:${path.basename(csv)}`, channelGroup: 'Channel', channelMap: {}, preset: 'loaddata' },
+  };
 }

@@ -5,6 +5,7 @@ import {
 } from '@temporalio/interceptors-opentelemetry';
 import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { analysisActivities, controlActivities, reduceActivities } from '../activities';
+import { configuredCellProfiler } from '../core/cellprofiler';
 import { ConfigError, temporalConfig, validateSettings, workerConfig } from '../core/config';
 import { closeDb, db } from '../core/db';
 import { DatabaseUnavailableError, describeError, isCredentialFailure, TemporalUnavailableError } from '../core/errors';
@@ -13,7 +14,7 @@ import { probeS3Credentials, s3Endpoint } from '../core/s3';
 import { describeTemporal, temporalConnectionOptions } from '../core/temporal-settings';
 import { activeTracing, startTracing, stopTracing } from '../core/tracing';
 import { CPFLOW_VERSION } from '../core/version';
-import { DEFAULTS, TASK_QUEUES } from '../core/model';
+import { ANALYSIS_QUEUES, DEFAULTS, TASK_QUEUES } from '../core/model';
 import { pollQueueBacklog } from './backlog';
 import { workflowBundlePath } from './workflow-bundle';
 
@@ -21,10 +22,20 @@ import { workflowBundlePath } from './workflow-bundle';
  * Worker pools. Each pool polls its own task queue so it scales on its own backlog in production:
  * `workflow` (workflows + manifest and sync activities), `cellprofiler` (image set analysis),
  * `reduce` (merging and the report). `all` runs the three in one process for laptops and tests.
+ *
+ * The analysis pool is routed by engine: it polls `analyze-builtin` always and the `cellprofiler`
+ * queue only when this machine has CellProfiler (CPFLOW_CELLPROFILER), so a worker without it never
+ * takes a CellProfiler image set. Each queue gets CPFLOW_ANALYZE_SLOTS; an experiment uses one engine,
+ * so the two rarely compete.
  */
 export type PoolName = 'workflow' | 'cellprofiler' | 'reduce';
 
-export function workerOptions(pool: PoolName): Omit<WorkerOptions, 'connection'> {
+/** The task queues the analysis pool of this process polls. */
+export function analysisQueues(): string[] {
+  return configuredCellProfiler() ? [ANALYSIS_QUEUES.cellprofiler, ANALYSIS_QUEUES.builtin] : [ANALYSIS_QUEUES.builtin];
+}
+
+export function workerOptions(pool: PoolName): Array<Omit<WorkerOptions, 'connection'>> {
   const cfg = workerConfig();
   const common = {
     namespace: temporalConfig().CPFLOW_TEMPORAL_NAMESPACE,
@@ -35,27 +46,31 @@ export function workerOptions(pool: PoolName): Omit<WorkerOptions, 'connection'>
   };
   switch (pool) {
     case 'workflow':
-      return {
-        ...common,
-        taskQueue: TASK_QUEUES.workflow,
-        workflowBundle: { codePath: workflowBundlePath() },
-        activities: controlActivities,
-        maxConcurrentActivityTaskExecutions: DEFAULTS.CONTROL_SLOTS,
-      };
+      return [
+        {
+          ...common,
+          taskQueue: TASK_QUEUES.workflow,
+          workflowBundle: { codePath: workflowBundlePath() },
+          activities: controlActivities,
+          maxConcurrentActivityTaskExecutions: DEFAULTS.CONTROL_SLOTS,
+        },
+      ];
     case 'cellprofiler':
-      return {
+      return analysisQueues().map((taskQueue) => ({
         ...common,
-        taskQueue: TASK_QUEUES.analyze,
+        taskQueue,
         activities: analysisActivities,
         maxConcurrentActivityTaskExecutions: cfg.CPFLOW_ANALYZE_SLOTS,
-      };
+      }));
     case 'reduce':
-      return {
-        ...common,
-        taskQueue: TASK_QUEUES.reduce,
-        activities: reduceActivities,
-        maxConcurrentActivityTaskExecutions: cfg.CPFLOW_REDUCE_SLOTS,
-      };
+      return [
+        {
+          ...common,
+          taskQueue: TASK_QUEUES.reduce,
+          activities: reduceActivities,
+          maxConcurrentActivityTaskExecutions: cfg.CPFLOW_REDUCE_SLOTS,
+        },
+      ];
   }
 }
 
@@ -109,18 +124,22 @@ export async function runPools(pools: PoolName[]): Promise<void> {
   let stopBacklog: (() => void) | undefined;
   let watchState: NodeJS.Timeout | undefined;
   try {
-    const workers = await Promise.all(pools.map((p) => Worker.create({ connection, ...workerOptions(p) })));
+    // The analysis pool may poll two queues (one per engine): one Worker each.
+    const options = pools.flatMap((p) => workerOptions(p));
+    const workers = await Promise.all(options.map((o) => Worker.create({ connection, ...o })));
     if (metricsPort && pools.includes('workflow')) stopBacklog = pollQueueBacklog(connection, settings.namespace, (line) => console.warn(`cpflow worker: ${line}`));
     const running = Promise.all(workers.map((w) => w.run()));
     // Ready while every pool polls; not ready from the moment a shutdown begins.
     const updateHealth = () => {
       const states = workers.map((w) => w.getState());
-      health?.setReady(states.every((state) => state === 'RUNNING'), pools.map((p, i) => `${p} ${states[i]}`).join(', '));
+      health?.setReady(states.every((state) => state === 'RUNNING'), options.map((o, i) => `${o.taskQueue} ${states[i]}`).join(', '));
     };
     updateHealth();
     watchState = setInterval(updateHealth, 1000);
     watchState.unref();
-    console.log(`cpflow workers running: ${pools.join(', ')} (pid ${process.pid}, cpflow ${CPFLOW_VERSION}, Temporal ${describeTemporal(settings)})`);
+    console.log(
+      `cpflow workers running: ${pools.join(', ')} (pid ${process.pid}; queues ${options.map((o) => o.taskQueue).join(', ')}; cpflow ${CPFLOW_VERSION}, Temporal ${describeTemporal(settings)})`,
+    );
     await running;
   } finally {
     if (watchState) clearInterval(watchState);

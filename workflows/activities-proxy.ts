@@ -1,11 +1,13 @@
 import { ActivityCancellationType, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import {
+  analysisQueueFor,
   analysisTimeoutSeconds,
   DEFAULTS,
   TASK_QUEUES,
   type AnalysisActivities,
   type ControlActivities,
   type DispatchOptions,
+  type EngineName,
   type ProfilesActivities,
   type ReduceActivities,
 } from '../core/model';
@@ -23,17 +25,22 @@ export const control = proxyActivities<ControlActivities>({
   retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds' },
 });
 
-/** Failure types the analysis activity throws when retrying cannot help. */
-export const NON_RETRYABLE_ANALYSIS_ERRORS = ['ImageSetInputError', 'EngineFailure', 'EngineUnavailable'];
+/**
+ * Failure types the analysis activity throws when retrying cannot help. An engine missing on a
+ * worker (`EngineUnavailable`) is not among them: analysis is routed by engine, so it can only mean a
+ * misconfigured worker, and another worker must get the set (it is retried, never failed).
+ */
+export const NON_RETRYABLE_ANALYSIS_ERRORS = ['ImageSetInputError', 'EngineFailure'];
 
 /**
  * Analysis retries without an attempt limit: outages (S3, database, a lost worker) must delay a set,
  * never fail it. The activity itself ends retries for input errors at once and for engine failures
  * after the experiment's `maxEngineAttempts` (it knows which is which; a retry policy cannot).
  */
-export function analysisOptions(dispatch: DispatchOptions): ActivityOptions {
+export function analysisOptions(dispatch: DispatchOptions, engine?: EngineName): ActivityOptions {
   return {
-    taskQueue: TASK_QUEUES.analyze,
+    // One queue per engine: only workers that have the engine poll it.
+    taskQueue: engine ? analysisQueueFor(engine) : TASK_QUEUES.analyze,
     startToCloseTimeout: `${analysisTimeoutSeconds(dispatch)} seconds`,
     // A killed worker stops heartbeating; Temporal notices within this and retries elsewhere.
     heartbeatTimeout: DEFAULTS.ANALYSIS_HEARTBEAT_TIMEOUT,

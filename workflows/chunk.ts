@@ -1,29 +1,48 @@
-import { ActivityFailure, ApplicationFailure, CancellationScope, isCancellation, log } from '@temporalio/workflow';
-import { DEFAULTS, type ChunkResult, type DispatchOptions, type ImageSetOutcome } from '../core/model';
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  CancellationScope,
+  getExternalWorkflowHandle,
+  isCancellation,
+  log,
+  workflowInfo,
+} from '@temporalio/workflow';
+import { DEFAULTS, type ChunkIndexEntry, type ChunkResult, type DispatchOptions, type EngineName, type ImageSetOutcome } from '../core/model';
 import { analysis, analysisOptions, control } from './activities-proxy';
 import { OutcomeMirror } from './outcome-mirror';
+import { groupFinishedSignal } from './progress';
 
 export interface ChunkWorkflowInput {
   experimentId: number;
   bucket: string;
   manifestKey: string;
-  /** Image sets in flight at once within this chunk (its share of the experiment's window). */
+  /** Image sets (or, in a grouped stage, groups) in flight at once within this chunk (its share of the experiment's window). */
   window: number;
   dispatch: DispatchOptions;
+  /** Routes the analysis activities to the engine's own task queue (absent in chunks started before routing: CellProfiler's queue). */
+  engine?: EngineName;
+  /** The stage the chunk belongs to ('' for a plain experiment). */
+  stage?: string;
+  /** Grouped stage: each activity runs one whole group (consecutive entries of the index with one group key). */
+  grouped?: boolean;
+  /** Later stages wait for this stage's groups: signal the parent as each group ends. */
+  notifyParent?: boolean;
 }
 
 /**
- * Runs one chunk (at most a few hundred image sets) of an experiment: a bounded window of analysis
- * activities, their outcomes mirrored to MariaDB in batches. Chunks keep every execution's history
- * and pending-activity count small, whatever the experiment's size.
+ * Runs one chunk (at most a few hundred image sets, or whole groups) of an experiment: a bounded
+ * window of analysis activities, their outcomes mirrored to MariaDB in batches. Chunks keep every
+ * execution's history and pending-activity count small, whatever the experiment's size.
  */
 export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<ChunkResult> {
   const sets = await control.loadChunkIndex({ bucket: input.bucket, manifestKey: input.manifestKey });
-  const options = analysisOptions(input.dispatch);
+  const options = analysisOptions(input.dispatch, input.engine);
   const { analyzeImageSets } = analysis(options);
-  const result: ChunkResult = { done: 0, failed: 0, skipped: 0, failures: [] };
+  const stage = input.stage ?? '';
+  const result: ChunkResult = { stage, done: 0, failed: 0, skipped: 0, failures: [] };
   const mirror = new OutcomeMirror(input.experimentId);
   const keyOf = (i: number): string => sets[i]?.key ?? `#${i}`;
+  const reports: Array<Promise<void>> = [];
 
   const record = (o: ImageSetOutcome, key: string): void => {
     if (o.status === 'done') {
@@ -31,19 +50,40 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
       if (o.skipped) result.skipped++;
     } else if (o.status === 'failed') {
       result.failed++;
-      if (result.failures.length < DEFAULTS.RECENT_FAILURES_SHOWN) result.failures.push({ key, error: o.error ?? 'unknown error', attempts: o.attempts });
+      if (result.failures.length < DEFAULTS.RECENT_FAILURES_SHOWN) {
+        result.failures.push({ key, ...(stage ? { stage } : {}), error: o.error ?? 'unknown error', attempts: o.attempts });
+      }
     }
     mirror.add(o);
   };
 
-  const runBatch = async (indices: number[]): Promise<void> => {
+  /** Tells the parent a group ended, so later stages' partitions for it can start (or fail). */
+  const reportGroup = (indices: number[], outcomes: ImageSetOutcome[], error?: string): void => {
+    const parent = workflowInfo().parent;
+    const group = sets[indices[0] ?? -1]?.group;
+    if (!input.notifyParent || !input.grouped || !parent || group === undefined) return;
+    const failed = outcomes.find((o) => o.status !== 'done');
+    const ok = error === undefined && !failed && outcomes.length === indices.length;
+    reports.push(
+      getExternalWorkflowHandle(parent.workflowId).signal(groupFinishedSignal, {
+        stage,
+        group,
+        ok,
+        ...(ok ? {} : { error: error ?? failed?.error ?? 'not every image set of the group finished' }),
+      }),
+    );
+  };
+
+  const runUnit = async (indices: number[]): Promise<void> => {
     const keys = indices.map(keyOf);
     try {
       // The summary names the image set(s), so the Web UI shows which set an attempt belongs to.
-      const outcomes = await analyzeImageSets.executeWithOptions({ ...options, summary: `analyze ${keys.join(', ')}` }, [
+      const what = input.grouped ? `group ${sets[indices[0] ?? 0]?.group ?? '?'} (${keys.length} image sets)` : keys.join(', ');
+      const outcomes = await analyzeImageSets.executeWithOptions({ ...options, summary: `analyze ${stage ? `${stage} ` : ''}${what}` }, [
         { bucket: input.bucket, manifestKey: input.manifestKey, indices },
       ]);
       for (const o of outcomes) record(o, keys[indices.findIndex((i) => sets[i]?.id === o.imageSetId)] ?? String(o.imageSetId));
+      reportGroup(indices, outcomes);
     } catch (err) {
       if (isCancellation(err)) {
         for (const i of indices) {
@@ -62,12 +102,17 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
         const s = sets[i];
         if (s) record({ imageSetId: s.id, status: 'failed', attempts, error: message }, keyOf(i));
       }
+      reportGroup(indices, [], message);
       log.warn('image sets failed', { keys, error: message });
     }
   };
 
   try {
-    await runWindowed(batchesOf(sets.length, input.dispatch.batchSize), Math.max(1, Math.ceil(input.window / input.dispatch.batchSize)), runBatch);
+    const units = input.grouped ? groupsOf(sets) : batchesOf(sets.length, input.dispatch.batchSize);
+    // A group is one engine invocation: the window counts groups then, as it counts batches otherwise.
+    const limit = input.grouped ? Math.max(1, input.window) : Math.max(1, Math.ceil(input.window / input.dispatch.batchSize));
+    await runWindowed(units, limit, runUnit);
+    await Promise.all(reports);
   } finally {
     // Outcomes gathered so far reach MariaDB even when the chunk is cancelled.
     await CancellationScope.nonCancellable(() => mirror.drain());
@@ -80,6 +125,13 @@ function batchesOf(count: number, size: number): number[][] {
   const batches: number[][] = [];
   for (let i = 0; i < count; i += size) batches.push(Array.from({ length: Math.min(size, count - i) }, (_, j) => i + j));
   return batches;
+}
+
+/** Positions grouped by their group key (the manifest lists a group's sets together). */
+function groupsOf(sets: ChunkIndexEntry[]): number[][] {
+  const byGroup = new Map<string, number[]>();
+  sets.forEach((s, i) => byGroup.set(s.group, [...(byGroup.get(s.group) ?? []), i]));
+  return [...byGroup.values()];
 }
 
 /** Run `work` over `items` with at most `limit` in flight (workflow-side: promises, no I/O). */

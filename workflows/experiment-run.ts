@@ -7,16 +7,29 @@ import {
   type ExperimentPlan,
   type ExperimentProgress,
   type ExperimentStatus,
+  type PartitionCursor,
+  type StageProgress,
 } from '../core/model';
 
 /** What one run of an ExperimentWorkflow hands to the next across continue-as-new. */
 export interface CarriedState {
-  /** The paging cursor: image sets with a larger id have not been handed to a chunk yet. */
-  afterSetId: number;
+  /**
+   * The partitions being paged (one per stage without an upstream stage, one per released upstream
+   * group otherwise), each with its cursor. Empty in a fresh run until the plan is read.
+   */
+  partitions: PartitionCursor[];
+  /** Partitions of dependent stages whose upstream group has not finished yet (`stage\npartition`). */
+  waiting: string[];
+  /** Partitions already released or failed, so a repeated group report changes nothing. */
+  released: string[];
+  /** Set once the partitions have been initialised from the plan (false only in a fresh run). */
+  initialised: boolean;
   done: number;
   failed: number;
   skipped: number;
   total: number;
+  /** Per stage (by name), for experiments with stages. */
+  stageCounts: Record<string, Omit<StageProgress, 'name'>>;
   sealed: boolean;
   runs: number;
   chunksStarted: number;
@@ -24,16 +37,47 @@ export interface CarriedState {
 }
 
 export const freshCarriedState = (): CarriedState => ({
-  afterSetId: 0,
+  partitions: [],
+  waiting: [],
+  released: [],
+  initialised: false,
   done: 0,
   failed: 0,
   skipped: 0,
   total: 0,
+  stageCounts: {},
   sealed: true,
   runs: 0,
   chunksStarted: 0,
   recentFailures: [],
 });
+
+/**
+ * The carried state of a run started by an earlier cpflow (before stages): it had one paging cursor,
+ * `afterSetId`, and no partitions. Such a run continues as the one partition of a plain experiment.
+ */
+export function normalizeCarried(carried: Partial<CarriedState> & { afterSetId?: number }): CarriedState {
+  const fresh = freshCarriedState();
+  const { afterSetId, ...rest } = carried;
+  const state: CarriedState = { ...fresh, ...rest };
+  if (!carried.partitions) {
+    state.partitions = [{ stage: '', partition: '', afterSetId: afterSetId ?? 0, afterGroup: '', exhausted: false }];
+    state.initialised = true;
+  }
+  return state;
+}
+
+/** A plan from a worker that predates stages has neither: it is a plain, one-stage experiment. */
+export function withStageDefaults(plan: ExperimentPlan): ExperimentPlan {
+  const legacy = plan as Partial<Pick<ExperimentPlan, 'stages' | 'partitions'>> & ExperimentPlan;
+  return {
+    ...plan,
+    stages: legacy.stages ?? [{ name: '', grouped: false, dependents: [] }],
+    partitions: legacy.partitions ?? [],
+  };
+}
+
+export const partitionId = (stage: string, partition: string): string => `${stage}\n${partition}`;
 
 /**
  * The state of one run of an experiment and how it shows: the `progress` query, the Web UI's
@@ -52,8 +96,16 @@ export class ExperimentRun {
     private readonly withSearchAttributes: boolean,
   ) {}
 
+  /** More than one stage: progress, the Web UI and `status` break the counts down by stage. */
+  get staged(): boolean {
+    return (this.plan?.stages.length ?? 0) > 1;
+  }
+
   progress(): ExperimentProgress {
     const c = this.carried;
+    const stages = this.staged
+      ? (this.plan?.stages ?? []).map((s) => ({ name: s.name, ...(c.stageCounts[s.name] ?? { total: 0, done: 0, failed: 0, skipped: 0 }) }))
+      : undefined;
     return {
       experimentId: this.experimentId,
       phase: this.phase,
@@ -65,6 +117,7 @@ export class ExperimentRun {
       sealed: c.sealed,
       runsSoFar: c.runs,
       recentFailures: c.recentFailures,
+      ...(stages ? { stages } : {}),
     };
   }
 
@@ -73,12 +126,32 @@ export class ExperimentRun {
     this.show();
   }
 
-  /** A chunk child finished: add its counts. */
+  private stageCounts(stage: string): Omit<StageProgress, 'name'> {
+    const counts = (this.carried.stageCounts[stage] ??= { total: 0, done: 0, failed: 0, skipped: 0 });
+    return counts;
+  }
+
+  /** Image sets handed to a chunk child. */
+  started(stage: string, count: number): void {
+    this.carried.total += count;
+    this.stageCounts(stage).total += count;
+    this.running += count;
+  }
+
+  /** A chunk child finished (count: the sets it was handed), or sets were failed without running (count 0). */
   absorb(r: ChunkResult, count: number): void {
     const c = this.carried;
     c.done += r.done;
     c.failed += r.failed;
     c.skipped += r.skipped;
+    if (r.stage !== undefined) {
+      const s = this.stageCounts(r.stage);
+      s.done += r.done;
+      s.failed += r.failed;
+      s.skipped += r.skipped;
+      if (count === 0) s.total += r.failed;
+    }
+    if (count === 0) c.total += r.failed;
     this.running -= count;
     c.recentFailures = [...r.failures, ...c.recentFailures].slice(0, DEFAULTS.RECENT_FAILURES_SHOWN);
     this.show();
@@ -88,10 +161,13 @@ export class ExperimentRun {
   show(): void {
     const p = this.progress();
     const title = this.plan ? `**${this.plan.project} / ${this.plan.name}**` : `**experiment ${this.experimentId}**`;
-    const failures = p.recentFailures.length
-      ? `\n\nRecent failures:\n${p.recentFailures.map((f) => `- ${f.key} (${f.attempts} attempts): ${f.error}`).join('\n')}`
+    const stages = p.stages
+      ? `\n\n${p.stages.map((s) => `- stage **${s.name}**: ${s.done} done, ${s.failed} failed of ${s.total} started`).join('\n')}`
       : '';
-    setCurrentDetails(`${title} — ${p.phase}: ${p.done} done, ${p.failed} failed, ${p.running} running of ${p.total}${failures}`);
+    const failures = p.recentFailures.length
+      ? `\n\nRecent failures:\n${p.recentFailures.map((f) => `- ${f.stage ? `${f.stage}/` : ''}${f.key} (${f.attempts} attempts): ${f.error}`).join('\n')}`
+      : '';
+    setCurrentDetails(`${title} — ${p.phase}: ${p.done} done, ${p.failed} failed, ${p.running} running of ${p.total}${stages}${failures}`);
   }
 
   /** Search attributes for the Web UI's list and filters. */

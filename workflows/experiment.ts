@@ -1,10 +1,10 @@
 import { CancellationScope, condition, continueAsNew, isCancellation, setHandler, workflowInfo } from '@temporalio/workflow';
-import { DEFAULTS, finalStatus, type ExperimentPlan, type ExperimentProgress } from '../core/model';
+import { DEFAULTS, finalStatus, type ExperimentPlan, type ExperimentProgress, type GroupFinished } from '../core/model';
 import { control, reduce } from './activities-proxy';
 import { profilesError, profilesStep } from './profiles-step';
 import { ChunkChildren } from './chunk-children';
-import { ExperimentRun, freshCarriedState, type CarriedState } from './experiment-run';
-import { imageSetsAddedSignal, progressQuery, sealedSignal } from './progress';
+import { ExperimentRun, freshCarriedState, normalizeCarried, withStageDefaults, type CarriedState } from './experiment-run';
+import { groupFinishedSignal, imageSetsAddedSignal, progressQuery, sealedSignal } from './progress';
 
 export interface ExperimentWorkflowInput {
   experimentId: number;
@@ -18,12 +18,13 @@ export interface ExperimentWorkflowInput {
 
 /**
  * One run of an experiment: fan out chunk children over the pending image sets with a bounded
- * window, accept new sets while the experiment is open, reduce once it is sealed and every set has
- * ended, and mirror the final state into MariaDB. Everything about the experiment (bucket, engine,
- * dispatch settings) comes from the plan activity, read once per run.
+ * window, stage by stage (a later stage's partition starts as soon as the earlier stage's group it
+ * needs is done), accept new sets while the experiment is open, reduce once it is sealed and every
+ * set has ended, and mirror the final state into MariaDB. Everything about the experiment (bucket,
+ * engine, stages, dispatch settings) comes from the plan activity, read once per run.
  */
 export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promise<ExperimentProgress> {
-  const run = new ExperimentRun(input.experimentId, input.carried ?? freshCarriedState(), input.searchAttributes !== false);
+  const run = new ExperimentRun(input.experimentId, input.carried ? normalizeCarried(input.carried) : freshCarriedState(), input.searchAttributes !== false);
   const historyBudget = input.historyEventsBudget ?? DEFAULTS.HISTORY_EVENTS_BUDGET;
   let newSetsHint = false;
   // Handlers first, so no query or signal is missed while the plan is read.
@@ -35,42 +36,59 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
     run.carried.sealed = true;
     newSetsHint = true;
   });
+  // Chunk children report groups that later stages wait for; none can arrive before the plan is read
+  // (children start after it), but a report is never dropped.
+  let children: ChunkChildren | undefined;
+  const early: GroupFinished[] = [];
+  setHandler(groupFinishedSignal, (g) => {
+    if (children) children.report(g);
+    else early.push(g);
+  });
 
-  const plan = await control.loadExperimentPlan(input.experimentId);
+  const plan = withStageDefaults(await control.loadExperimentPlan(input.experimentId));
   run.plan = plan;
   if (!input.carried) run.carried.sealed = plan.sealed;
-  const children = new ChunkChildren(run, plan);
+  const chunks = new ChunkChildren(run, plan);
+  children = chunks;
+  for (const g of early) chunks.report(g);
   const withinBudget = (): boolean => workflowInfo().historyLength <= historyBudget;
 
   try {
     if (!input.carried) await control.syncExperimentStatus({ experimentId: plan.experimentId, status: 'running' });
     run.markStatus('running');
     run.enter('analyzing');
+    await chunks.initialise();
 
     for (;;) {
+      await chunks.handleReports();
       // Bounded history: once the children have drained, carry the counts into a fresh run.
-      if (children.size === 0 && !withinBudget()) {
+      if (chunks.size === 0 && !chunks.hasReports && !withinBudget()) {
         await continueAsNew<typeof ExperimentWorkflow>({ ...input, carried: { ...run.carried, runs: run.carried.runs + 1 } });
       }
       // No new children once over budget: they would be orphaned by the continue-as-new.
-      await children.startMore(withinBudget);
+      await chunks.startMore(withinBudget);
 
-      if (children.size === 0 && children.exhausted) {
+      if (chunks.size === 0 && chunks.exhausted && !chunks.hasReports) {
+        if (chunks.waiting > 0) {
+          await chunks.failStranded();
+          continue;
+        }
         if (run.carried.sealed) break;
         // Open experiment, nothing to do: wait for new image sets, the seal, or a periodic recheck.
         run.enter('waiting-for-images');
         await condition(() => newSetsHint, DEFAULTS.OPEN_EXPERIMENT_RECHECK);
         newSetsHint = false;
-        children.exhausted = false;
+        chunks.reopen();
         run.phase = 'analyzing';
         continue;
       }
-      if (children.size === 0 && !withinBudget()) continue;
-      children.changed = false;
-      await condition(() => children.changed || (children.exhausted && newSetsHint && children.hasRoom));
+      if (chunks.size === 0 && !withinBudget()) continue;
+      if (chunks.hasReports) continue;
+      chunks.changed = false;
+      await condition(() => chunks.changed || (chunks.exhausted && newSetsHint && chunks.hasRoom));
       if (newSetsHint) {
         newSetsHint = false;
-        children.exhausted = false;
+        chunks.reopen();
       }
     }
     return await reduceAndFinish(run, plan);
@@ -79,7 +97,7 @@ export async function ExperimentWorkflow(input: ExperimentWorkflowInput): Promis
       run.phase = 'cancelled';
       await CancellationScope.nonCancellable(async () => {
         // Chunks cancel their activities, which kill their engines: only then is the experiment cancelled.
-        await condition(() => children.size === 0);
+        await condition(() => chunks.size === 0);
         await control.syncExperimentStatus({ experimentId: plan.experimentId, status: 'cancelled', error: 'cancelled by request' });
       });
       run.markStatus('cancelled');

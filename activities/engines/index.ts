@@ -1,5 +1,5 @@
 import { workerConfig } from '../../core/config';
-import { configuredCellProfiler } from '../../core/cellprofiler';
+import { configuredCellProfiler, configuredPlugins } from '../../core/cellprofiler';
 import type { EngineName, EngineOptions } from '../../core/model';
 import type { Engine } from './types';
 import { createBuiltinEngine } from './builtin';
@@ -53,7 +53,7 @@ function createEngine(selection: EngineSelection): Engine {
             '`npm run stack -- install-cellprofiler` installs it)',
         );
       }
-      return createCellProfilerEngine({ executable });
+      return createCellProfilerEngine({ executable, pluginsDir: configuredPlugins() });
     }
   }
 }

@@ -9,6 +9,8 @@ export interface EngineChannelFile {
   channel: string;
   /** Absolute path of the downloaded image file. */
   path: string;
+  /** Where the file lives durably (its `s3://` URI): tables name it instead of the scratch copy. */
+  sourceUri?: string;
 }
 
 export interface EngineImageSet {
@@ -23,11 +25,29 @@ export interface EngineImageSet {
    * on ImageNumber). Default: the set's 1-based position in the run, as CellProfiler numbers it.
    */
   imageNumber?: number;
+  /** Where this set's outputs will be stored (`s3://…/sets/<key>/`), for path columns of its tables. */
+  outputUri?: string;
+}
+
+/**
+ * The image sets of one run form ONE group: the engine runs them together in one invocation, in the
+ * order given, so modules that pool image sets (illumination functions over a plate, tracking) see
+ * the whole group. Outputs that belong to no single set are the group's.
+ */
+export interface EngineGrouping {
+  /** e.g. `P1` for `--group-by Plate`. */
+  key: string;
+  /** The group's values of the grouping keys, e.g. `{ Plate: 'P1' }`. */
+  metadata: Record<string, string>;
+  /** Where the group's own outputs will be stored (`s3://…/groups/<key>/`). */
+  outputUri?: string;
 }
 
 export interface EngineRunInput {
-  /** Usually one image set; several when batching amortises the engine's start-up. */
+  /** Usually one image set; several when batching amortises the engine's start-up, or a whole group. */
   imageSets: EngineImageSet[];
+  /** Set when the image sets are one group (see EngineGrouping); absent for one set or a batch. */
+  grouping?: EngineGrouping;
   /** Local path of the pipeline file, when the engine uses one. */
   pipelinePath?: string;
   /**
@@ -54,13 +74,26 @@ export interface EngineSetResult {
 export interface EngineRunResult {
   engine: EngineIdentity;
   sets: EngineSetResult[];
+  /**
+   * Outputs that belong to no single set (saved once per group, or named by no set's row), under
+   * `<outDir>/${SHARED_OUTPUTS_DIR}/`. With a grouping they are the group's outputs; in a batch of
+   * unrelated sets they cannot be attributed, and the caller runs the sets one by one instead.
+   */
+  shared?: string[];
+  /** Warnings the engine logged during this invocation (CellProfiler's WARNING lines, noise removed). */
+  warnings?: string[];
 }
+
+/** Folder under outDir for outputs of no single set; not a possible image set key ('@'). */
+export const SHARED_OUTPUTS_DIR = '@shared';
 
 export interface EngineIdentity {
   /** `builtin` | `cellprofiler` | `command` */
   name: string;
   /** Exact version string, e.g. `cpflow-builtin 0.1.0` or `5.0.0.dev784`. */
   version: string;
+  /** Plugin files the engine loads (CellProfiler's plugins directory), each with its sha256. */
+  plugins?: Array<{ file: string; sha256: string }>;
   /** What the engine runs in, where that can change its results (CellProfiler's venv). */
   environment?: EngineEnvironment;
 }

@@ -99,7 +99,12 @@ export class ExtraColumnPlan {
   }
 }
 
-export async function measureImageSet(input: ImageSetResult, plan: ExtraColumnPlan, objectFilter: Set<string> | undefined): Promise<SetMeasurement> {
+export async function measureImageSet(
+  input: ImageSetResult,
+  plan: ExtraColumnPlan,
+  objectFilter: Set<string> | undefined,
+  expectTables = true,
+): Promise<SetMeasurement> {
   const measurement: SetMeasurement = {
     input,
     error: input.status === 'failed' ? (input.error ?? 'failed (no error recorded)') : '',
@@ -162,7 +167,7 @@ export async function measureImageSet(input: ImageSetResult, plan: ExtraColumnPl
     }
   }
 
-  if (!sawImageTable) problems.push('Image.csv missing');
+  if (!sawImageTable && expectTables) problems.push('Image.csv missing');
   // Objects without a Count_ column in Image.csv (or without Image.csv) are counted from their table.
   const fallbackCountColumns: string[] = [];
   for (const [objectName, rows] of [...objectRowCounts].sort(([a], [b]) => a.localeCompare(b))) {

@@ -59,6 +59,11 @@ export interface MergeOptions {
   maxRowsBeforeColumnsKnown?: number;
   /** Failed sets listed with their error in the stats (the rest are only counted). Default 1,000. */
   maxListedFailures?: number;
+  /**
+   * Whether done sets are expected to have tables (default true). False for a stage whose pipeline
+   * exports none (its results are saved files): a done set without tables is then not a problem.
+   */
+  expectTables?: boolean;
   /** Called after every `progressEvery` sets (default 500) with the number merged so far: heartbeat here. */
   onProgress?: (setsMerged: number) => void;
   progressEvery?: number;
@@ -213,7 +218,7 @@ export async function mergeImageSetTables(input: AsyncIterable<ImageSetResult> |
     const progressEvery = options.progressEvery ?? 500;
     let merged = 0;
     // Node's stream map keeps input order while up to `concurrency` sets are read at once.
-    const measurements = Readable.from(input).map((set: ImageSetResult) => measureImageSet(set, plan, objectFilter), { concurrency });
+    const measurements = Readable.from(input).map((set: ImageSetResult) => measureImageSet(set, plan, objectFilter, options.expectTables ?? true), { concurrency });
     for await (const measurement of measurements as AsyncIterable<SetMeasurement>) {
       await commit(measurement);
       merged += 1;

@@ -1,6 +1,7 @@
 import type { DispatchOptions, EngineName, EngineOptions, ExperimentStatus, GroupingRule } from '../model/domain';
 import type { ProfilesOptions } from '../model/profiles';
 import { isTerminal } from '../model/domain';
+import { SINGLE_STAGE, type StageSpec } from '../model/stages';
 import { inTransaction, type Db } from './pool';
 import { insertImageSetsOn, type NewImageSet } from './image-sets';
 import { insertProfilesOptionsOn } from './profiles';
@@ -45,6 +46,16 @@ export interface NewExperiment {
   maxFailedFraction: number;
   /** Submitted with a platemap: the profiles step's settings (experiment_profiles). */
   profiles?: ProfilesOptions;
+  /** Stages in run order; null for a plain experiment (one stage, `pipelineUri`, no groups). */
+  stages?: StageSpec[] | null;
+  /** What `submit` and CellProfiler said about the pipelines; shown by `cpflow status`. */
+  warnings?: string[];
+}
+
+/** The experiment's stages in run order; a plain experiment is one stage named SINGLE_STAGE. */
+export function stagesOf(e: Pick<ExperimentRow, 'stages' | 'pipeline_uri' | 'pipeline_sha256'>): StageSpec[] {
+  if (e.stages && e.stages.length > 0) return e.stages;
+  return [{ name: SINGLE_STAGE, pipelineUri: e.pipeline_uri, pipelineSha256: e.pipeline_sha256, groupBy: [], input: 'files', inputs: [] }];
 }
 
 const EXPERIMENT_SELECT = `SELECT e.*, p.name AS project_name, p.bucket AS bucket
@@ -91,8 +102,8 @@ export async function registerExperiment(pool: Db, e: NewExperiment, sets: NewIm
     const res = insertSchema.parse(
       await conn.query(
         `INSERT INTO experiment (project_id, name, pipeline_uri, pipeline_sha256, engine, engine_options, dispatch_options,
-           input_prefix, grouping_rule, sealed, max_failed_fraction, status, total_sets)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'submitted', ?)`,
+           stages, input_prefix, grouping_rule, sealed, max_failed_fraction, warnings, status, total_sets)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'submitted', ?)`,
         [
           e.projectId,
           e.name,
@@ -101,10 +112,12 @@ export async function registerExperiment(pool: Db, e: NewExperiment, sets: NewIm
           e.engine,
           JSON.stringify(e.engineOptions),
           JSON.stringify(e.dispatch),
+          e.stages ? JSON.stringify(e.stages) : null,
           e.inputPrefix,
           JSON.stringify(e.groupingRule),
           e.sealed ? 1 : 0,
           e.maxFailedFraction,
+          e.warnings && e.warnings.length > 0 ? JSON.stringify(e.warnings) : null,
           sets.length,
         ],
       ),

@@ -1,7 +1,18 @@
 import type { ImageSetOutcome, ImageSetStatus } from '../model/domain';
+import { DEFAULTS } from '../model';
+import type { StageProgress } from '../model/stages';
 import { inTransaction, type Conn, type Db } from './pool';
 import { refreshExperimentCounts } from './experiments';
-import { affectedSchema, imageFileRowSchema, imageSetRowSchema, statusCountRowSchema, type ImageFileRow, type ImageSetRow } from './rows';
+import {
+  affectedSchema,
+  groupStatusCountRowSchema,
+  imageFileRowSchema,
+  imageSetRowSchema,
+  stageStatusCountRowSchema,
+  statusCountRowSchema,
+  type ImageFileRow,
+  type ImageSetRow,
+} from './rows';
 
 /** Image sets and their files: registration, the workflow's pages, outcomes mirrored from Temporal. */
 
@@ -9,11 +20,20 @@ export interface NewImageSet {
   key: string;
   metadata: Record<string, string>;
   files: Array<{ channel: string; uri: string; size: number; checksum: string }>;
+  /** The stage this row belongs to ('' for a plain experiment). */
+  stage?: string;
+  /** Its group in a grouped stage ('' otherwise). */
+  groupKey?: string;
+  /** The upstream group whose files it needs ('' when its stage takes none). */
+  partitionKey?: string;
 }
 
 const INSERT_PAGE = 500;
 
 /**
+ * Rows are inserted in the order given, so ids follow it: within a group, the engine sees the sets in
+ * id order (submit orders them as CellProfiler would order the files).
+ *
  * `upsert`: a set already registered keeps its row and gets these files (lab systems re-sending rows).
  * `new-only`: a set already registered fails the whole transaction with ER_DUP_ENTRY, so `cpflow
  * submit --append` can never silently repoint a registered (maybe finished) set at other files.
@@ -24,16 +44,20 @@ export async function insertImageSetsOn(conn: Conn, experimentId: number, sets: 
   for (let i = 0; i < sets.length; i += INSERT_PAGE) {
     const page = sets.slice(i, i + INSERT_PAGE);
     await conn.batch(
-      `INSERT INTO image_set (experiment_id, set_key, metadata) VALUES (?, ?, ?)
+      `INSERT INTO image_set (experiment_id, stage, set_key, group_key, partition_key, metadata) VALUES (?, ?, ?, ?, ?, ?)
        ${duplicates === 'upsert' ? 'ON DUPLICATE KEY UPDATE metadata = VALUES(metadata)' : ''}`,
-      page.map((s) => [experimentId, s.key, JSON.stringify(s.metadata)]),
+      page.map((s) => [experimentId, s.stage ?? '', s.key, s.groupKey ?? '', s.partitionKey ?? '', JSON.stringify(s.metadata)]),
     );
-    const ids = await conn.query<unknown[]>(`SELECT id, set_key FROM image_set WHERE experiment_id = ? AND set_key IN (?)`, [
-      experimentId,
-      page.map((s) => s.key),
-    ]);
-    const idByKey = new Map(ids.map((r) => imageSetRowSchema.pick({ id: true, set_key: true }).parse(r)).map((r) => [r.set_key, r.id]));
-    const fileRows = page.flatMap((s) => s.files.map((f) => [idByKey.get(s.key), f.channel, f.uri, f.size, f.checksum]));
+    const idByKey = new Map<string, number>();
+    for (const stage of new Set(page.map((s) => s.stage ?? ''))) {
+      const ids = await conn.query<unknown[]>(`SELECT id, set_key FROM image_set WHERE experiment_id = ? AND stage = ? AND set_key IN (?)`, [
+        experimentId,
+        stage,
+        page.filter((s) => (s.stage ?? '') === stage).map((s) => s.key),
+      ]);
+      for (const r of ids.map((row) => imageSetRowSchema.pick({ id: true, set_key: true }).parse(row))) idByKey.set(`${stage}\n${r.set_key}`, r.id);
+    }
+    const fileRows = page.flatMap((s) => s.files.map((f) => [idByKey.get(`${s.stage ?? ''}\n${s.key}`), f.channel, f.uri, f.size, f.checksum]));
     if (fileRows.length > 0) {
       await conn.batch(
         `INSERT INTO image_file (image_set_id, channel, uri, size, checksum) VALUES (?, ?, ?, ?, ?)
@@ -51,21 +75,59 @@ export async function upsertImageSets(pool: Db, experimentId: number, sets: NewI
   return sets.length;
 }
 
-const IMAGE_SET_COLUMNS = 'id, experiment_id, set_key, metadata, status, attempts, skipped, output_prefix, error';
+const IMAGE_SET_COLUMNS =
+  'id, experiment_id, stage, set_key, group_key, partition_key, metadata, status, attempts, skipped, output_prefix, error, warnings';
 
-/** A page of sets still to run, in id order after `afterId` (the workflow's cursor). */
-export async function pendingImageSets(
-  pool: Db,
-  experimentId: number,
-  afterId: number,
-  limit: number,
-): Promise<Array<ImageSetRow & { files: ImageFileRow[] }>> {
+export type PendingSet = ImageSetRow & { files: ImageFileRow[] };
+
+export interface PartitionRef {
+  experimentId: number;
+  stage: string;
+  partition: string;
+}
+
+/** A page of sets still to run in one partition of one stage, in id order after `afterId` (the workflow's cursor). */
+export async function pendingImageSets(pool: Db, p: PartitionRef, afterId: number, limit: number): Promise<PendingSet[]> {
   const rows = await pool.query<unknown[]>(
     `SELECT ${IMAGE_SET_COLUMNS}
-     FROM image_set WHERE experiment_id = ? AND id > ? AND status IN ('pending','running') ORDER BY id LIMIT ?`,
-    [experimentId, afterId, limit],
+     FROM image_set WHERE experiment_id = ? AND stage = ? AND partition_key = ? AND id > ? AND status IN ('pending','running')
+     ORDER BY id LIMIT ?`,
+    [p.experimentId, p.stage, p.partition, afterId, limit],
   );
-  const sets = rows.map((r) => imageSetRowSchema.parse(r));
+  return withFiles(pool, rows.map((r) => imageSetRowSchema.parse(r)));
+}
+
+/**
+ * Whole groups with a set still to run, in group-key order after `afterGroup`, until `maxSets` sets
+ * are gathered (at least one group, whatever its size). Every set of such a group is returned, done
+ * ones too: a group is redone whole (its provenance decides whether the work can be skipped).
+ */
+export async function pendingGroups(pool: Db, p: PartitionRef, afterGroup: string, maxSets: number): Promise<PendingSet[]> {
+  const groups = await pool.query<Array<{ group_key: string; n: number }>>(
+    `SELECT g.group_key, (SELECT COUNT(*) FROM image_set a WHERE a.experiment_id = ? AND a.stage = ? AND a.group_key = g.group_key) AS n
+     FROM (SELECT DISTINCT group_key FROM image_set
+           WHERE experiment_id = ? AND stage = ? AND partition_key = ? AND group_key > ? AND status IN ('pending','running')
+           ORDER BY group_key LIMIT ?) g
+     ORDER BY g.group_key`,
+    [p.experimentId, p.stage, p.experimentId, p.stage, p.partition, afterGroup, maxSets],
+  );
+  const chosen: string[] = [];
+  let total = 0;
+  for (const g of groups) {
+    const n = Number(g.n);
+    if (chosen.length > 0 && total + n > maxSets) break;
+    chosen.push(String(g.group_key));
+    total += n;
+  }
+  if (chosen.length === 0) return [];
+  const rows = await pool.query<unknown[]>(
+    `SELECT ${IMAGE_SET_COLUMNS} FROM image_set WHERE experiment_id = ? AND stage = ? AND group_key IN (?) ORDER BY group_key, id`,
+    [p.experimentId, p.stage, chosen],
+  );
+  return withFiles(pool, rows.map((r) => imageSetRowSchema.parse(r)));
+}
+
+async function withFiles(pool: Db, sets: ImageSetRow[]): Promise<PendingSet[]> {
   if (sets.length === 0) return [];
   const fileRows = await pool.query<unknown[]>(
     `SELECT image_set_id, channel, uri, size, checksum FROM image_file WHERE image_set_id IN (?) ORDER BY channel`,
@@ -76,13 +138,13 @@ export async function pendingImageSets(
   return sets.map((s) => ({ ...s, files: bySet.get(s.id) ?? [] }));
 }
 
-/** Every set of an experiment, in id order, one page at a time (bounded memory at 100,000 sets). */
-export async function* allImageSets(pool: Db, experimentId: number, pageSize = 1000): AsyncGenerator<ImageSetRow> {
+/** Every set of an experiment (of one stage, when given), in id order, one page at a time (bounded memory at 100,000 sets). */
+export async function* allImageSets(pool: Db, experimentId: number, pageSize = 1000, stage?: string): AsyncGenerator<ImageSetRow> {
   let afterId = 0;
   for (;;) {
     const rows = await pool.query<unknown[]>(
-      `SELECT ${IMAGE_SET_COLUMNS} FROM image_set WHERE experiment_id = ? AND id > ? ORDER BY id LIMIT ?`,
-      [experimentId, afterId, pageSize],
+      `SELECT ${IMAGE_SET_COLUMNS} FROM image_set WHERE experiment_id = ? AND id > ? ${stage === undefined ? '' : 'AND stage = ?'} ORDER BY id LIMIT ?`,
+      stage === undefined ? [experimentId, afterId, pageSize] : [experimentId, afterId, stage, pageSize],
     );
     if (rows.length === 0) return;
     for (const r of rows) {
@@ -121,6 +183,7 @@ export async function applyImageSetOutcomes(pool: Db, experimentId: number, outc
          status = IF(? = 'running' AND status IN ('done','failed'), status, ?),
          attempts = GREATEST(attempts, ?), skipped = ?, output_prefix = COALESCE(?, output_prefix),
          error = IF(? = 'done', NULL, COALESCE(?, error)),
+         warnings = COALESCE(?, warnings),
          started_at = COALESCE(started_at, NOW(3)),
          finished_at = IF(? IN ('done','failed','cancelled'), NOW(3), finished_at)
        WHERE id = ? AND experiment_id = ?`,
@@ -132,12 +195,17 @@ export async function applyImageSetOutcomes(pool: Db, experimentId: number, outc
         o.outputPrefix ?? null,
         o.status,
         o.error ?? null,
+        o.warnings && o.warnings.length > 0 ? JSON.stringify(o.warnings.slice(0, DEFAULTS.MAX_WARNINGS_PER_SET)) : null,
         o.status,
         o.imageSetId,
         experimentId,
       ]),
     );
-    const resultRows = outcomes.flatMap((o) => (o.results ?? []).map((r) => [experimentId, o.imageSetId, r.kind, r.uri, r.size, r.checksum]));
+    // Group outputs (an illumination function saved once per group) belong to no single set.
+    const resultRows = outcomes.flatMap((o) => [
+      ...(o.results ?? []).map((r) => [experimentId, o.imageSetId, r.kind, r.uri, r.size, r.checksum]),
+      ...(o.groupResults ?? []).map((r) => [experimentId, null, r.kind, r.uri, r.size, r.checksum]),
+    ]);
     if (resultRows.length > 0) {
       await conn.batch(
         `INSERT INTO result_file (experiment_id, image_set_id, kind, uri, size, checksum) VALUES (?, ?, ?, ?, ?, ?)
@@ -158,4 +226,108 @@ export async function imageSetCounts(pool: Db, experimentId: number): Promise<Re
     counts.total += r.n;
   }
   return counts;
+}
+
+/**
+ * Fails the sets of a partition that can no longer run (its upstream group failed, or did not write
+ * the file the stage needs). Sets already done are left alone. Returns how many were failed and the
+ * first few keys.
+ */
+export async function failPartitionSets(
+  pool: Db,
+  p: PartitionRef,
+  error: string,
+): Promise<{ failed: number; keys: string[] }> {
+  const keys = await pool.query<Array<{ set_key: string }>>(
+    `SELECT set_key FROM image_set WHERE experiment_id = ? AND stage = ? AND partition_key = ? AND status IN ('pending','running')
+     ORDER BY id LIMIT ?`,
+    [p.experimentId, p.stage, p.partition, DEFAULTS.RECENT_FAILURES_SHOWN],
+  );
+  const res = affectedSchema.parse(
+    await pool.query(
+      `UPDATE image_set SET status = 'failed', error = ?, finished_at = NOW(3)
+       WHERE experiment_id = ? AND stage = ? AND partition_key = ? AND status IN ('pending','running')`,
+      [error, p.experimentId, p.stage, p.partition],
+    ),
+  );
+  await refreshExperimentCounts(pool, p.experimentId);
+  return { failed: res.affectedRows, keys: keys.map((k) => String(k.set_key)) };
+}
+
+/** Distinct partitions of a stage that still have sets to run. */
+export async function pendingPartitions(pool: Db, experimentId: number, stage: string): Promise<string[]> {
+  const rows = await pool.query<Array<{ partition_key: string }>>(
+    `SELECT DISTINCT partition_key FROM image_set WHERE experiment_id = ? AND stage = ? AND status IN ('pending','running') ORDER BY partition_key`,
+    [experimentId, stage],
+  );
+  return rows.map((r) => String(r.partition_key));
+}
+
+/** Status counts per group of a stage. */
+export async function groupStatusCounts(pool: Db, experimentId: number, stage: string): Promise<Map<string, Record<ImageSetStatus, number>>> {
+  const rows = await pool.query<unknown[]>(
+    'SELECT group_key, status, COUNT(*) AS n FROM image_set WHERE experiment_id = ? AND stage = ? GROUP BY group_key, status',
+    [experimentId, stage],
+  );
+  const map = new Map<string, Record<ImageSetStatus, number>>();
+  for (const r of rows.map((row) => groupStatusCountRowSchema.parse(row))) {
+    const counts = map.get(r.group_key) ?? { pending: 0, running: 0, done: 0, failed: 0, cancelled: 0 };
+    counts[r.status] = r.n;
+    map.set(r.group_key, counts);
+  }
+  return map;
+}
+
+/** Counts per stage (in the order given), for `cpflow status`. */
+export async function stageCounts(pool: Db, experimentId: number, stages: string[]): Promise<Array<StageProgress & { running: number; pending: number }>> {
+  const rows = await pool.query<unknown[]>(
+    'SELECT stage, status, COUNT(*) AS n FROM image_set WHERE experiment_id = ? GROUP BY stage, status',
+    [experimentId],
+  );
+  const parsed = rows.map((row) => stageStatusCountRowSchema.parse(row));
+  return stages.map((name) => {
+    const of = (status: ImageSetStatus) => parsed.filter((r) => r.stage === name && r.status === status).reduce((a, r) => a + r.n, 0);
+    const total = parsed.filter((r) => r.stage === name).reduce((a, r) => a + r.n, 0);
+    return { name, total, done: of('done'), failed: of('failed') + of('cancelled'), skipped: 0, running: of('running'), pending: of('pending') };
+  });
+}
+
+/** Failed sets with their reasons (first `limit`, in id order) and how many there are. */
+export async function failedImageSets(
+  pool: Db,
+  experimentId: number,
+  limit: number,
+): Promise<{ total: number; sets: Array<{ stage: string; key: string; attempts: number; error: string }> }> {
+  const rows = await pool.query<Array<{ stage: string; set_key: string; attempts: number; error: string | null }>>(
+    `SELECT stage, set_key, attempts, error FROM image_set WHERE experiment_id = ? AND status IN ('failed','cancelled') ORDER BY id LIMIT ?`,
+    [experimentId, limit],
+  );
+  const [count] = await pool.query<Array<{ n: number }>>(
+    `SELECT COUNT(*) AS n FROM image_set WHERE experiment_id = ? AND status IN ('failed','cancelled')`,
+    [experimentId],
+  );
+  return {
+    total: Number(count?.n ?? 0),
+    sets: rows.map((r) => ({ stage: String(r.stage), key: String(r.set_key), attempts: Number(r.attempts), error: r.error ?? 'unknown error' })),
+  };
+}
+
+/** Image sets with engine warnings: how many, and the first few with their warnings. */
+export async function setsWithWarnings(
+  pool: Db,
+  experimentId: number,
+  limit: number,
+): Promise<{ total: number; sets: Array<{ stage: string; key: string; warnings: string[] }> }> {
+  const rows = await pool.query<unknown[]>(
+    `SELECT ${IMAGE_SET_COLUMNS} FROM image_set WHERE experiment_id = ? AND warnings IS NOT NULL ORDER BY id LIMIT ?`,
+    [experimentId, limit],
+  );
+  const [count] = await pool.query<Array<{ n: number }>>(
+    `SELECT COUNT(*) AS n FROM image_set WHERE experiment_id = ? AND warnings IS NOT NULL`,
+    [experimentId],
+  );
+  return {
+    total: Number(count?.n ?? 0),
+    sets: rows.map((r) => imageSetRowSchema.parse(r)).map((r) => ({ stage: r.stage, key: r.set_key, warnings: r.warnings })),
+  };
 }

@@ -151,8 +151,8 @@ export async function reserveExperiment(
       const res = insertSchema.parse(
         await conn.query(
           `INSERT INTO experiment (project_id, name, pipeline_uri, pipeline_sha256, engine, engine_options, dispatch_options,
-             input_prefix, grouping_rule, sealed, max_failed_fraction, status, total_sets)
-           VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, 'registering', 0)`,
+             stages, input_prefix, grouping_rule, sealed, max_failed_fraction, warnings, status, total_sets)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, 'registering', 0)`,
           [
             e.projectId,
             e.name,
@@ -161,9 +161,11 @@ export async function reserveExperiment(
             e.engine,
             JSON.stringify(e.engineOptions),
             JSON.stringify(e.dispatch),
+            e.stages ? JSON.stringify(e.stages) : null,
             JSON.stringify(e.groupingRule),
             e.sealed ? 1 : 0,
             e.maxFailedFraction,
+            e.warnings && e.warnings.length > 0 ? JSON.stringify(e.warnings) : null,
           ],
         ),
       );

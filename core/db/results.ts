@@ -35,3 +35,26 @@ export async function tableUrisBySet(pool: Db, setIds: number[]): Promise<Map<nu
   }
   return map;
 }
+
+/** Whether any image set of this stage recorded a table (a stage whose pipeline exports none has only files). */
+export async function stageHasTables(pool: Db, experimentId: number, stage: string): Promise<boolean> {
+  const rows = await pool.query<unknown[]>(
+    `SELECT 1 FROM result_file r JOIN image_set s ON s.id = r.image_set_id
+     WHERE r.experiment_id = ? AND s.stage = ? AND r.kind LIKE 'table:%' LIMIT 1`,
+    [experimentId, stage],
+  );
+  return rows.length > 0;
+}
+
+/** Every result of the experiment's image sets (tables, files, provenance), with the set's stage and key. */
+export async function setResultFiles(
+  pool: Db,
+  experimentId: number,
+): Promise<Array<{ stage: string; setKey: string; kind: string; uri: string; size: number }>> {
+  const rows = await pool.query<Array<{ stage: string; set_key: string; kind: string; uri: string; size: number }>>(
+    `SELECT s.stage, s.set_key, r.kind, r.uri, r.size FROM result_file r JOIN image_set s ON s.id = r.image_set_id
+     WHERE r.experiment_id = ? ORDER BY s.stage, s.set_key, r.uri`,
+    [experimentId],
+  );
+  return rows.map((r) => ({ stage: String(r.stage), setKey: String(r.set_key), kind: String(r.kind), uri: String(r.uri), size: Number(r.size) }));
+}

@@ -7,6 +7,7 @@ import {
   groupingRuleSchema,
   IMAGE_SET_STATUSES,
 } from '../model/domain';
+import { stageSpecSchema } from '../model/stages';
 
 /** Row types of cpflow's tables, checked with zod as rows cross from MariaDB into the program. */
 
@@ -29,6 +30,9 @@ export const experimentRowSchema = z.object({
   engine_options: jsonColumn(engineOptionsSchema.nullable()).transform((v) => v ?? {}),
   // Rows written before migration 003 have no dispatch options: they get the defaults.
   dispatch_options: jsonColumn(dispatchOptionsSchema.partial().nullable()).transform((v) => dispatchOptionsSchema.parse(v ?? {})),
+  // Rows written before migration 010, and plain experiments, have no stages: one implicit stage.
+  stages: jsonColumn(z.array(stageSpecSchema).nullable()).optional().transform((v) => v ?? null),
+  warnings: jsonColumn(z.array(z.string()).nullable()).optional().transform((v) => v ?? []),
   input_prefix: z.string(),
   grouping_rule: jsonColumn(groupingRuleSchema),
   status: z.enum(EXPERIMENT_STATUSES),
@@ -60,13 +64,17 @@ export type ActiveExperimentRow = z.infer<typeof activeExperimentRowSchema>;
 export const imageSetRowSchema = z.object({
   id: z.number().int(),
   experiment_id: z.number().int(),
+  stage: z.string().default(''),
   set_key: z.string(),
+  group_key: z.string().default(''),
+  partition_key: z.string().default(''),
   metadata: jsonColumn(z.record(z.string(), z.string())),
   status: z.enum(IMAGE_SET_STATUSES),
   attempts: z.number().int(),
   skipped: z.coerce.boolean(),
   output_prefix: z.string().nullable(),
   error: z.string().nullable(),
+  warnings: jsonColumn(z.array(z.string()).nullable()).optional().transform((v) => v ?? []),
 });
 export type ImageSetRow = z.infer<typeof imageSetRowSchema>;
 
@@ -88,6 +96,8 @@ export const resultFileRowSchema = z.object({
 export type ResultFileRow = z.infer<typeof resultFileRowSchema>;
 
 export const statusCountRowSchema = z.object({ status: z.enum(IMAGE_SET_STATUSES), n: z.coerce.number().int() });
+export const stageStatusCountRowSchema = statusCountRowSchema.extend({ stage: z.string() });
+export const groupStatusCountRowSchema = statusCountRowSchema.extend({ group_key: z.string() });
 export const idRowSchema = z.object({ id: z.number().int() });
 export const affectedSchema = z.object({ affectedRows: z.number().int() });
 export const insertSchema = z.object({ insertId: z.coerce.number().int() });

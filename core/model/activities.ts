@@ -3,13 +3,18 @@
  * activities/index.ts implements this contract (checked with `satisfies`), and workflows proxy it,
  * so workflow code never imports activity code.
  */
-import type { ChunkRef, ExperimentPlan, ExperimentStatus, ImageSetOutcome, PreparedChunks } from './domain';
+import type { ChunkRef, ChunkResult, ExperimentPlan, ExperimentStatus, ImageSetOutcome, PreparedChunks } from './domain';
 import type { ProfilesInput, ProfilesOutput, ProfilesStepResult } from './profiles';
 
 export interface PrepareChunksInput {
   experimentId: number;
-  /** The workflow's cursor: only image sets with a larger id are paged. */
+  /** The stage and partition to page ('' and '' for a plain experiment). */
+  stage: string;
+  partition: string;
+  /** The workflow's cursor: only image sets with a larger id are paged (ungrouped stages). */
   afterSetId: number;
+  /** Grouped stages: only groups with a larger key are paged (a group is never split). */
+  afterGroup: string;
   chunkSize: number;
   maxChunks: number;
 }
@@ -22,6 +27,15 @@ export interface ChunkManifestRef {
 export interface ChunkIndexEntry {
   id: number;
   key: string;
+  /** The set's group in a grouped stage ('' otherwise): consecutive entries of one group run together. */
+  group: string;
+}
+
+export interface FailPartitionInput {
+  experimentId: number;
+  stage: string;
+  partition: string;
+  error: string;
 }
 
 export interface AnalyzeInput extends ChunkManifestRef {
@@ -50,7 +64,8 @@ export interface ReduceInput {
 }
 
 export interface ReduceOutput {
-  summaryUri: string;
+  /** Absent when the final stage wrote no tables (an illumination-only pipeline). */
+  summaryUri?: string;
   reportUri: string;
   provenanceUri: string;
   total: number;
@@ -64,11 +79,13 @@ export interface ControlActivities {
   loadExperimentPlan(experimentId: number): Promise<ExperimentPlan>;
   prepareManifestChunks(input: PrepareChunksInput): Promise<PreparedChunks>;
   loadChunkIndex(input: ChunkManifestRef): Promise<ChunkIndexEntry[]>;
+  /** Fails the pending image sets of a partition whose upstream group failed; returns what it failed. */
+  failPartition(input: FailPartitionInput): Promise<ChunkResult>;
   syncImageSets(input: SyncImageSetsInput): Promise<void>;
   syncExperimentStatus(input: SyncExperimentStatusInput): Promise<void>;
 }
 
-/** Image set analysis: queue `cellprofiler`. */
+/** Image set analysis: one queue per engine (`analysisQueueFor` in names.ts). */
 export interface AnalysisActivities {
   analyzeImageSets(input: AnalyzeInput): Promise<ImageSetOutcome[]>;
 }

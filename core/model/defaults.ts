@@ -165,3 +165,24 @@ export const PROFILES_DOWNLOAD_CONCURRENCY = 8;
 export const PROFILES_TIMEOUT = '4 hours';
 /** Attempts a crash of the profiling tools gets (outages retry without limit). Unit: attempts. */
 export const PROFILES_MAX_ATTEMPTS = 3;
+
+// ---------------------------------------------------------------------------------------------
+// Groups, stages, LoadData and plugins (issue 13: production-shaped CellProfiler runs).
+
+/**
+ * Most image sets one group may hold (`--group-by`): a group runs in ONE engine invocation on one
+ * worker, and its manifest lists every set. A 384-well plate at 9 sites is 3,456 sets. Unit: image sets.
+ */
+export const MAX_GROUP_SETS = 5_000;
+/**
+ * Image sets `cpflow submit` hands CellProfiler (through its own pipeline preparation, nothing is
+ * analysed) to check that the pipeline's input rules make exactly the expected image sets from
+ * the files: the first group, or this many sets of an ungrouped stage. Unit: image sets.
+ */
+export const SUBMIT_CHECK_SETS = 8;
+/** Longest the submit-time CellProfiler check may take per stage. Unit: seconds. */
+export const SUBMIT_CHECK_TIMEOUT_SECONDS = 180;
+/** CellProfiler warnings kept per image set (provenance, MariaDB, `cpflow status`). Unit: lines. */
+export const MAX_WARNINGS_PER_SET = 20;
+/** Failed image sets `cpflow status` lists with their reason (the rest are counted). Unit: image sets. */
+export const STATUS_FAILURES_SHOWN = 10;

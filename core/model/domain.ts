@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import * as DEFAULTS from './defaults';
+import type { PartitionState, StagePlan, StageProgress } from './stages';
 
 // ---------------------------------------------------------------------------------------------
 // Statuses
@@ -85,6 +86,10 @@ export interface ImageSetOutcome {
   outputPrefix?: string;
   error?: string;
   results?: ResultFileRecord[];
+  /** Outputs of the set's whole group (e.g. an illumination function saved once per group); on one set of the group only. */
+  groupResults?: ResultFileRecord[];
+  /** Warnings the engine reported while analysing this set (CellProfiler's WARNING log lines). */
+  warnings?: string[];
 }
 
 /** The experiment's final status from its counts over ALL its image sets. */
@@ -109,10 +114,17 @@ export interface ExperimentPlan {
   dispatch: DispatchOptions;
   /** The experiment has a platemap: its reduce is preceded by the profiles step. */
   profiles?: boolean;
+  /** In run order; a plain experiment has one stage named SINGLE_STAGE (''). */
+  stages: StagePlan[];
+  /** Partitions of stages that wait for an earlier stage's groups (empty without such stages). */
+  partitions: PartitionState[];
 }
 
 export interface ChunkRef {
   manifestKey: string;
+  stage: string;
+  /** Keys of the groups in the chunk, when its stage has dependents (they are released per group). */
+  groups?: string[];
   count: number;
   firstSetId: number;
   lastSetId: number;
@@ -123,6 +135,10 @@ export interface ChunkRef {
 
 export interface PreparedChunks {
   chunks: ChunkRef[];
+  /** Where the partition's paging stands after these chunks. */
+  cursor: { afterSetId: number; afterGroup: string };
+  /** Image sets the manifest activity failed instead of paging (an upstream file that is missing). */
+  failed?: ChunkResult;
   /** The experiment's sealed flag as the database has it now (a lab system may seal by updating the row). */
   sealed: boolean;
   status: ExperimentStatus;
@@ -135,6 +151,7 @@ export type ExperimentPhase = 'starting' | 'analyzing' | 'waiting-for-images' | 
 
 export interface SetFailure {
   key: string;
+  stage?: string;
   error: string;
   attempts: number;
 }
@@ -153,10 +170,13 @@ export interface ExperimentProgress {
   /** How many times this workflow has continued as new (history stays bounded). */
   runsSoFar: number;
   recentFailures: SetFailure[];
+  /** Per stage, for experiments with more than one stage. */
+  stages?: StageProgress[];
 }
 
 /** Progress of one chunk child, returned to its parent. */
 export interface ChunkResult {
+  stage?: string;
   done: number;
   failed: number;
   skipped: number;

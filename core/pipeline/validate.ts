@@ -1,15 +1,33 @@
 /**
- * What cpflow needs from a pipeline before it accepts it: the channels NamesAndTypes assigns, the
- * objects it creates, and an ExportToSpreadsheet writing into the Default Output Folder.
+ * What cpflow needs from a pipeline before it accepts it: how it loads images (NamesAndTypes rules
+ * or a LoadData CSV), the channels NamesAndTypes assigns, the objects it creates, whether
+ * ExportToSpreadsheet writes tables (into the Default Output Folder), and which modules pool image
+ * sets (core/pipeline/pooling.ts).
  */
 import { PipelineError, settingValue, type Pipeline, type PipelineModule } from './cppipe';
+import { pipelineGroupingKeys, poolingFindings, type PoolingFinding } from './pooling';
 
 export interface CpflowPipelineInfo {
-  /** Image names NamesAndTypes assigns: cpflow's channel names, in pipeline order. */
+  /** `files`: Images/NamesAndTypes match files by rules; `loaddata`: a LoadData CSV lists every image set. */
+  input: 'files' | 'loaddata';
+  /** Image names NamesAndTypes assigns: cpflow's channel names, in pipeline order (empty for LoadData: the CSV names them). */
   channels: string[];
   /** Object names the pipeline creates (or loads through NamesAndTypes), in pipeline order. */
   objects: string[];
-  exportsSpreadsheet: true;
+  /**
+   * ExportToSpreadsheet writes the per-set tables. Without it the pipeline's results are the files
+   * it saves (an illumination pipeline that only saves its functions).
+   */
+  exportsSpreadsheet: boolean;
+  /** Modules that compute across image sets: accepted only with --group-by. */
+  pooling: PoolingFinding[];
+  /** Metadata keys of the pipeline's own Groups module, when it groups. */
+  groupingKeys?: string[];
+  /**
+   * SaveImages modules that do not record the saved file in the Image table: with several sets per
+   * invocation their files cannot be told apart, so such batches run set by set.
+   */
+  unrecordedSaves: number[];
 }
 
 /**
@@ -34,13 +52,15 @@ const ASSIGN_ALL = 'All images';
 export function validatePipelineForCpflow(p: Pipeline): CpflowPipelineInfo {
   const enabled = p.modules.filter((m) => m.enabled);
 
-  const exporters = enabled.filter((m) => m.name === 'ExportToSpreadsheet');
-  if (exporters.length === 0) {
+  const batch = enabled.find((m) => m.name === 'CreateBatchFiles');
+  if (batch) {
     throw new PipelineError(
       p.source,
-      'has no enabled ExportToSpreadsheet module: cpflow collects per-image-set results from its CSV files; add ExportToSpreadsheet at the end of the pipeline',
+      `CreateBatchFiles (module ${batch.moduleNum}) makes CellProfiler write a batch file instead of analysing; cpflow is the batch system: remove or disable it`,
     );
   }
+
+  const exporters = enabled.filter((m) => m.name === 'ExportToSpreadsheet');
   for (const exporter of exporters) {
     const location = settingValue(exporter, 'Output file location') ?? '';
     if (location.startsWith('Elsewhere')) {
@@ -51,25 +71,43 @@ export function validatePipelineForCpflow(p: Pipeline): CpflowPipelineInfo {
     }
   }
 
+  const unrecordedSaves = enabled
+    .filter((m) => m.name === 'SaveImages' && settingValue(m, 'Record the file and path information to the saved image?') !== 'Yes')
+    .map((m) => m.moduleNum);
+  const common = {
+    exportsSpreadsheet: exporters.length > 0,
+    pooling: poolingFindings(p),
+    groupingKeys: pipelineGroupingKeys(p),
+    unrecordedSaves,
+  };
+
+  const loadData = enabled.find((m) => m.name === 'LoadData');
+  if (loadData) {
+    // The image sets come from a CSV (cpflow writes one per invocation and passes it with --data-file).
+    return { input: 'loaddata', channels: [], objects: createdObjects(enabled, []), ...common };
+  }
   const namesAndTypes = enabled.find((m) => m.name === 'NamesAndTypes');
   if (!namesAndTypes) {
     throw new PipelineError(
       p.source,
-      'has no enabled NamesAndTypes module: cpflow maps image files to channels through NamesAndTypes (LoadData pipelines are not supported)',
+      'has neither an enabled NamesAndTypes nor a LoadData module: cpflow hands CellProfiler image files through NamesAndTypes rules or a LoadData CSV',
     );
   }
   const { channels, objects: loadedObjects } = namesAndTypesAssignments(namesAndTypes);
   if (channels.length === 0) {
     throw new PipelineError(p.source, 'NamesAndTypes assigns no image names, so no channel can be matched');
   }
+  return { input: 'files', channels, objects: createdObjects(enabled, loadedObjects), ...common };
+}
 
+function createdObjects(enabled: PipelineModule[], loadedObjects: string[]): string[] {
   const objects = [...loadedObjects];
   for (const module of enabled) {
     const text = OBJECT_NAME_SETTINGS[module.name] ?? GENERIC_OBJECT_NAME_SETTING;
     const name = settingValue(module, text)?.trim();
     if (name && name !== 'None' && !objects.includes(name)) objects.push(name);
   }
-  return { channels, objects, exportsSpreadsheet: true };
+  return objects;
 }
 
 /**

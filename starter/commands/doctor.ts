@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import type { Command } from 'commander';
-import { configuredCellProfiler } from '../../core/cellprofiler';
+import { configuredCellProfiler, configuredPlugins, pluginFiles } from '../../core/cellprofiler';
 import { dbConfig, temporalConfig, validateSettings, workerConfig } from '../../core/config';
 import { db, schemaVersion } from '../../core/db';
 import { describeError } from '../../core/errors';
@@ -53,7 +53,16 @@ export function registerDoctor(program: Command): void {
             const exe = workerConfig().CPFLOW_CELLPROFILER;
             if (!exe) return 'not configured (CPFLOW_CELLPROFILER unset): the builtin engine is used';
             if (!configuredCellProfiler()) throw new Error(`CPFLOW_CELLPROFILER=${exe} does not exist`);
-            return cellProfilerDoctorCheck(exe, { fresh: o.recheck });
+            return `${await cellProfilerDoctorCheck(exe, { fresh: o.recheck })}; this worker polls the cellprofiler queue`;
+          },
+        ],
+        [
+          'plugins',
+          async () => {
+            const dir = configuredPlugins();
+            if (!dir) return 'none (CPFLOW_CELLPROFILER_PLUGINS unset)';
+            const files = await pluginFiles(dir);
+            return `${dir}: ${files.map((f) => `${f.file} (sha256 ${f.sha256.slice(0, 12)}…)`).join(', ') || 'no files'}`;
           },
         ],
         [

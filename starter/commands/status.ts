@@ -3,10 +3,21 @@ import path from 'node:path';
 import { Option, type Command } from 'commander';
 import { Presets, SingleBar } from 'cli-progress';
 import { webUiLink } from '../../core/config';
-import { db, experimentResults, imageSetCounts, listExperiments, type ExperimentRow } from '../../core/db';
+import {
+  db,
+  experimentResults,
+  failedImageSets,
+  imageSetCounts,
+  listExperiments,
+  setResultFiles,
+  setsWithWarnings,
+  stageCounts,
+  stagesOf,
+  type ExperimentRow,
+} from '../../core/db';
 import { UsageError } from '../../core/errors';
 import { canonicalName } from '../../core/naming';
-import { EXPERIMENT_STATUSES, isTerminal, workflowIdFor, type ExperimentProgress } from '../../core/model';
+import { DEFAULTS, EXPERIMENT_STATUSES, isTerminal, workflowIdFor, type ExperimentProgress } from '../../core/model';
 import { downloadToFile, parseS3Uri } from '../../core/s3';
 import { withClient } from '../../core/temporal';
 import { progressQuery } from '../../workflows/progress';
@@ -23,22 +34,64 @@ async function queryProgress(workflowId: string): Promise<ExperimentProgress | u
   }
 }
 
-async function snapshot(ref: string) {
+async function snapshot(ref: string, details = true) {
   const e = await resolveExperiment(ref);
-  const counts = await imageSetCounts(await db(), e.id);
+  const pool = await db();
+  const counts = await imageSetCounts(pool, e.id);
   const workflowId = e.workflow_id ?? workflowIdFor(e.id);
   const progress = isTerminal(e.status) ? undefined : await queryProgress(workflowId);
-  return { experiment: e, counts, progress, sets: reconcileCounts(counts, progress), webUi: webUiLink(workflowId) };
+  const specs = stagesOf(e);
+  const stages = specs.length > 1 || specs.some((s) => s.groupBy.length > 0) ? await stageCounts(pool, e.id, specs.map((s) => s.name)) : undefined;
+  const failures = details && counts.failed + counts.cancelled > 0 ? await failedImageSets(pool, e.id, DEFAULTS.STATUS_FAILURES_SHOWN) : undefined;
+  const warned = details ? await setsWithWarnings(pool, e.id, 3) : undefined;
+  return {
+    experiment: e,
+    counts,
+    progress,
+    sets: reconcileCounts(counts, progress),
+    stages,
+    failures,
+    warnings: e.warnings,
+    setWarnings: warned,
+    webUi: webUiLink(workflowId),
+  };
 }
 type Snapshot = Awaited<ReturnType<typeof snapshot>>;
 
+const firstLine = (text: string): string => text.split('\n')[0] ?? '';
+
 function statusLine(x: Snapshot): string {
   const { done, failed, running, pending, total } = x.sets;
+  const groupBy = new Map(stagesOf(x.experiment).map((s) => [s.name, s.groupBy]));
+  const stageLines = (x.stages ?? []).map((s) => {
+    const by = groupBy.get(s.name) ?? [];
+    return `\n  ${s.name ? `stage ${s.name}` : 'image sets'}${by.length ? ` (groups by ${by.join(',')})` : ''}: ${s.done} done, ${s.failed} failed, ${s.running} running, ${s.pending} waiting of ${s.total}`;
+  });
+  const failureLines = x.failures
+    ? [
+        `\n  failed image sets (${x.failures.total}):`,
+        ...x.failures.sets.map((f) => `\n    ${f.stage ? `${f.stage}/` : ''}${f.key} (${f.attempts} attempts): ${firstLine(f.error)}`),
+        ...(x.failures.total > x.failures.sets.length ? [`\n    … and ${x.failures.total - x.failures.sets.length} more`] : []),
+      ]
+    : [];
+  const warningLines = [
+    ...x.warnings.map((w) => `\n  warning: ${w}`),
+    ...(x.setWarnings && x.setWarnings.total > 0
+      ? [
+          `\n  CellProfiler warned on ${x.setWarnings.total} image set${x.setWarnings.total === 1 ? '' : 's'}, e.g. ` +
+            `${x.setWarnings.sets[0]?.key}: ${x.setWarnings.sets[0]?.warnings.slice(0, 3).join('; ')}`,
+        ]
+      : []),
+  ];
   return (
     `experiment ${x.experiment.id} ${x.experiment.project_name}/${x.experiment.name}: ${x.experiment.status}` +
     `${x.progress ? ` (${x.progress.phase})` : ''} — ${done} done, ${failed} failed, ` +
     `${running} running${pending ? `, ${pending} pending` : ''} of ${total}` +
+    stageLines.join('') +
     (x.experiment.error ? `\n  error: ${x.experiment.error}` : '') +
+    failureLines.join('') +
+    warningLines.join('') +
+    (x.experiment.summary_uri ? `\n  summary: ${x.experiment.summary_uri}` : '') +
     (x.experiment.report_uri ? `\n  report: ${x.experiment.report_uri}` : '') +
     (x.webUi ? `\n  Temporal Web UI: ${x.webUi}` : '')
   );
@@ -63,12 +116,15 @@ export function registerStatus(program: Command): void {
       bar.start(Math.max(1, s.sets.total), 0, { failed: 0, phase: s.experiment.status });
       while (!isTerminal(s.experiment.status)) {
         await new Promise((r) => setTimeout(r, 1000));
-        s = await snapshot(ref);
+        s = await snapshot(ref, false);
         const { done, failed, total } = s.sets;
         bar.setTotal(Math.max(1, total));
-        bar.update(done + failed, { failed, phase: s.progress?.phase ?? s.experiment.status });
+        // With stages, the phase names the stage that is running (e.g. `analyzing: illum 2/8, analysis 0/8`).
+        const stages = s.stages?.map((x) => `${x.name} ${x.done + x.failed}/${x.total}`).join(', ');
+        bar.update(done + failed, { failed, phase: `${s.progress?.phase ?? s.experiment.status}${stages ? `: ${stages}` : ''}` });
       }
       bar.stop();
+      s = await snapshot(ref);
       print(o.json, s, () => statusLine(s));
       if (s.experiment.status === 'failed') process.exitCode = 1;
     });
@@ -98,22 +154,44 @@ export function registerStatus(program: Command): void {
   program
     .command('results <experiment>')
     .description('print the S3 URIs of the results, or download them')
-    .option('--download <dir>', 'download summary.csv, report.html, provenance.json and (with a platemap) single_cells.parquet and profiles/ here')
+    .option('--download <dir>', 'download summary.csv, report.html, provenance.json, group outputs and (with a platemap) single_cells.parquet and profiles/ here')
+    .option('--sets', 'with --download: also every image set\'s tables and files, into <dir>/sets/<key>/ (<dir>/stages/<stage>/sets/<key>/ for stages)', false)
     .option('--json', 'machine-readable output', false)
-    .action(async (ref: string, o: { download?: string; json: boolean }) => {
+    .action(async (ref: string, o: { download?: string; sets: boolean; json: boolean }) => {
       const e = await resolveExperiment(ref);
-      const rows = (await experimentResults(await db(), e.id)).map(({ kind, uri, size }) => ({ kind, uri, size }));
+      const pool = await db();
+      const rows = (await experimentResults(pool, e.id)).map(({ kind, uri, size }) => ({ kind, uri, size }));
       if (rows.length === 0) throw new UsageError(`experiment ${e.id} has no results yet (status ${e.status})`);
+      if (o.sets && !o.download) throw new UsageError('--sets downloads the image sets\' tables: give --download <dir> too');
       const downloaded: string[] = [];
       if (o.download) {
-        fs.mkdirSync(o.download, { recursive: true });
+        const root = o.download;
+        fs.mkdirSync(root, { recursive: true });
+        const prefix = `cpflow/${e.id}/`;
+        // Experiment results keep their file names; group outputs keep their place under stages/…/groups/.
         for (const r of rows) {
           const { bucket, key } = parseS3Uri(r.uri);
-          // Under results/ the layout is kept (profiles/…), so same-named files cannot collide.
-          const local = path.join(o.download, ...(/\/results\/(.+)$/.exec(key)?.[1] ?? path.posix.basename(key)).split('/'));
+          // Under results/ the layout is kept (profiles/…, stages/<stage>/summary.csv), and group outputs keep
+          // their group folder, so same-named files cannot collide.
+          const rel =
+            r.kind.startsWith('group-') || r.kind.startsWith('summary:')
+              ? key.slice(prefix.length).replace(/^results\//, '')
+              : (/\/results\/(.+)$/.exec(key)?.[1] ?? path.posix.basename(key));
+          const local = path.join(root, ...rel.split('/'));
           fs.mkdirSync(path.dirname(local), { recursive: true });
           await downloadToFile(bucket, key, local);
           downloaded.push(local);
+        }
+        if (o.sets) {
+          for (const f of await setResultFiles(pool, e.id)) {
+            const { bucket, key } = parseS3Uri(f.uri);
+            const setPrefix = `${prefix}${f.stage ? `stages/${f.stage}/` : ''}sets/${f.setKey}/`;
+            const rel = key.startsWith(setPrefix) ? key.slice(setPrefix.length) : path.posix.basename(key);
+            const local = path.join(root, ...(f.stage ? ['stages', f.stage] : []), 'sets', f.setKey, ...rel.split('/'));
+            fs.mkdirSync(path.dirname(local), { recursive: true });
+            await downloadToFile(bucket, key, local);
+            downloaded.push(local);
+          }
         }
       }
       print(o.json, { experimentId: e.id, results: rows, downloaded }, () =>

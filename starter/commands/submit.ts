@@ -15,7 +15,11 @@ interface SubmitFlags extends PlatemapFlags {
   folder?: string;
   s3Prefix?: string;
   pipeline?: string;
-  grouping: string;
+  experiment?: string;
+  loadData?: string;
+  grouping?: string;
+  groupBy?: string;
+  cellprofilerCheck: boolean;
   channelMap?: string;
   engine: 'auto' | 'builtin' | 'cellprofiler';
   batchSize: number;
@@ -27,6 +31,16 @@ interface SubmitFlags extends PlatemapFlags {
   maxFailedFraction: number;
   skipIncomplete: boolean;
   json: boolean;
+}
+
+function parseGroupBy(spec: string | undefined): string[] | undefined {
+  if (spec === undefined) return undefined;
+  const keys = spec.split(',').map((k) => k.trim());
+  if (keys.length === 0 || keys.some((k) => !/^[A-Za-z][A-Za-z0-9_]*$/.test(k))) {
+    throw new UsageError(`--group-by: "${spec}" is not a comma-separated list of metadata keys (e.g. Plate or Plate,Well)`);
+  }
+  if (new Set(keys).size !== keys.length) throw new UsageError(`--group-by: "${spec}" names a key twice`);
+  return keys;
 }
 
 function parseChannelMap(spec: string | undefined): Record<string, string> {
@@ -48,7 +62,11 @@ export function registerSubmit(program: Command): void {
     .option('--folder <dir>', 'local folder of images to upload')
     .option('--s3-prefix <uri>', 'images already in S3, e.g. s3://bucket/plate1/')
     .option('--pipeline <file>', 'CellProfiler pipeline (.cppipe); required for the cellprofiler engine')
-    .requiredOption('--grouping <rule>', `preset (${Object.keys(GROUPING_PRESETS).join(', ')}), a regex with named groups, or a JSON rule`)
+    .option('--experiment <file>', 'stages (YAML or JSON): pipelines run one after the other, later ones taking files of earlier ones')
+    .option('--grouping <rule>', `file names → image sets: preset (${Object.keys(GROUPING_PRESETS).join(', ')}), a regex with named groups, or a JSON rule`)
+    .option('--load-data <csv>', 'LoadData CSV: one image set per row (FileName_/PathName_ relative to --folder or --s3-prefix, or URL_ s3://…)')
+    .option('--group-by <keys>', 'metadata keys whose values form a group, e.g. Plate or Plate,Well: one CellProfiler run per group')
+    .option('--no-cellprofiler-check', 'do not ask CellProfiler (when installed here) whether the pipeline makes the expected image sets')
     .option('--channel-map <map>', 'raw channel → pipeline name, e.g. d0=DNA,d1=PH3')
     .addOption(new Option('--engine <engine>', 'analysis engine').choices(['auto', 'builtin', 'cellprofiler']).default('auto'))
     .option('--batch-size <n>', 'image sets per engine invocation', intArg('--batch-size'), DEFAULTS.BATCH_SIZE)
@@ -65,6 +83,8 @@ export function registerSubmit(program: Command): void {
     .addOption(PLATEMAP_OPTIONS.normalization)
     .addOption(PLATEMAP_OPTIONS.reportFeature)
     .action(async (o: SubmitFlags) => {
+      const userChannelMap = parseChannelMap(o.channelMap);
+      if (o.channelMap && !o.grouping) throw new UsageError('--channel-map renames channels of --grouping; a LoadData CSV names its channels itself');
       const result = await submit({
         project: o.project,
         bucket: o.bucket,
@@ -72,7 +92,12 @@ export function registerSubmit(program: Command): void {
         folder: o.folder,
         s3Prefix: o.s3Prefix,
         pipelineFile: o.pipeline,
-        grouping: resolveGroupingRule(o.grouping, parseChannelMap(o.channelMap)),
+        experimentFile: o.experiment,
+        loadDataFile: o.loadData,
+        grouping: o.grouping ? resolveGroupingRule(o.grouping, userChannelMap) : undefined,
+        userChannelMap,
+        groupBy: parseGroupBy(o.groupBy),
+        cellProfilerCheck: o.cellprofilerCheck,
         engine: o.engine,
         dispatch: { batchSize: o.batchSize, window: o.window, engineTimeoutSeconds: o.engineTimeout },
         open: o.open,
@@ -99,7 +124,10 @@ const LISTED = 20;
 export function submitReport(result: SubmitResult): string {
   const lines = [
     `${result.appended ? 'appended' : 'submitted'} experiment ${result.experimentId} (${result.project}/${result.name}): ` +
-      `${result.imageSets} image sets, channels ${result.channels.join(', ')}, engine ${result.engine}, inputs ${result.inputPrefix}`,
+      `${result.imageSets} image sets, channels ${result.channels.join(', ')}, engine ${result.engine}, inputs ${result.inputPrefix}; ${result.checked}`,
+    ...result.stages
+      .filter((s) => s.name !== '' || s.groupBy.length > 0)
+      .map((s) => `  ${s.name ? `stage ${s.name}: ` : ''}${s.groupBy.length > 0 ? `${s.groups} groups by ${s.groupBy.join(',')}` : 'image set by image set'}`),
   ];
   if (result.incomplete.length > 0) {
     lines.push(`skipped ${result.incomplete.length} incomplete image sets (--skip-incomplete):`);
@@ -113,5 +141,6 @@ export function submitReport(result: SubmitResult): string {
   }
   if (result.hidden.length > 0) lines.push(`left out ${result.hidden.length} hidden files or folders: ${firstFew(result.hidden)}`);
   if (result.platemap) lines.push(result.platemap);
+  for (const w of result.warnings) lines.push(`warning: ${w}`);
   return lines.join('\n');
 }

@@ -7,7 +7,7 @@ import { claimSubmittedExperiment, db, getExperiment, imageSetCounts } from '../
 import { isTerminal, type DispatchOptions } from '../../core/model';
 import { temporalConfig } from '../../core/config';
 import { startExperimentWorkflow } from '../../starter/experiment-workflows';
-import { TASK_QUEUES, workflowIdFor } from '../../core/model/names';
+import { ANALYSIS_QUEUES, TASK_QUEUES, workflowIdFor } from '../../core/model/names';
 
 /**
  * Running one registered experiment through Temporal for the benchmark, and reading back what it
@@ -203,7 +203,7 @@ async function reduceActivityTimes(client: Client, workflowId: string): Promise<
 export async function foreignPollers(client: Client, ownPids: Set<number>): Promise<string[]> {
   const found = new Set<string>();
   const host = os.hostname();
-  for (const name of Object.values(TASK_QUEUES)) {
+  for (const name of new Set([...Object.values(TASK_QUEUES), ...Object.values(ANALYSIS_QUEUES)])) {
     for (const type of [
       temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
       temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,

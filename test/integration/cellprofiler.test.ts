@@ -196,6 +196,9 @@ describe('cellprofiler engine (real CellProfiler)', () => {
     // output folder, so neither set gets it (documented in the engine).
     expect(result.sets.find((s) => s.key === 'B-D04')?.files).toContain('AS_09125_050116030001_D04f00d0_Overlay.png');
     expect(result.sets.find((s) => s.key === 'A-D03')?.files.some((f) => f.endsWith('.png'))).toBe(false);
+    // The colliding overlay comes back as shared: the activity then reruns the batch's sets one by one,
+    // where every file is the set's own.
+    expect(result.shared).toEqual(['AS_09125_050116030001_D03f00d0_Overlay.png']);
   });
 
   cpIt('amortises start-up: per-set cost at B=8 vs B=1', async () => {

@@ -190,14 +190,18 @@ describe('module-coverage pipeline', () => {
     const changed = text.replace('Select the measurement to filter by:AreaShape_Area', 'Select the measurement to filter by:AreaShape_NoSuchFeature');
     expect(changed).not.toBe(text);
     fs.writeFileSync(broken, changed);
-    const submitted = await submit({
+    const brokenSubmit = {
       project: uniqueName('modcov-broken'),
       name: 'broken-filter',
       folder: imagesFolder(),
       pipelineFile: broken,
       grouping: GROUPING_PRESETS.synthetic!.rule,
-      engine: 'cellprofiler',
-    });
+      engine: 'cellprofiler' as const,
+    };
+    // Where CellProfiler is installed, submit already asks it, and it rejects the setting up front.
+    await expect(submit(brokenSubmit)).rejects.toThrow(/CellProfiler rejects FilterObjects \(module \d+\): AreaShape_NoSuchFeature/);
+    // Forced through, the run-time classification: the module raises, the set fails once.
+    const submitted = await submit({ ...brokenSubmit, cellProfilerCheck: false });
     const e = await waitForExperiment(submitted.experimentId, undefined, 600_000);
     expect(e.status).toBe('failed');
     const pool = await db();

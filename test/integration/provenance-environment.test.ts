@@ -19,6 +19,7 @@ let manifest: ChunkManifest;
 const set: ChunkManifest['sets'][number] = {
   id: 7,
   key: 'P1-A01-s1',
+  group: '',
   metadata: { Plate: 'P1', Well: 'A01', Site: '1' },
   files: [{ channel: 'DNA', uri: '', size: 3, checksum: 'sha256:abc' }],
 };
@@ -35,6 +36,10 @@ beforeAll(async () => {
     engine: 'cellprofiler',
     engineOptions: {},
     dispatch: defaultDispatch(),
+    stage: '',
+    groupBy: [],
+    input: 'files',
+    stageInputs: [],
     pipelineUri: null,
     pipelineSha256: 'f'.repeat(64),
     sets: [set],

@@ -1,7 +1,7 @@
 import { WorkflowFailedError } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, DefaultLogger, Runtime, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import { SEARCH_ATTRIBUTE_KEYS, TASK_QUEUES, type ExperimentProgress } from '../../core/model';
+import { ANALYSIS_QUEUES, SEARCH_ATTRIBUTE_KEYS, TASK_QUEUES, type ExperimentProgress } from '../../core/model';
 import type { ExperimentWorkflowInput } from '../../workflows/experiment';
 import { imageSetsAddedSignal, progressQuery, sealedSignal } from '../../workflows/progress';
 import { FakeLab } from '../support/fake-lab';
@@ -26,7 +26,7 @@ async function withWorkers<T>(env: TestWorkflowEnvironment, lab: FakeLab, fn: ()
   const activities = lab.activities();
   const workers = await Promise.all([
     Worker.create({ connection: env.nativeConnection, taskQueue: TASK_QUEUES.workflow, workflowBundle: bundle, activities }),
-    Worker.create({ connection: env.nativeConnection, taskQueue: TASK_QUEUES.analyze, activities, maxConcurrentActivityTaskExecutions: analyzeSlots, maxHeartbeatThrottleInterval: '1s' }),
+    Worker.create({ connection: env.nativeConnection, taskQueue: ANALYSIS_QUEUES.builtin, activities, maxConcurrentActivityTaskExecutions: analyzeSlots, maxHeartbeatThrottleInterval: '1s' }),
     Worker.create({ connection: env.nativeConnection, taskQueue: TASK_QUEUES.reduce, activities }),
   ]);
   const [w0, w1, w2] = workers;
@@ -199,4 +199,68 @@ describe('on the Temporal dev server', () => {
     expect(stats.executions).toBeGreaterThanOrEqual(13); // the parent + 12 chunk children
     expect(stats.maxEvents).toBeLessThan(10_240);
   });
+
+  describe('stages', () => {
+    const stages = [
+      { name: 'illum', grouped: true, dependents: ['analysis'] },
+      { name: 'analysis', grouped: false, upstream: 'illum', dependents: [] },
+    ];
+
+    it("starts a plate's later stage as soon as that plate's group is done, with no barrier across plates", async () => {
+      const lab = new FakeLab(0, new Set(), 0, { window: 8, concurrentChunks: 4 }, {
+        stages,
+        plates: ['P1', 'P2', 'P3'],
+        sites: 2,
+        delayFor: (stage, unit) => (stage === 'illum' ? (unit === 'P3' ? 3_000 : 200) : 100),
+      });
+      const result = (await withWorkers(env, lab, () =>
+        env.client.workflow.execute('ExperimentWorkflow', {
+          taskQueue: TASK_QUEUES.workflow,
+          workflowId: 'exp-stages-1',
+          args: [{ experimentId: 6, searchAttributes: false } satisfies ExperimentWorkflowInput],
+        }),
+      )) as ExperimentProgress;
+      expect(result).toMatchObject({ done: 12, failed: 0, phase: 'finished' });
+      expect(result.stages).toEqual([
+        { name: 'illum', total: 6, done: 6, failed: 0, skipped: 0 },
+        { name: 'analysis', total: 6, done: 6, failed: 0, skipped: 0 },
+      ]);
+      // Every group of illum ran once as one unit; every analysis set once.
+      expect(lab.timeline.filter((t) => t.stage === 'illum').map((t) => t.unit).sort()).toEqual(['P1', 'P2', 'P3']);
+      const p3Illum = lab.timeline.find((t) => t.stage === 'illum' && t.unit === 'P3')!;
+      const p1Analysis = lab.timeline.filter((t) => t.stage === 'analysis' && t.unit.startsWith('P1-'));
+      expect(p1Analysis).toHaveLength(2);
+      for (const a of p1Analysis) expect(a.start).toBeLessThan(p3Illum.end);
+      // Each analysis set started only after its own plate's illumination ended.
+      for (const a of lab.timeline.filter((t) => t.stage === 'analysis')) {
+        const illum = lab.timeline.find((t) => t.stage === 'illum' && t.unit === a.unit.slice(0, 2))!;
+        expect(a.start).toBeGreaterThanOrEqual(illum.end);
+      }
+    });
+
+    it('fails the later stage of a plate whose group failed, with the reason, and finishes the others', async () => {
+      // Set 3 is illum P2's first site: the whole P2 group fails.
+      const lab = new FakeLab(0, new Set([3]), 0, { window: 8 }, { stages, plates: ['P1', 'P2', 'P3'], sites: 2 });
+      const result = (await withWorkers(env, lab, () =>
+        env.client.workflow.execute('ExperimentWorkflow', {
+          taskQueue: TASK_QUEUES.workflow,
+          workflowId: 'exp-stages-2',
+          args: [{ experimentId: 7, searchAttributes: false } satisfies ExperimentWorkflowInput],
+        }),
+      )) as ExperimentProgress;
+      expect(result).toMatchObject({ done: 8, failed: 4, phase: 'finished' });
+      expect(lab.sets.filter((s) => s.status === 'failed').map((s) => `${s.stage}/${s.key}`).sort()).toEqual([
+        'analysis/P2-s1',
+        'analysis/P2-s2',
+        'illum/P2-s1',
+        'illum/P2-s2',
+      ]);
+      expect(lab.timeline.some((t) => t.stage === 'analysis' && t.unit.startsWith('P2-'))).toBe(false);
+      expect(result.recentFailures).toContainEqual(
+        expect.objectContaining({ key: 'P2-s1', stage: 'analysis', error: expect.stringMatching(/stage illum group P2 failed: image set P2-s1: undecodable image/) }),
+      );
+      expect(lab.statuses[lab.statuses.length - 1]).toBe('done_with_failures');
+    });
+  });
 });
+

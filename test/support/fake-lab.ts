@@ -1,9 +1,38 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
-import { DEFAULTS, dispatchOptionsSchema, type CpflowActivities, type DispatchOptions, type ImageSetOutcome, type ReduceInput } from '../../core/model';
+import {
+  DEFAULTS,
+  dispatchOptionsSchema,
+  type ChunkRef,
+  type CpflowActivities,
+  type DispatchOptions,
+  type ImageSetOutcome,
+  type PartitionState,
+  type ReduceInput,
+  type StagePlan,
+} from '../../core/model';
+
+interface FakeSet {
+  id: number;
+  key: string;
+  stage: string;
+  group: string;
+  partition: string;
+  status: 'pending' | 'done' | 'failed' | 'cancelled';
+}
+
+/** Stages of a staged fake experiment: an upstream stage grouped by plate, a dependent one per set. */
+export interface FakeStages {
+  stages: StagePlan[];
+  /** Plates, and sites per plate: every stage gets one set per site. */
+  plates: string[];
+  sites: number;
+  /** Milliseconds one analysis of a group of this stage takes (per plate), to order events in tests. */
+  delayFor?: (stage: string, group: string) => number;
+}
 
 /** An in-memory stand-in for MariaDB + S3 that the fake activities share. */
 export class FakeLab {
-  sets: Array<{ id: number; key: string; status: 'pending' | 'done' | 'failed' | 'cancelled' }> = [];
+  sets: FakeSet[] = [];
   sealed = true;
   manifests = new Map<string, number[]>();
   analyzed = new Map<number, number>();
@@ -18,61 +47,143 @@ export class FakeLab {
   calls: string[] = [];
   reduceInputs: ReduceInput[] = [];
   errors: Array<string | null | undefined> = [];
+  /** start/end of every analysis activity, by stage and the group (or first set key) it ran. */
+  timeline: Array<{ stage: string; unit: string; start: number; end: number; ok: boolean }> = [];
   constructor(
     n: number,
     readonly bad: Set<number> = new Set(),
     readonly delayMs = 0,
     readonly dispatch: Partial<DispatchOptions> = {},
+    readonly staged?: FakeStages,
   ) {
-    this.addSets(n);
+    if (staged) {
+      for (const stage of staged.stages) {
+        for (const plate of staged.plates) {
+          for (let site = 1; site <= staged.sites; site++) {
+            const id = this.sets.length + 1;
+            this.sets.push({
+              id,
+              key: `${plate}-s${site}`,
+              stage: stage.name,
+              group: stage.grouped ? plate : '',
+              partition: stage.upstream ? plate : '',
+              status: 'pending',
+            });
+          }
+        }
+      }
+    } else {
+      this.addSets(n);
+    }
   }
   addSets(n: number): void {
     const start = this.sets.length;
-    for (let i = 1; i <= n; i++) this.sets.push({ id: start + i, key: `S${start + i}`, status: 'pending' });
+    for (let i = 1; i <= n; i++) this.sets.push({ id: start + i, key: `S${start + i}`, stage: '', group: '', partition: '', status: 'pending' });
+  }
+  private stages(): StagePlan[] {
+    return this.staged?.stages ?? [{ name: '', grouped: false, dependents: [] }];
   }
   activities(): CpflowActivities {
     const lab = this;
     const impl: CpflowActivities = {
       async loadExperimentPlan(experimentId) {
-        return { experimentId, name: 'fake', project: 'fake', bucket: 'b', engine: 'builtin', status: 'running', sealed: lab.sealed, totalSets: lab.sets.length, maxFailedFraction: DEFAULTS.MAX_FAILED_FRACTION, dispatch: dispatchOptionsSchema.parse(lab.dispatch), ...(lab.profiles !== 'none' ? { profiles: true } : {}) };
+        const stages = lab.stages();
+        const partitions: PartitionState[] = [];
+        for (const s of stages) {
+          if (!s.upstream) continue;
+          const pending = new Set(lab.sets.filter((x) => x.stage === s.name && x.status === 'pending').map((x) => x.partition));
+          for (const partition of pending) {
+            const up = lab.sets.filter((x) => x.stage === s.upstream && x.group === partition);
+            const state = up.some((x) => x.status === 'pending') ? 'waiting' : up.every((x) => x.status === 'done') ? 'ready' : 'blocked';
+            partitions.push({ stage: s.name, partition, state, ...(state === 'blocked' ? { error: `upstream ${partition} failed` } : {}) });
+          }
+        }
+        return {
+          experimentId,
+          name: 'fake',
+          project: 'fake',
+          bucket: 'b',
+          engine: 'builtin',
+          status: 'running',
+          sealed: lab.sealed,
+          totalSets: lab.sets.length,
+          maxFailedFraction: DEFAULTS.MAX_FAILED_FRACTION,
+          dispatch: dispatchOptionsSchema.parse(lab.dispatch),
+          stages,
+          partitions,
+          ...(lab.profiles !== 'none' ? { profiles: true } : {}),
+        };
       },
-      async prepareManifestChunks({ afterSetId, chunkSize, maxChunks }) {
-        const chunks = [];
+      async prepareManifestChunks({ stage, partition, afterSetId, afterGroup, chunkSize, maxChunks }) {
+        const spec = lab.stages().find((s) => s.name === stage)!;
+        const chunks: ChunkRef[] = [];
         let after = afterSetId;
+        let afterG = afterGroup;
         for (let c = 0; c < maxChunks; c++) {
-          const page = lab.sets.filter((s) => s.id > after && s.status === 'pending').slice(0, chunkSize);
+          const candidates = lab.sets.filter((s) => s.stage === stage && s.partition === partition && s.status === 'pending');
+          let page: FakeSet[];
+          if (spec.grouped) {
+            const group = [...new Set(candidates.map((s) => s.group))].sort().find((g) => g > afterG);
+            page = group === undefined ? [] : lab.sets.filter((s) => s.stage === stage && s.group === group);
+          } else {
+            page = candidates.filter((s) => s.id > after).slice(0, chunkSize);
+          }
           if (page.length === 0) break;
           const key = `chunk-${page[0]!.id}`;
           lab.manifests.set(key, page.map((s) => s.id));
-          chunks.push({ manifestKey: key, count: page.length, firstSetId: page[0]!.id, lastSetId: page[page.length - 1]!.id, firstKey: page[0]!.key, lastKey: page[page.length - 1]!.key });
+          chunks.push({
+            manifestKey: key,
+            stage,
+            groups: spec.grouped && spec.dependents.length > 0 ? [page[0]!.group] : undefined,
+            count: page.length,
+            firstSetId: page[0]!.id,
+            lastSetId: page[page.length - 1]!.id,
+            firstKey: page[0]!.key,
+            lastKey: page[page.length - 1]!.key,
+          });
           after = page[page.length - 1]!.id;
+          afterG = page[0]!.group;
         }
-        return { chunks, sealed: lab.sealed, status: 'running' as const };
+        return { chunks, cursor: { afterSetId: after, afterGroup: afterG }, sealed: lab.sealed, status: 'running' as const };
       },
       async loadChunkIndex({ manifestKey }) {
-        return (lab.manifests.get(manifestKey) ?? []).map((id) => ({ id, key: `S${id}` }));
+        return (lab.manifests.get(manifestKey) ?? []).map((id) => {
+          const s = lab.sets.find((x) => x.id === id)!;
+          return { id, key: s.key, group: s.group };
+        });
+      },
+      async failPartition({ stage, partition, error }) {
+        const hit = lab.sets.filter((s) => s.stage === stage && s.partition === partition && s.status === 'pending');
+        for (const s of hit) s.status = 'failed';
+        return { stage, done: 0, failed: hit.length, skipped: 0, failures: hit.map((s) => ({ key: s.key, stage, error, attempts: 0 })) };
       },
       async analyzeImageSets({ manifestKey, indices }) {
         const ids = indices.map((i) => lab.manifests.get(manifestKey)![i]!);
+        const first = lab.sets.find((s) => s.id === ids[0])!;
+        const start = Date.now();
         lab.inFlight++;
         lab.maxInFlight = Math.max(lab.maxInFlight, lab.inFlight);
+        let ok = false;
         try {
-          if (lab.delayMs > 0) {
+          const delay = lab.staged?.delayFor?.(first.stage, first.group || first.partition) ?? lab.delayMs;
+          if (delay > 0) {
             const ctx = Context.current();
             // Cancellation reaches an activity through its heartbeats, as it does for the real engine.
             const beat = setInterval(() => ctx.heartbeat(), 200);
-            await Promise.race([ctx.sleep(lab.delayMs), ctx.cancelled]).finally(() => clearInterval(beat)).catch((err) => {
+            await Promise.race([ctx.sleep(delay), ctx.cancelled]).finally(() => clearInterval(beat)).catch((err) => {
               lab.cancelledActivities++;
               throw err;
             });
           }
           for (const id of ids) lab.analyzed.set(id, (lab.analyzed.get(id) ?? 0) + 1);
           if (ids.some((id) => lab.bad.has(id))) {
-            throw ApplicationFailure.nonRetryable(`image set S${ids[0]}: undecodable image`, 'ImageSetInputError');
+            throw ApplicationFailure.nonRetryable(`image set ${first.key}: undecodable image`, 'ImageSetInputError');
           }
+          ok = true;
           return ids.map((id): ImageSetOutcome => ({ imageSetId: id, status: 'done', attempts: 1 }));
         } finally {
           lab.inFlight--;
+          lab.timeline.push({ stage: first.stage, unit: first.group || first.key, start, end: Date.now(), ok });
         }
       },
       async syncImageSets({ outcomes }) {
@@ -101,4 +212,3 @@ export class FakeLab {
     return impl;
   }
 }
-

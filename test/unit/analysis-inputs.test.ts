@@ -65,6 +65,7 @@ function setup(files: Record<string, { registered: Buffer; now: Buffer }>) {
     return {
       id: i + 1,
       key,
+      group: '',
       metadata: {},
       files: [{ channel: 'DNA', uri: `s3://b/inputs/1/${key}.tif`, size: f.registered.length, checksum: `sha256:${sha(f.registered)}` }],
     };
@@ -75,6 +76,10 @@ function setup(files: Record<string, { registered: Buffer; now: Buffer }>) {
     engine: 'builtin',
     engineOptions: {},
     dispatch: { ...defaultDispatch(), batchSize: 2 },
+    stage: '',
+    groupBy: [],
+    input: 'files',
+    stageInputs: [],
     pipelineUri: null,
     pipelineSha256: null,
     sets,

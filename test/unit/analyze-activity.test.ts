@@ -91,12 +91,16 @@ function setup(contents: string[], maxEngineAttempts = 3) {
     engine: 'builtin',
     engineOptions: {},
     dispatch: { ...defaultDispatch(), maxEngineAttempts },
+    stage: '',
+    groupBy: [],
+    input: 'files',
+    stageInputs: [],
     pipelineUri: null,
     pipelineSha256: null,
     sets: [],
   };
   const ready = Promise.all(sets.map((s) => s.stored)).then((stored) => {
-    manifest.sets = sets.map((s, i) => ({ id: s.id, key: s.key, metadata: s.metadata, files: [{ channel: 'DNA', ...stored[i]! }] }));
+    manifest.sets = sets.map((s, i) => ({ id: s.id, key: s.key, group: '', metadata: s.metadata, files: [{ channel: 'DNA', ...stored[i]! }] }));
   });
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpflow-analyze-unit-'));
   const deps: AnalysisDeps = { store, readManifest: async () => manifest, engineFor: () => engine, workDir: () => workDir };

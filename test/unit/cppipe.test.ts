@@ -1,5 +1,5 @@
-import path from 'node:path';
 import fs from 'node:fs';
+import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { parseCppipe, pipelineSha256, PipelineError, type Pipeline } from '../../core/pipeline/cppipe';
 import { spreadsheetFilePrefix, validatePipelineForCpflow } from '../../core/pipeline/validate';
@@ -138,17 +138,37 @@ describe('validatePipelineForCpflow', () => {
     expect(validatePipelineForCpflow(parseCppipe(text)).objects).toEqual(['Nuclei', 'PH3', 'Cells']);
   });
 
-  it('rejects a pipeline without ExportToSpreadsheet, naming the file', () => {
+  it('accepts a pipeline without ExportToSpreadsheet: its results are the files it saves', () => {
     const text = withoutModule(example, 'ExportToSpreadsheet').replace('ModuleCount:14', 'ModuleCount:13');
-    const err = pipelineError(() => validatePipelineForCpflow(parseCppipe(text, 'noexport.cppipe')));
-    expect(err.message).toMatch(/^noexport\.cppipe: .*ExportToSpreadsheet/);
+    const info = validatePipelineForCpflow(parseCppipe(text, 'noexport.cppipe'));
+    expect(info.exportsSpreadsheet).toBe(false);
+    expect(info.channels).toEqual(['DNA', 'PH3', 'cellbody']);
   });
 
-  it('rejects a disabled ExportToSpreadsheet as well', () => {
+  it('treats a disabled ExportToSpreadsheet as absent', () => {
     const text = example.replace(/(ExportToSpreadsheet:\[[^\n]*)enabled:True/, '$1enabled:False');
-    expect(pipelineError(() => validatePipelineForCpflow(parseCppipe(text, 'off.cppipe'))).message).toMatch(
-      /no enabled ExportToSpreadsheet/,
-    );
+    expect(validatePipelineForCpflow(parseCppipe(text, 'off.cppipe')).exportsSpreadsheet).toBe(false);
+  });
+
+  it('notes SaveImages modules that do not record their file in the Image table', () => {
+    expect(validatePipelineForCpflow(parseCppipe(example)).unrecordedSaves).toEqual([]);
+    const unrecorded = example.replace('Record the file and path information to the saved image?:Yes', 'Record the file and path information to the saved image?:No');
+    expect(validatePipelineForCpflow(parseCppipe(unrecorded)).unrecordedSaves).toEqual([13]);
+  });
+
+  it('accepts a LoadData pipeline: its channels come from the CSV', () => {
+    const text = fs.readFileSync(path.join(EXAMPLE_HUMAN, 'ExampleHuman-LoadData.cppipe'), 'utf8');
+    const info = validatePipelineForCpflow(parseCppipe(text, 'ExampleHuman-LoadData.cppipe'));
+    expect(info.input).toBe('loaddata');
+    expect(info.channels).toEqual([]);
+    expect(info.objects).toEqual(['Nuclei', 'PH3', 'Cells', 'Cytoplasm']);
+  });
+
+  it('refuses CreateBatchFiles: cpflow is the batch system', () => {
+    const text = example
+      .replace('ModuleCount:14', 'ModuleCount:15')
+      .concat('\nCreateBatchFiles:[module_num:15|svn_version:\'Unknown\'|variable_revision_number:8|show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]\n    Store batch files in default output folder?:Yes\n');
+    expect(pipelineError(() => validatePipelineForCpflow(parseCppipe(text, 'batch.cppipe'))).message).toMatch(/CreateBatchFiles \(module 15\).*remove or disable it/);
   });
 
   it('rejects ExportToSpreadsheet writing outside the output folder', () => {

@@ -17,6 +17,17 @@
  * - CellProfiler runs in its own process group (detached) so that cancellation and timeouts kill it
  *   and every child it started with one `kill(-pid)`.
  *
+ * LoadData pipelines: instead of a file list, CellProfiler gets a LoadData CSV of exactly this
+ * invocation's sets (`--data-file`, load-data.ts), one row per set, pointing at the same per-set folders.
+ *
+ * Groups (`EngineRunInput.grouping`): the sets of one group run in one invocation in the order given,
+ * so CellProfiler's "All" illumination functions, tracking and other pooling modules see the whole
+ * group. Outputs no single set's row names (an illumination function saved once, at the last cycle)
+ * are the group's, returned as `shared`.
+ *
+ * Plugins: `pluginsDir` is passed as `--plugins-directory`; the identity lists every plugin file with
+ * its sha256, so results are redone when a plugin changes.
+ *
  * Batching: the files of all sets go into one file list. Each set's files are symlinked into their
  * own folder `<attempt>/input/sNNNNN/<original file name>` first. The original file names are kept
  * because NamesAndTypes assigns channels by file-name rules (ExampleHuman: `file does contain
@@ -35,17 +46,22 @@
  * - Tables without image numbers (Experiment.csv) are copied into every set.
  * - Other files (SaveImages output) go to the set whose Image.csv row names them in a
  *   FileName_X/PathName_X pair; with one set per invocation every file belongs to it. Files that no
- *   row or several rows name are left out in a batch (they cannot be attributed safely).
+ *   row or several rows name go to `shared` (the group's outputs; in a batch the caller reruns the
+ *   sets one by one, so nothing is dropped).
+ * - Path columns of the Image table (PathName_X, URL_X, Metadata_FileLocation) name the files' durable
+ *   locations (`sourceUri`, the sets' and group's `outputUri`) instead of this attempt's scratch folders.
  * - ExportToSpreadsheet's optional file-name prefix is removed (`MyExpt_Image.csv` → `Image.csv`).
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { probeCellProfilerVersion } from '../../../core/cellprofiler';
+import { pluginFiles, probeCellProfilerVersion } from '../../../core/cellprofiler';
 import { DEFAULTS } from '../../../core/model';
 import { parseCppipe, PipelineError, type Pipeline } from '../../../core/pipeline/cppipe';
-import { ImageSetInputError, type Engine, type EngineIdentity, type EngineImageSet, type EngineRunInput, type EngineRunResult } from '../types';
+import { validatePipelineForCpflow } from '../../../core/pipeline/validate';
+import { ImageSetInputError, SHARED_OUTPUTS_DIR, type Engine, type EngineIdentity, type EngineImageSet, type EngineRunInput, type EngineRunResult } from '../types';
 import { cellProfilerEnvironment } from './environment';
-import { classifyFailure, invoke } from './invoke';
+import { classifyFailure, invoke, pipelineLoadFailure } from './invoke';
+import { writeLoadDataCsv } from './load-data';
 import { setFolderName, splitOutputs, type AttemptPaths } from './split-outputs';
 
 export interface CellProfilerEngineOptions {
@@ -53,22 +69,26 @@ export interface CellProfilerEngineOptions {
   executable: string;
   /** Readers passed to `-e`; defaults to `['imageio_reader']` (no JVM, see above). */
   readers?: string[];
+  /** CellProfiler plugins directory (CPFLOW_CELLPROFILER_PLUGINS). */
+  pluginsDir?: string;
 }
 
 export function createCellProfilerEngine(opts: CellProfilerEngineOptions): Engine {
-  let identityPromise: Promise<EngineIdentity> | undefined;
-  const identity = (): Promise<EngineIdentity> => {
+  let basePromise: Promise<EngineIdentity> | undefined;
+  const identity = async (): Promise<EngineIdentity> => {
     // The environment (Python, package set) goes into provenance and the skip-if-done check.
-    identityPromise ??= probeCellProfilerVersion(opts.executable).then(async (version) => ({
+    basePromise ??= probeCellProfilerVersion(opts.executable).then(async (version) => ({
       name: 'cellprofiler',
       version,
       environment: await cellProfilerEnvironment(opts.executable, version),
     }));
     // A failed probe (e.g. a venv being installed) is not cached: the next call tries again.
-    identityPromise.catch(() => {
-      identityPromise = undefined;
+    basePromise.catch(() => {
+      basePromise = undefined;
     });
-    return identityPromise;
+    const base = await basePromise;
+    // Hashed on every call (a few small files): a plugin edited on a running worker is noticed.
+    return opts.pluginsDir ? { ...base, plugins: await pluginFiles(opts.pluginsDir) } : base;
   };
   return {
     identity,
@@ -91,8 +111,10 @@ async function runCellProfiler(
   const singleKey = imageSets.length === 1 ? imageSets[0].key : undefined;
 
   let pipeline: Pipeline;
+  let loadData: boolean;
   try {
     pipeline = parseCppipe(await fs.promises.readFile(input.pipelinePath, 'utf8'), path.basename(input.pipelinePath));
+    loadData = validatePipelineForCpflow(pipeline).input === 'loaddata';
   } catch (err) {
     // The pipeline is the same for every attempt: unreadable is final, not transient.
     if (err instanceof PipelineError) throw new ImageSetInputError(err.message, singleKey);
@@ -111,21 +133,29 @@ async function runCellProfiler(
   };
   await Promise.all([paths.inputDir, paths.outDir, paths.tmpDir].map((d) => fs.promises.mkdir(d, { recursive: true })));
   const linked = await linkInputs(imageSets, paths.inputDir);
-  await fs.promises.writeFile(paths.fileList, `${linked.join('\n')}\n`);
+  const inputArgs: string[] = [];
+  if (loadData) {
+    const dataFile = path.join(root, 'load_data.csv');
+    await writeLoadDataCsv(dataFile, imageSets, linked);
+    inputArgs.push('--data-file', dataFile);
+  } else {
+    await fs.promises.writeFile(paths.fileList, `${linked.flatMap((m) => [...m.values()]).join('\n')}\n`);
+    inputArgs.push('--file-list', paths.fileList);
+  }
 
   const args = [
     '-c',
     '-r',
     '-p',
     input.pipelinePath,
-    '--file-list',
-    paths.fileList,
+    ...inputArgs,
     '-o',
     paths.outDir,
     '-t',
     paths.tmpDir,
     '-d',
     paths.doneFile,
+    ...(opts.pluginsDir ? ['--plugins-directory', opts.pluginsDir] : []),
     '-e',
     ...(opts.readers ?? ['imageio_reader']),
   ];
@@ -133,20 +163,23 @@ async function runCellProfiler(
   const run = await invoke(opts.executable, args, imageSets.length, timeoutMs, input);
 
   const done = await fs.promises.readFile(paths.doneFile, 'utf8').catch(() => undefined);
+  // Checked before the done file: this build says `Complete` after running only the modules it loaded.
+  const loadFailure = pipelineLoadFailure(run, imageSets);
+  if (loadFailure) throw loadFailure;
   if (done?.trim() !== 'Complete') {
     throw classifyFailure(run, done, imageSets);
   }
 
   input.onProgress?.('splitting CellProfiler outputs per image set');
-  const sets = await splitOutputs(pipeline, paths, imageSets, input.outDir);
-  return { engine, sets };
+  const split = await splitOutputs(pipeline, paths, imageSets, input.outDir, input.grouping);
+  return { engine, sets: split.sets, shared: split.shared, warnings: run.warnings };
 }
 
 function assertUsableKeys(sets: EngineImageSet[]): void {
   const seen = new Set<string>();
   for (const set of sets) {
     // Keys become folder names under outDir.
-    if (set.key === '' || set.key === '.' || set.key === '..' || /[/\\\0]/.test(set.key)) {
+    if (set.key === '' || set.key === '.' || set.key === '..' || set.key === SHARED_OUTPUTS_DIR || /[/\\\0]/.test(set.key)) {
       throw new Error(`cellprofiler engine: image set key ${JSON.stringify(set.key)} cannot be a folder name`);
     }
     if (seen.has(set.key)) throw new Error(`cellprofiler engine: image set key ${set.key} appears twice in one batch`);
@@ -154,13 +187,17 @@ function assertUsableKeys(sets: EngineImageSet[]): void {
   }
 }
 
-/** Symlinks each set's files into its own folder, keeping file names; returns the file list lines. */
-async function linkInputs(sets: EngineImageSet[], inputDir: string): Promise<string[]> {
-  const lines: string[] = [];
+/**
+ * Symlinks each set's files into its own folder, keeping file names; returns, per set, its
+ * channels' links (the file list is every link, in set order).
+ */
+async function linkInputs(sets: EngineImageSet[], inputDir: string): Promise<Array<Map<string, string>>> {
+  const linked: Array<Map<string, string>> = [];
   for (const [index, set] of sets.entries()) {
     const dir = path.join(inputDir, setFolderName(index));
     await fs.promises.mkdir(dir);
     const names = new Set<string>();
+    const links = new Map<string, string>();
     for (const file of set.files) {
       const stat = await fs.promises.stat(file.path).catch(() => undefined);
       if (!stat?.isFile()) {
@@ -179,9 +216,9 @@ async function linkInputs(sets: EngineImageSet[], inputDir: string): Promise<str
       names.add(name);
       const link = path.join(dir, name);
       await fs.promises.symlink(path.resolve(file.path), link);
-      lines.push(link);
+      links.set(file.channel, link);
     }
+    linked.push(links);
   }
-  return lines;
+  return linked;
 }
-

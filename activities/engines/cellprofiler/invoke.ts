@@ -9,6 +9,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import execa from 'execa';
 import { headlessEnv } from '../../../core/cellprofiler';
+import { DEFAULTS } from '../../../core/model';
 import { PipelineRunError, type EngineImageSet, type EngineRunInput } from '../types';
 
 const STDERR_TAIL_LINES = 40;
@@ -34,11 +35,29 @@ export interface InvocationResult {
   lastException?: string;
   /** CellProfiler said no image matched the pipeline's rules (NamesAndTypes made no image set). */
   noImageSets: boolean;
+  /**
+   * CellProfiler could not load the whole pipeline (e.g. a plugin module it does not know). This build
+   * then runs the modules it did load and still reports `Complete`: the run must not count.
+   */
+  pipelineLoadError?: string;
+  /** CellProfiler's WARNING lines (first line of each, noise removed, deduplicated). */
+  warnings: string[];
 }
 
 const MODULE_PROGRESS = /Image # (\d+), module (\S+) # (\d+)/;
 const MODULE_ERROR = /Error detected during run of module (\w+)/;
 const EXCEPTION_LINE = /^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): ?(.*)$/;
+const PIPELINE_LOAD_ERROR = /Failed to load pipeline/;
+const WARNING_LINE = /^\[CP - WARNING\] [^:]+::[^:]+: (.+)$/;
+/** Warnings every headless run of this build logs; they say nothing about the pipeline or the images. */
+const WARNING_NOISE: Array<(warning: string) => boolean> = [
+  (w) => /MySQL could not be loaded|Workspace file list is empty|^Multiple definitions of module/.test(w),
+  // Logged whenever an illumination function (.npy) is loaded, even when nothing changes.
+  (w) => {
+    const m = /^Rescale range was (.*), now (.*)$/.exec(w);
+    return m !== null && m[1] === m[2];
+  },
+];
 /** CellProfiler's warning when NamesAndTypes' rules match none of the listed files. */
 const NO_IMAGE_SETS = /No images passed group filters|no image sets|image set list is empty/i;
 /** Failures that another attempt (later, or on another worker) may not meet again. */
@@ -76,9 +95,10 @@ export async function invoke(
     }
   };
 
-  const result: InvocationResult = { exitCode: undefined, stderrTail: [], ranAnImageSet: false, noImageSets: false };
+  const result: InvocationResult = { exitCode: undefined, stderrTail: [], ranAnImageSet: false, noImageSets: false, warnings: [] };
   let lastImageNumber: number | undefined;
   let awaitingException = false;
+  let awaitingLoadException = false;
   const consume = (stream: NodeJS.ReadableStream | null) => {
     if (!stream) return Promise.resolve();
     const lines = readline.createInterface({ input: stream, crlfDelay: Infinity });
@@ -87,6 +107,17 @@ export async function invoke(
       result.stderrTail.push(line);
       if (result.stderrTail.length > STDERR_TAIL_LINES) result.stderrTail.shift();
       if (NO_IMAGE_SETS.test(line)) result.noImageSets = true;
+      const warning = WARNING_LINE.exec(line)?.[1]?.trim();
+      if (warning && !WARNING_NOISE.some((isNoise) => isNoise(warning)) && !result.warnings.includes(warning)) {
+        if (result.warnings.length < DEFAULTS.MAX_WARNINGS_PER_SET) result.warnings.push(warning);
+      }
+      if (PIPELINE_LOAD_ERROR.test(line) && result.pipelineLoadError === undefined) {
+        result.pipelineLoadError = 'CellProfiler could not load the pipeline';
+        awaitingLoadException = true;
+      } else if (awaitingLoadException && EXCEPTION_LINE.test(line.trim())) {
+        result.pipelineLoadError = `CellProfiler could not load the pipeline: ${line.trim()}`;
+        awaitingLoadException = false;
+      }
       const anyException = EXCEPTION_LINE.exec(line.trim());
       if (anyException && !/^ModuleNotFoundError: No module named 'MySQLdb'/.test(line.trim())) {
         // (MySQLdb: CellProfiler logs its guarded, expected import failure at every start.)
@@ -153,6 +184,14 @@ function abortError(signal: AbortSignal | undefined): Error {
   return err;
 }
 
+/** A pipeline CellProfiler could not load: the same for every attempt and every set, so final. */
+export function pipelineLoadFailure(run: InvocationResult, sets: EngineImageSet[]): PipelineRunError | undefined {
+  if (!run.pipelineLoadError) return undefined;
+  const plugin = /Could not find the (\S+) module/.exec(run.pipelineLoadError);
+  const hint = plugin ? ` (${plugin[1]} is not a module of this CellProfiler: if it is a plugin, set CPFLOW_CELLPROFILER_PLUGINS on the workers)` : '';
+  return new PipelineRunError(`${run.pipelineLoadError}${hint}`, sets.length === 1 ? sets[0]?.key : undefined, plugin?.[1]);
+}
+
 export function classifyFailure(run: InvocationResult, done: string | undefined, sets: EngineImageSet[]): Error {
   const doneText = done === undefined ? 'no done file' : `done file says ${JSON.stringify(done.trim())}`;
   const detail = run.spawnError
@@ -185,7 +224,7 @@ export function classifyFailure(run: InvocationResult, done: string | undefined,
   if (!retryable && run.noImageSets && !run.ranAnImageSet) {
     return new PipelineRunError(
       `${which(undefined)}: CellProfiler made no image set from the files ${sets.flatMap((s) => s.files.map((f) => path.basename(f.path))).join(', ')} ` +
-        `(do the pipeline's NamesAndTypes rules match these file names?)\n${detail}; last lines of stderr:\n${stderr}`,
+        `(do the pipeline's NamesAndTypes rules match these file names?)${run.warnings.length ? `; CellProfiler said: ${run.warnings.join('; ')}` : ''}\n${detail}; last lines of stderr:\n${stderr}`,
       single,
     );
   }

@@ -9,7 +9,8 @@ import { parse } from 'csv-parse';
 import { stringify, type Stringifier } from 'csv-stringify';
 import { settingValue, type Pipeline } from '../../../core/pipeline/cppipe';
 import { spreadsheetFilePrefix } from '../../../core/pipeline/validate';
-import { ImageSetInputError, type EngineImageSet, type EngineSetResult } from '../types';
+import { pathToFileURL } from 'node:url';
+import { ImageSetInputError, SHARED_OUTPUTS_DIR, type EngineGrouping, type EngineImageSet, type EngineSetResult } from '../types';
 
 /** The folders of one attempt (see index.ts). */
 export interface AttemptPaths {
@@ -47,12 +48,19 @@ function tableDelimiter(pipeline: Pipeline): string {
   return exporter && settingValue(exporter, 'Select the column delimiter') === 'Tab' ? '\t' : ',';
 }
 
+export interface SplitResult {
+  sets: EngineSetResult[];
+  /** Outputs of no single set, copied under `<outDir>/@shared/` (see EngineRunResult.shared). */
+  shared: string[];
+}
+
 export async function splitOutputs(
   pipeline: Pipeline,
   paths: AttemptPaths,
   sets: EngineImageSet[],
   outDir: string,
-): Promise<EngineSetResult[]> {
+  grouping?: EngineGrouping,
+): Promise<SplitResult> {
   const prefix = spreadsheetFilePrefix(pipeline);
   const delimiter = tableDelimiter(pipeline);
   const tableExtension = delimiter === '\t' ? '.txt' : '.csv';
@@ -63,7 +71,7 @@ export async function splitOutputs(
     return prefix && base.startsWith(prefix) ? base.slice(prefix.length) : base;
   };
   const imageTable = tables.find((t) => tableName(t) === `Image${tableExtension}`);
-  if (!imageTable) {
+  if (!imageTable && tables.length > 0) {
     throw new ImageSetInputError(
       `CellProfiler wrote no Image${tableExtension} (files: ${produced.join(', ') || 'none'}); ExportToSpreadsheet must export the Image table`,
       sets.length === 1 ? sets[0].key : undefined,
@@ -71,37 +79,118 @@ export async function splitOutputs(
   }
 
   const setDirs = sets.map((s) => path.join(outDir, s.key));
-  for (const dir of setDirs) {
+  const sharedDir = path.join(outDir, SHARED_OUTPUTS_DIR);
+  for (const dir of [...setDirs, sharedDir]) {
     await fs.promises.rm(dir, { recursive: true, force: true });
     await fs.promises.mkdir(dir, { recursive: true });
   }
   const filesBySet = sets.map(() => new Set<string>());
 
-  const { assignments, claimedFiles } = await assignImageRows(path.join(paths.outDir, imageTable), delimiter, paths, sets);
+  // A pipeline without ExportToSpreadsheet (an illumination pipeline that only saves its functions)
+  // has no Image table: its files belong to the one set, or to the group.
+  const { assignments, claimedFiles } = imageTable
+    ? await assignImageRows(path.join(paths.outDir, imageTable), delimiter, paths, sets)
+    : { assignments: new Map<string, ImageRowAssignment>(), claimedFiles: new Map<string, Set<number>>() };
 
+  // Non-table outputs (SaveImages, …): one set's, or shared (the group's; unattributable in a batch).
+  const shared: string[] = [];
+  const ownerOfFile = new Map<string, number>();
+  for (const rel of produced) {
+    if (tables.includes(rel)) continue;
+    const owners = sets.length === 1 ? [0] : [...(claimedFiles.get(rel) ?? new Set<number>())];
+    const owner = owners.length === 1 ? owners[0] : undefined;
+    const dest = owner === undefined ? path.join(sharedDir, rel) : path.join(setDirs[owner], rel);
+    await fs.promises.mkdir(path.dirname(dest), { recursive: true });
+    await fs.promises.copyFile(path.join(paths.outDir, rel), dest);
+    if (owner === undefined) shared.push(rel);
+    else {
+      filesBySet[owner].add(rel);
+      ownerOfFile.set(rel, owner);
+    }
+  }
+
+  const locate = locationRewriter(paths, sets, grouping, ownerOfFile);
   const seenNames = new Set<string>();
   for (const table of tables) {
     const name = tableName(table);
     if (seenNames.has(name)) throw new Error(`CellProfiler wrote two tables named ${name}; cannot place both per set`);
     seenNames.add(name);
     const targets = setDirs.map((d) => path.join(d, name));
-    await splitTable(path.join(paths.outDir, table), targets, assignments, delimiter);
+    const globalNumbers = sets.every((s) => s.imageNumber !== undefined);
+    await splitTable(path.join(paths.outDir, table), targets, assignments, delimiter, globalNumbers, table === imageTable ? locate : undefined);
     filesBySet.forEach((files) => files.add(name));
   }
 
-  // Non-table outputs (SaveImages, …).
-  for (const rel of produced) {
-    if (tables.includes(rel)) continue;
-    const owners = sets.length === 1 ? [0] : [...(claimedFiles.get(rel) ?? new Set<number>())];
-    if (owners.length !== 1) continue;
-    const owner = owners[0];
-    const dest = path.join(setDirs[owner], rel);
-    await fs.promises.mkdir(path.dirname(dest), { recursive: true });
-    await fs.promises.copyFile(path.join(paths.outDir, rel), dest);
-    filesBySet[owner].add(rel);
-  }
+  return { sets: sets.map((set, index) => ({ key: set.key, files: [...filesBySet[index]].sort() })), shared: shared.sort() };
+}
 
-  return sets.map((set, index) => ({ key: set.key, files: [...filesBySet[index]].sort() }));
+/**
+ * Rewrites the Image table's path columns of one row from this attempt's scratch folders to the
+ * durable locations: inputs to their `sourceUri` (PathName_X: its folder; URL_X and
+ * Metadata_FileLocation: the file), saved outputs to where they will be uploaded.
+ */
+type LocationRewrite = (column: string, value: string, setIndex: number) => string;
+
+function locationRewriter(
+  paths: AttemptPaths,
+  sets: EngineImageSet[],
+  grouping: EngineGrouping | undefined,
+  ownerOfFile: Map<string, number>,
+): LocationRewrite | undefined {
+  if (!sets.some((s) => s.files.some((f) => f.sourceUri)) && !sets.some((s) => s.outputUri)) return undefined;
+  const roots = [paths.inputDir];
+  const outRoots = [paths.outDir];
+  try {
+    roots.push(fs.realpathSync(paths.inputDir));
+    outRoots.push(fs.realpathSync(paths.outDir));
+  } catch {
+    // The folders exist while the attempt runs; without realpath the plain paths still match.
+  }
+  /** Local file (or its file:// URL) → durable URI, per set. */
+  const byLocal = sets.map((set, index) => {
+    const map = new Map<string, { uri: string; channel: string }>();
+    for (const f of set.files) {
+      if (!f.sourceUri) continue;
+      for (const root of roots) {
+        const local = path.join(root, setFolderName(index), path.basename(f.path));
+        map.set(local, { uri: f.sourceUri, channel: f.channel });
+        map.set(pathToFileURL(local).href, { uri: f.sourceUri, channel: f.channel });
+      }
+    }
+    return map;
+  });
+  const outputUriOf = (dir: string): string | undefined => {
+    for (const root of outRoots) {
+      const rel = path.relative(root, path.resolve(dir));
+      if (rel.startsWith('..') || path.isAbsolute(rel)) continue;
+      return rel;
+    }
+    return undefined;
+  };
+  const parentUri = (uri: string): string => uri.slice(0, uri.lastIndexOf('/'));
+  return (column, value, setIndex) => {
+    if (value === '') return value;
+    const local = byLocal[setIndex];
+    if (/^(Objects)?URL_/.test(column) || column === 'Metadata_FileLocation') {
+      return local?.get(value)?.uri ?? value;
+    }
+    const pathName = /^(Objects)?PathName_(.+)$/.exec(column);
+    if (!pathName) return value;
+    const channel = pathName[1] ? `Objects:${pathName[2]}` : pathName[2];
+    const file = sets[setIndex]?.files.find((f) => f.channel === channel);
+    if (file?.sourceUri) {
+      const inputDirs = roots.map((root) => path.join(root, setFolderName(setIndex)));
+      if (inputDirs.includes(path.resolve(value))) return parentUri(file.sourceUri);
+    }
+    // A saved output's folder: where the set's (or the group's) files are uploaded.
+    const rel = outputUriOf(value);
+    if (rel !== undefined) {
+      const owner = [...ownerOfFile.entries()].find(([f, o]) => o === setIndex && path.dirname(f) === (rel === '' ? '.' : rel));
+      const base = owner ? sets[setIndex]?.outputUri : grouping?.outputUri;
+      if (base) return rel === '' ? base.replace(/\/$/, '') : `${base.replace(/\/$/, '')}/${rel.split(path.sep).join('/')}`;
+    }
+    return value;
+  };
 }
 
 /**
@@ -190,12 +279,18 @@ function setIndexOfPath(dir: string, inputRoots: string[]): number | undefined {
 /**
  * Streams one table into per-set files. Rows go to the set their image number belongs to, with the
  * image number renumbered; tables without image numbers are copied whole into every set.
+ *
+ * Other columns holding image numbers (the second image of a relationship, TrackObjects'
+ * `…ParentImageNumber…`) are renumbered too when they point at a set of this run: always within the
+ * set, and across sets (a track through a group) when every set has its own global number.
  */
 async function splitTable(
   source: string,
   targets: string[],
   assignments: Map<string, ImageRowAssignment>,
   delimiter: string,
+  globalNumbers: boolean,
+  locate?: LocationRewrite,
 ): Promise<void> {
   const writers: { stringifier: Stringifier; file: fs.WriteStream }[] = targets.map((target) => {
     const stringifier = stringify({ delimiter, record_delimiter: 'windows' });
@@ -219,9 +314,10 @@ async function splitTable(
         const plain = header.indexOf('ImageNumber');
         const first = header.indexOf('First Image Number');
         const second = header.indexOf('Second Image Number');
+        const parents = header.flatMap((column, i) => (/ParentImageNumber/.test(column) ? [i] : []));
         if (plain >= 0) {
           routeColumn = plain;
-          numberColumns = [plain];
+          numberColumns = [plain, ...parents];
         } else if (first >= 0) {
           routeColumn = first;
           numberColumns = second >= 0 ? [first, second] : [first];
@@ -238,9 +334,12 @@ async function splitTable(
       const renumbered = [...record];
       for (const column of numberColumns) {
         const other = assignments.get(record[column]);
-        // A relationship to an image set of another batch member cannot exist (sets are not
-        // grouped together); keep the number if it ever does rather than invent one.
-        if (other && other.setIndex === assignment.setIndex) renumbered[column] = String(other.localNumber);
+        // Numbers restarting at 1 per set (no global numbers) cannot point across sets; keep such a
+        // number rather than invent one.
+        if (other && (other.setIndex === assignment.setIndex || globalNumbers)) renumbered[column] = String(other.localNumber);
+      }
+      if (locate && header) {
+        for (let i = 0; i < header.length; i++) renumbered[i] = locate(header[i] ?? '', renumbered[i] ?? '', assignment.setIndex);
       }
       await write(assignment.setIndex, renumbered);
     }
