@@ -1,11 +1,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { Context } from '@temporalio/activity';
 import { DEFAULTS, type ImageSetOutcome } from '../core/model';
 import { layout, parseS3Uri } from '../core/s3';
 import { CPFLOW_VERSION, gitCommit, workerIdentity } from '../core/version';
 import type { AnalysisDeps } from './analyze';
-import { ImageSetInputError, type Engine, type EngineIdentity, type EngineImageSet } from './engines';
+import { ImageSetInputError, type Engine, type EngineIdentity, type EngineImageSet, type EngineRunResult } from './engines';
 import type { ChunkManifest, ManifestSet } from './manifest';
 import type { SetProvenance } from './provenance';
 
@@ -37,13 +38,15 @@ export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<Ima
     const tmpDir = path.join(workRoot, 'tmp');
     await Promise.all([inputDir, outDir, tmpDir].map((d) => fs.promises.mkdir(d, { recursive: true })));
 
+    // Every input of the batch downloads at once (bounded): a batch's transfers overlap each other,
+    // and the worker's extra activity slots overlap them with other activities' engine runs.
+    const downloaded = await allSettledInOrder(sets, DEFAULTS.TRANSFER_CONCURRENCY, (set) => downloadSet(deps, set, path.join(inputDir, set.key)));
     const engineSets: EngineImageSet[] = [];
     const inputsBySet = new Map<number, SetProvenance['inputs']>();
-    for (const set of sets) {
-      const downloaded = await downloadSet(deps, set, path.join(inputDir, set.key));
-      inputsBySet.set(set.id, downloaded.inputs);
-      engineSets.push({ key: set.key, metadata: set.metadata, files: downloaded.files, imageNumber: set.id });
-    }
+    sets.forEach((set, i) => {
+      inputsBySet.set(set.id, downloaded[i].inputs);
+      engineSets.push({ key: set.key, metadata: set.metadata, files: downloaded[i].files, imageNumber: set.id });
+    });
 
     let pipelinePath: string | undefined;
     if (manifest.pipelineUri) {
@@ -52,31 +55,35 @@ export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<Ima
       await deps.store.downloadToFile(bucket, key, pipelinePath);
     }
 
-    lastDetail = `running ${identity.name} on ${sets.map((s) => s.key).join(', ')}`;
-    const result = await engine.run({
-      imageSets: engineSets,
-      pipelinePath,
-      outDir,
-      tmpDir,
-      signal: ctx.cancellationSignal,
-      timeoutMs: manifest.dispatch.engineTimeoutSeconds * 1000,
-      onProgress: (detail) => {
-        lastDetail = detail;
-      },
-    });
+    // The engine itself runs only in one of this worker's engine slots (CPFLOW_ANALYZE_SLOTS).
+    lastDetail = 'waiting for an analysis slot';
+    const release = deps.engineSlots ? await deps.engineSlots().acquire(ctx.cancellationSignal) : () => undefined;
+    let result: EngineRunResult;
+    try {
+      lastDetail = `running ${identity.name} on ${sets.map((s) => s.key).join(', ')}`;
+      result = await engine.run({
+        imageSets: engineSets,
+        pipelinePath,
+        outDir,
+        tmpDir,
+        signal: ctx.cancellationSignal,
+        timeoutMs: manifest.dispatch.engineTimeoutSeconds * 1000,
+        onProgress: (detail) => {
+          lastDetail = detail;
+        },
+      });
+    } finally {
+      release();
+    }
 
     lastDetail = 'uploading outputs';
-    const outcomes: ImageSetOutcome[] = [];
     for (const set of sets) {
-      const produced = result.sets.find((r) => r.key === set.key);
-      if (!produced) throw new Error(`engine ${identity.name} returned no output for image set ${set.key}`);
-      outcomes.push(
-        await uploadSet(deps, batch, set, path.join(outDir, set.key), produced.files, {
-          inputs: inputsBySet.get(set.id) ?? [],
-          startedAt,
-        }),
-      );
+      if (!result.sets.some((r) => r.key === set.key)) throw new Error(`engine ${identity.name} returned no output for image set ${set.key}`);
     }
+    const outcomes = await allSettledInOrder(sets, DEFAULTS.TRANSFER_CONCURRENCY, (set) => {
+      const produced = result.sets.find((r) => r.key === set.key)?.files ?? [];
+      return uploadSet(deps, batch, set, path.join(outDir, set.key), produced, { inputs: inputsBySet.get(set.id) ?? [], startedAt });
+    });
     return outcomes;
   } finally {
     clearInterval(beat);
@@ -90,19 +97,25 @@ async function downloadSet(
   setDir: string,
 ): Promise<{ files: EngineImageSet['files']; inputs: SetProvenance['inputs'] }> {
   await fs.promises.mkdir(setDir, { recursive: true });
-  const files: EngineImageSet['files'] = [];
-  const inputs: SetProvenance['inputs'] = [];
-  for (const f of set.files) {
+  const localNames = new Set<string>();
+  const targets = set.files.map((f) => {
     const { bucket, key } = parseS3Uri(f.uri);
     // Keep the original file name: CellProfiler pipelines match channels by name.
     let local = path.join(setDir, path.posix.basename(key));
-    if (files.some((x) => x.path === local)) local = path.join(setDir, `${f.channel}-${path.posix.basename(key)}`);
-    const got = await deps.store.downloadIfExists(bucket, key, local);
-    if (!got) throw new ImageSetInputError(`image set ${set.key}: missing image ${f.uri} (channel ${f.channel})`, set.key);
-    if (got.size === 0) throw new ImageSetInputError(`image set ${set.key}: empty image ${f.uri} (channel ${f.channel})`, set.key);
-    inputs.push({ channel: f.channel, uri: f.uri, size: got.size, checksum: f.checksum, sha256: got.sha256 });
+    if (localNames.has(local)) local = path.join(setDir, `${f.channel}-${path.posix.basename(key)}`);
+    localNames.add(local);
+    return { f, bucket, key, local };
+  });
+  const got = await allSettledInOrder(targets, targets.length, (t) => deps.store.downloadIfExists(t.bucket, t.key, t.local));
+  const files: EngineImageSet['files'] = [];
+  const inputs: SetProvenance['inputs'] = [];
+  targets.forEach(({ f, local }, i) => {
+    const file = got[i];
+    if (!file) throw new ImageSetInputError(`image set ${set.key}: missing image ${f.uri} (channel ${f.channel})`, set.key);
+    if (file.size === 0) throw new ImageSetInputError(`image set ${set.key}: empty image ${f.uri} (channel ${f.channel})`, set.key);
+    inputs.push({ channel: f.channel, uri: f.uri, size: file.size, checksum: f.checksum, sha256: file.sha256 });
     files.push({ channel: f.channel, path: local });
-  }
+  });
   return { files, inputs };
 }
 
@@ -116,14 +129,13 @@ async function uploadSet(
 ): Promise<ImageSetOutcome> {
   const { manifest, identity, attempt } = batch;
   const prefix = layout.setPrefix(manifest.experimentId, set.key);
-  const outputs: SetProvenance['outputs'] = [];
-  for (const name of [...produced].sort()) {
-    if (name === 'provenance.json') continue;
-    const stored = await deps.store.putFile(manifest.bucket, `${prefix}${name}`, path.join(localDir, name), {
+  const names = [...produced].sort().filter((name) => name !== 'provenance.json');
+  const outputs: SetProvenance['outputs'] = await allSettledInOrder(names, names.length, async (name) => ({
+    name,
+    ...(await deps.store.putFile(manifest.bucket, `${prefix}${name}`, path.join(localDir, name), {
       contentType: name.endsWith('.csv') ? 'text/csv' : undefined,
-    });
-    outputs.push({ name, ...stored });
-  }
+    })),
+  }));
   const provenance: SetProvenance = {
     kind: 'cpflow.image-set-provenance/v1',
     experimentId: manifest.experimentId,
@@ -157,4 +169,26 @@ export function kindOf(name: string): string {
   if (name === 'provenance.json') return 'provenance';
   if (name.endsWith('.csv')) return `table:${name.slice(0, -4)}`;
   return `file:${path.extname(name).slice(1) || 'bin'}`;
+}
+
+/**
+ * `fn` over `items`, at most `concurrency` at once, results in input order. Unlike Promise.all it
+ * waits for every call to settle before throwing the first error (in input order), so no transfer
+ * is still writing into the scratch folder when the caller removes it.
+ */
+async function allSettledInOrder<T, R>(items: T[], concurrency: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  let settled: PromiseSettledResult<R>[];
+  if (items.length <= concurrency) {
+    settled = await Promise.allSettled(items.map(fn));
+  } else {
+    settled = (await Readable.from(items)
+      .map((item: T) => Promise.allSettled([fn(item)]).then(([r]) => r), { concurrency: Math.max(1, concurrency) })
+      .toArray()) as PromiseSettledResult<R>[];
+  }
+  const values: R[] = [];
+  for (const s of settled) {
+    if (s.status === 'rejected') throw s.reason;
+    values.push(s.value);
+  }
+  return values;
 }

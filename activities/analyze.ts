@@ -5,6 +5,7 @@ import { isInfrastructureError } from '../core/errors';
 import type { AnalysisActivities, AnalyzeInput, ImageSetOutcome } from '../core/model';
 import { layout, s3Store, s3Uri, type ObjectStore } from '../core/s3';
 import { runBatch, kindOf } from './analyze-batch';
+import { engineSlots, type EngineSlots } from './engine-slots';
 import { engineFor, EngineUnavailableError, ImageSetInputError, type Engine, type EngineIdentity, type EngineSelection } from './engines';
 import { createManifestReader, type ChunkManifest, type ManifestReader, type ManifestSet } from './manifest';
 import { provenanceSchema, type SetProvenance } from './provenance';
@@ -23,10 +24,12 @@ export interface AnalysisDeps {
   engineFor: (selection: EngineSelection) => Engine;
   /** Parent of each attempt's scratch folder. */
   workDir: () => string;
+  /** Engine invocations at once in this process (CPFLOW_ANALYZE_SLOTS); unset: no limit beyond the activity slots. */
+  engineSlots?: () => EngineSlots;
 }
 
 export function defaultAnalysisDeps(store: ObjectStore = s3Store): AnalysisDeps {
-  return { store, readManifest: createManifestReader(store), engineFor, workDir: () => workerConfig().CPFLOW_WORK_DIR };
+  return { store, readManifest: createManifestReader(store), engineFor, workDir: () => workerConfig().CPFLOW_WORK_DIR, engineSlots };
 }
 
 export function createAnalysisActivities(deps: AnalysisDeps = defaultAnalysisDeps()): AnalysisActivities {

@@ -35,7 +35,9 @@ export function workerOptions(pool: PoolName): Omit<WorkerOptions, 'connection'>
         ...common,
         taskQueue: TASK_QUEUES.analyze,
         activities: analysisActivities,
-        maxConcurrentActivityTaskExecutions: cfg.CPFLOW_ANALYZE_SLOTS,
+        // Engines run in CPFLOW_ANALYZE_SLOTS slots (activities/engine-slots.ts); the extra activities
+        // download the next sets' inputs and upload finished outputs meanwhile.
+        maxConcurrentActivityTaskExecutions: cfg.CPFLOW_ANALYZE_SLOTS * (1 + DEFAULTS.ANALYZE_PREFETCH_PER_SLOT),
       };
     case 'reduce':
       return {

@@ -98,3 +98,16 @@ export const UPLOAD_CONCURRENCY = 8;
 export const REDUCE_READ_CONCURRENCY = 8;
 /** Image sets `cpflow analyze-local` runs at once. Unit: image sets. `-j`. */
 export const LOCAL_JOBS = 2;
+
+// ---------------------------------------------------------------------------------------------
+// Analysis off the event loop and overlapped transfers (issue 10).
+
+/**
+ * Analysis activities a cellprofiler-pool worker takes beyond its engine slots, per slot: while the
+ * slots compute, these download their inputs (and finished ones upload their outputs), then wait,
+ * heartbeating, for a free slot. The worker's activity slots are CPFLOW_ANALYZE_SLOTS × (1 + this).
+ * Unit: activities per engine slot.
+ */
+export const ANALYZE_PREFETCH_PER_SLOT = 1;
+/** S3 transfers (inputs of a batch, outputs of a batch) one analysis activity runs at once. Unit: transfers. */
+export const TRANSFER_CONCURRENCY = 8;
