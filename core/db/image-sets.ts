@@ -1,6 +1,6 @@
 import type { ImageSetOutcome, ImageSetStatus } from '../model/domain';
 import { inTransaction, type Conn, type Db } from './pool';
-import { refreshExperimentCounts } from './experiments';
+import { addToExperimentCounts, lockExperimentCounts } from './experiments';
 import { affectedSchema, imageFileRowSchema, imageSetRowSchema, statusCountRowSchema, type ImageFileRow, type ImageSetRow } from './rows';
 
 /** Image sets and their files: registration, the workflow's pages, outcomes mirrored from Temporal. */
@@ -13,9 +13,16 @@ export interface NewImageSet {
 
 const INSERT_PAGE = 500;
 
-export async function insertImageSetsOn(conn: Conn, experimentId: number, sets: NewImageSet[]): Promise<void> {
+/**
+ * Insert (or refresh) image sets and their files. Returns how many of them are new to the experiment,
+ * so callers can keep `experiment.total_sets` up to date without recounting it.
+ */
+export async function insertImageSetsOn(conn: Conn, experimentId: number, sets: NewImageSet[]): Promise<number> {
+  let added = 0;
   for (let i = 0; i < sets.length; i += INSERT_PAGE) {
     const page = sets.slice(i, i + INSERT_PAGE);
+    const keys = [...new Set(page.map((s) => s.key))];
+    const existing = await countKeys(conn, experimentId, keys);
     await conn.batch(
       `INSERT INTO image_set (experiment_id, set_key, metadata) VALUES (?, ?, ?)
        ON DUPLICATE KEY UPDATE metadata = VALUES(metadata)`,
@@ -23,8 +30,9 @@ export async function insertImageSetsOn(conn: Conn, experimentId: number, sets: 
     );
     const ids = await conn.query<unknown[]>(`SELECT id, set_key FROM image_set WHERE experiment_id = ? AND set_key IN (?)`, [
       experimentId,
-      page.map((s) => s.key),
+      keys,
     ]);
+    added += ids.length - existing;
     const idByKey = new Map(ids.map((r) => imageSetRowSchema.pick({ id: true, set_key: true }).parse(r)).map((r) => [r.set_key, r.id]));
     const fileRows = page.flatMap((s) => s.files.map((f) => [idByKey.get(s.key), f.channel, f.uri, f.size, f.checksum]));
     if (fileRows.length > 0) {
@@ -35,12 +43,25 @@ export async function insertImageSetsOn(conn: Conn, experimentId: number, sets: 
       );
     }
   }
+  return added;
+}
+
+async function countKeys(conn: Conn, experimentId: number, keys: string[]): Promise<number> {
+  if (keys.length === 0) return 0;
+  const rows = await conn.query<Array<{ n: number | bigint }>>(
+    'SELECT COUNT(*) AS n FROM image_set WHERE experiment_id = ? AND set_key IN (?)',
+    [experimentId, keys],
+  );
+  return Number(rows[0]?.n ?? 0);
 }
 
 /** Add image sets (and their files) to an experiment; re-registering the same set is a no-op upsert. */
 export async function upsertImageSets(pool: Db, experimentId: number, sets: NewImageSet[]): Promise<number> {
-  await inTransaction(pool, (conn) => insertImageSetsOn(conn, experimentId, sets));
-  await refreshExperimentCounts(pool, experimentId);
+  await inTransaction(pool, async (conn) => {
+    await lockExperimentCounts(conn, experimentId);
+    const added = await insertImageSetsOn(conn, experimentId, sets);
+    await addToExperimentCounts(conn, experimentId, { total: added });
+  });
   return sets.length;
 }
 
@@ -92,14 +113,20 @@ export async function maxImageSetId(pool: Db, experimentId: number): Promise<num
   return Number(rows[0]?.maxId ?? 0);
 }
 
+/** Failed and cancelled sets back to pending (`cpflow retry`); the failed count drops with them. */
 export async function resetFailedImageSets(pool: Db, experimentId: number): Promise<number> {
-  const res = affectedSchema.parse(
-    await pool.query(
-      `UPDATE image_set SET status = 'pending', error = NULL WHERE experiment_id = ? AND status IN ('failed','cancelled')`,
-      [experimentId],
-    ),
-  );
-  return res.affectedRows;
+  return inTransaction(pool, async (conn) => {
+    await lockExperimentCounts(conn, experimentId);
+    const before = await statusTally(conn, experimentId);
+    const res = affectedSchema.parse(
+      await conn.query(
+        `UPDATE image_set SET status = 'pending', error = NULL WHERE experiment_id = ? AND status IN ('failed','cancelled')`,
+        [experimentId],
+      ),
+    );
+    await addToExperimentCounts(conn, experimentId, { failed: -before.failed });
+    return res.affectedRows;
+  });
 }
 
 /**
@@ -108,7 +135,13 @@ export async function resetFailedImageSets(pool: Db, experimentId: number): Prom
  */
 export async function applyImageSetOutcomes(pool: Db, experimentId: number, outcomes: ImageSetOutcome[]): Promise<void> {
   if (outcomes.length === 0) return;
+  const ids = [...new Set(outcomes.map((o) => o.imageSetId))];
   await inTransaction(pool, async (conn) => {
+    // The experiment row first (the order every writer of its counts takes), then the sets' rows: the
+    // done/failed counts move by exactly what this batch changed, measured inside the transaction. A
+    // replayed batch changes nothing and so adds nothing; concurrent batches serialise on the row.
+    await lockExperimentCounts(conn, experimentId);
+    const before = await statusTally(conn, experimentId, ids);
     await conn.batch(
       `UPDATE image_set SET
          status = IF(? = 'running' AND status IN ('done','failed'), status, ?),
@@ -130,6 +163,8 @@ export async function applyImageSetOutcomes(pool: Db, experimentId: number, outc
         experimentId,
       ]),
     );
+    const after = await statusTally(conn, experimentId, ids);
+    await addToExperimentCounts(conn, experimentId, { done: after.done - before.done, failed: after.failed - before.failed });
     const resultRows = outcomes.flatMap((o) => (o.results ?? []).map((r) => [experimentId, o.imageSetId, r.kind, r.uri, r.size, r.checksum]));
     if (resultRows.length > 0) {
       await conn.batch(
@@ -139,6 +174,16 @@ export async function applyImageSetOutcomes(pool: Db, experimentId: number, outc
       );
     }
   });
+}
+
+/** Done and failed sets among `ids` (all of the experiment's when omitted), read under row locks. */
+async function statusTally(conn: Conn, experimentId: number, ids?: number[]): Promise<{ done: number; failed: number }> {
+  const rows = await conn.query<Array<{ done: number | bigint | null; failed: number | bigint | null }>>(
+    `SELECT SUM(status = 'done') AS done, SUM(status = 'failed') AS failed FROM image_set
+     WHERE experiment_id = ?${ids ? ' AND id IN (?)' : " AND status IN ('done','failed')"} FOR UPDATE`,
+    ids ? [experimentId, ids] : [experimentId],
+  );
+  return { done: Number(rows[0]?.done ?? 0), failed: Number(rows[0]?.failed ?? 0) };
 }
 
 export async function imageSetCounts(pool: Db, experimentId: number): Promise<Record<ImageSetStatus, number> & { total: number }> {
