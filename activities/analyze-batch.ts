@@ -2,13 +2,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { Context } from '@temporalio/activity';
-import { DEFAULTS, type ImageSetOutcome } from '../core/model';
+import { DEFAULTS, type ImageSetOutcome, type SetSummary } from '../core/model';
 import { layout, parseS3Uri } from '../core/s3';
 import { CPFLOW_VERSION, gitCommit, workerIdentity } from '../core/version';
 import type { AnalysisDeps } from './analyze';
 import { ImageSetInputError, type Engine, type EngineIdentity, type EngineImageSet, type EngineRunResult } from './engines';
 import type { ChunkManifest, ManifestSet } from './manifest';
 import type { SetProvenance } from './provenance';
+import { ExtraColumnPlan, measureImageSet, summaryOf } from './reduce/measure-set';
 
 /**
  * One engine invocation over a batch of image sets: download each set's files from S3 (hashing on
@@ -136,6 +137,9 @@ async function uploadSet(
       contentType: name.endsWith('.csv') ? 'text/csv' : undefined,
     })),
   }));
+  // The set's summary.csv contribution, measured here from the tables just written (no S3 reads),
+  // travels with the outcome into MariaDB so the reduce need not read every set's tables back.
+  const summary = await summaryOfLocalTables(set, localDir, names);
   const provenance: SetProvenance = {
     kind: 'cpflow.image-set-provenance/v1',
     experimentId: manifest.experimentId,
@@ -148,6 +152,7 @@ async function uploadSet(
     worker: { ...workerIdentity(), attempt },
     startedAt: record.startedAt,
     finishedAt: new Date().toISOString(),
+    summary,
   };
   // Written last: its presence means every output above is complete.
   const marker = await deps.store.putBytes(manifest.bucket, `${prefix}provenance.json`, JSON.stringify(provenance, null, 2), 'application/json');
@@ -161,7 +166,23 @@ async function uploadSet(
       ...outputs.map((o) => ({ kind: kindOf(o.name), uri: o.uri, size: o.size, checksum: o.checksum })),
       { kind: 'provenance', uri: marker.uri, size: marker.size, checksum: marker.checksum },
     ],
+    summary,
   };
+}
+
+/** What the reduce would measure from this set's tables (measure-set.ts), read from the local copies. */
+async function summaryOfLocalTables(set: ManifestSet, localDir: string, names: string[]): Promise<SetSummary> {
+  const measured = await measureImageSet(
+    {
+      key: set.key,
+      status: 'done',
+      metadata: set.metadata,
+      tables: names.filter((n) => n.endsWith('.csv')).map((name) => ({ name, open: async () => fs.createReadStream(path.join(localDir, name)) })),
+    },
+    new ExtraColumnPlan([]),
+    undefined,
+  );
+  return summaryOf(measured);
 }
 
 /** The result_file kind of an output: `table:<Name>` for tables, `file:<ext>` for the rest. */

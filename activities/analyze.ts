@@ -112,6 +112,7 @@ function skippedOutcome(manifest: ChunkManifest, set: ManifestSet, attempt: numb
       ...finished.provenance.outputs.map((o) => ({ kind: kindOf(o.name), uri: o.uri, size: o.size, checksum: o.checksum })),
       { kind: 'provenance', ...finished.marker },
     ],
+    summary: finished.provenance.summary,
   };
 }
 

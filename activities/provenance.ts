@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { setSummarySchema } from '../core/model';
 
 /** provenance.json: the done marker of an image set and the record of what produced its tables. */
 export const provenanceSchema = z.object({
@@ -15,5 +16,7 @@ export const provenanceSchema = z.object({
   worker: z.object({ host: z.string(), pid: z.number(), attempt: z.number() }),
   startedAt: z.string(),
   finishedAt: z.string(),
+  /** The set's contribution to the experiment summary (absent in provenance written before issue 10). */
+  summary: setSummarySchema.optional(),
 });
 export type SetProvenance = z.infer<typeof provenanceSchema>;

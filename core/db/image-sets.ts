@@ -148,7 +148,8 @@ export async function applyImageSetOutcomes(pool: Db, experimentId: number, outc
          attempts = GREATEST(attempts, ?), skipped = ?, output_prefix = COALESCE(?, output_prefix),
          error = IF(? = 'done', NULL, COALESCE(?, error)),
          started_at = COALESCE(started_at, NOW(3)),
-         finished_at = IF(? IN ('done','failed','cancelled'), NOW(3), finished_at)
+         finished_at = IF(? IN ('done','failed','cancelled'), NOW(3), finished_at),
+         summary = COALESCE(?, summary)
        WHERE id = ? AND experiment_id = ?`,
       outcomes.map((o) => [
         o.status,
@@ -159,6 +160,7 @@ export async function applyImageSetOutcomes(pool: Db, experimentId: number, outc
         o.status,
         o.error ?? null,
         o.status,
+        o.summary ? JSON.stringify(o.summary) : null,
         o.imageSetId,
         experimentId,
       ]),
@@ -196,4 +198,27 @@ export async function imageSetCounts(pool: Db, experimentId: number): Promise<Re
     counts.total += r.n;
   }
   return counts;
+}
+
+/**
+ * The recorded summaries (SetSummary JSON) of the given sets, by id; sets without one (failed, or
+ * analysed before summaries were recorded) are absent. Parsed by the caller, which falls back to the
+ * set's tables when a summary does not parse.
+ */
+export async function imageSetSummaries(pool: Db, setIds: number[]): Promise<Map<number, unknown>> {
+  const map = new Map<number, unknown>();
+  if (setIds.length === 0) return map;
+  const rows = await pool.query<Array<{ id: number; summary: string | null }>>(
+    'SELECT id, summary FROM image_set WHERE id IN (?) AND summary IS NOT NULL',
+    [setIds],
+  );
+  for (const r of rows) {
+    if (r.summary === null) continue;
+    try {
+      map.set(Number(r.id), JSON.parse(r.summary));
+    } catch {
+      // Unreadable JSON: left out, so the reduce reads that set's tables.
+    }
+  }
+  return map;
 }

@@ -94,8 +94,11 @@ export const S3_REGION = 'us-east-1';
 
 /** Files uploaded at once by `cpflow submit --folder`. Unit: files. */
 export const UPLOAD_CONCURRENCY = 8;
-/** Image sets whose tables reduce reads at once (rows are still written in order). Unit: image sets. */
-export const REDUCE_READ_CONCURRENCY = 8;
+/**
+ * Image sets whose tables reduce reads at once (rows are still written in order). Each read is a few
+ * small GETs, so the reduce is latency-bound well below this. Unit: image sets.
+ */
+export const REDUCE_READ_CONCURRENCY = 32;
 /** Image sets `cpflow analyze-local` runs at once. Unit: image sets. `-j`. */
 export const LOCAL_JOBS = 2;
 
@@ -111,3 +114,9 @@ export const LOCAL_JOBS = 2;
 export const ANALYZE_PREFETCH_PER_SLOT = 1;
 /** S3 transfers (inputs of a batch, outputs of a batch) one analysis activity runs at once. Unit: transfers. */
 export const TRANSFER_CONCURRENCY = 8;
+/**
+ * Image sets measured from their recorded summaries whose object tables the reduce still reads, for
+ * the report's histograms (a uniform random choice of sets; exact counts, means, minima and maxima
+ * come from every set's summary). Unit: image sets.
+ */
+export const REPORT_SAMPLE_SETS = 1_000;
