@@ -46,7 +46,12 @@ export function noopTables(set: { key: string; metadata: Record<string, string>;
   ];
 }
 
-export function createNoopEngine(): Engine {
+export interface NoopEngineOptions {
+  /** Benchmarks: append each analysed set's key to this file, so a drill can count sets analysed twice. */
+  runLog?: string;
+}
+
+export function createNoopEngine(options: NoopEngineOptions = {}): Engine {
   const identity: EngineIdentity = { name: NOOP_ENGINE_NAME, version: NOOP_ENGINE_VERSION };
   return {
     identity: async () => identity,
@@ -62,6 +67,7 @@ export function createNoopEngine(): Engine {
         await fs.mkdir(setDir, { recursive: true });
         await Promise.all(tables.map((t) => fs.writeFile(path.join(setDir, t.name), t.text)));
         sets.push({ key: set.key, files: tables.map((t) => t.name) });
+        if (options.runLog) await fs.appendFile(options.runLog, `${set.key}\n`);
       }
       return { engine: identity, sets };
     },
