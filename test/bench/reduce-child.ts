@@ -6,7 +6,7 @@ import { reduceExperiment } from '../../activities/reduce-experiment';
 /**
  * `node --require tsx/cjs test/bench/reduce-child.ts <experiment id>`: the reduce activity alone, in
  * Temporal's mock activity environment, in a process of its own so the benchmark reads its peak RSS
- * and CPU time. Prints one JSON line: seconds and the activity's output.
+ * and CPU time. Prints one JSON line: seconds, the process's CPU seconds and the activity's output.
  */
 async function main(): Promise<void> {
   const experimentId = Number(process.argv[2]);
@@ -15,7 +15,8 @@ async function main(): Promise<void> {
   const t0 = process.hrtime.bigint();
   const output = await env.run(reduceExperiment, { experimentId, workflowId: workflowIdFor(experimentId) });
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  console.log(JSON.stringify({ seconds, output }));
+  const usage = process.cpuUsage();
+  console.log(JSON.stringify({ seconds, cpuSeconds: (usage.user + usage.system) / 1e6, output }));
   await closeDb();
 }
 
