@@ -10,6 +10,7 @@ import { gitCommit } from '../../core/version';
 import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
 import type { EngineImageSet } from '../../activities/engines/types';
 import { ensureStackUp } from '../../deploy/local/services';
+import { ensureWorkflowBundle } from '../../workers/workflow-bundle';
 import { submit } from '../../starter/submit';
 import { connectClient } from '../../core/temporal';
 import { runExperiment, terminateLeftovers, type ExperimentTiming } from './experiment-run';
@@ -72,7 +73,8 @@ const optionsSchema = z.object({
   sideSets: z.number().int().positive(),
   sideRuns: z.number().int().positive(),
   peerWorkers: z.number().int().positive(),
-  peerThreads: z.number().int().positive(),
+  peerConcurrency: z.number().int().positive(),
+  peerPool: z.enum(['prefork', 'threads']),
   drillSets: z.number().int().positive(),
   privateStack: z.boolean(),
   profileWorkers: z.string().optional(),
@@ -103,7 +105,8 @@ function parseArgs(argv: string[]): BenchOptions {
     .option('--side-sets <n>', 'image sets per run in the side-by-side with the Celery peer (vii)', int('--side-sets'), 1_000)
     .option('--side-runs <n>', 'runs of each side in (vii), alternating', int('--side-runs'), 3)
     .option('--peer-workers <n>', 'Celery worker processes of the peer in (vii)', int('--peer-workers'), 2)
-    .option('--peer-threads <n>', 'threads per Celery worker in (vii) (workers × threads = in-flight sets)', int('--peer-threads'), 8)
+    .option('--peer-concurrency <n>', 'pool size of each Celery worker in (vii) (workers × concurrency = sets in flight)', int('--peer-concurrency'), 8)
+    .option('--peer-pool <pool>', "the peer's Celery pool in (vii): prefork (Celery's default) or threads", 'prefork')
     .option('--drill-sets <n>', 'image sets in each kill -9 drill of (vii)', int('--drill-sets'), 1_000)
     .option('--private-stack', 'run on a second local stack of its own (~/.cache/cpflow-bench), safe from fault drills on the shared one', false)
     .option('--profile-workers <dir>', 'write V8 CPU profiles (.cpuprofile) of the worker processes into <dir>')
@@ -381,6 +384,8 @@ async function main(): Promise<void> {
   process.once('exit', unlock);
   log(`bringing the local stack up (${cacheDir()}) …`);
   const stack = await ensureStackUp({ quiet: true });
+  // Workers load the pre-built workflow bundle and refuse a stale one.
+  await ensureWorkflowBundle(log);
   // The stack we just ensured is the one we measure, whatever the calling shell had set.
   for (const [k, v] of Object.entries(stack)) if (typeof v === 'string' && !(k === 'CPFLOW_CELLPROFILER' && process.env[k])) process.env[k] = v;
   if (!process.env.CPFLOW_CELLPROFILER && fs.existsSync(sharedCellProfiler)) process.env.CPFLOW_CELLPROFILER = sharedCellProfiler;
@@ -544,7 +549,8 @@ async function main(): Promise<void> {
           noopSlots: o.noopSlots,
           window: o.window,
           peerWorkers: o.peerWorkers,
-          peerThreads: o.peerThreads,
+          peerConcurrency: o.peerConcurrency,
+          peerPool: o.peerPool,
           drillSets: o.drillSets,
           cacheDir: cacheDir(),
           scratch: scratchDir('side'),

@@ -145,12 +145,17 @@ function peerProcessEnv(e: PeerEnv): NodeJS.ProcessEnv {
   };
 }
 
-/** One Celery worker process (threads pool), ready once it logs that it is ready. */
-export async function startPeerWorker(celery: string, name: string, threads: number, e: PeerEnv): Promise<BenchProcess> {
+export type PeerPool = 'prefork' | 'threads';
+
+/**
+ * One Celery worker (its main process and, with prefork, its children) in a process group of its
+ * own, ready once it logs that it is ready. `kill(-pid)` ends the whole worker, as a lost pod would.
+ */
+export async function startPeerWorker(celery: string, name: string, concurrency: number, e: PeerEnv, pool: PeerPool): Promise<BenchProcess> {
   const child = spawn(
     celery,
-    ['-A', 'cpflow_peer', 'worker', '--pool', 'threads', '--concurrency', String(threads), '-n', `${name}@cpflow-peer`, '--loglevel', 'INFO', '--without-gossip', '--without-mingle', '--without-heartbeat'],
-    { cwd: PEER_DIR, env: peerProcessEnv(e), stdio: ['ignore', 'pipe', 'pipe'] },
+    ['-A', 'cpflow_peer', 'worker', '--pool', pool, '--concurrency', String(concurrency), '-n', `${name}@cpflow-peer`, '--loglevel', 'INFO', '--without-gossip', '--without-mingle', '--without-heartbeat'],
+    { cwd: PEER_DIR, env: peerProcessEnv(e), stdio: ['ignore', 'pipe', 'pipe'], detached: true },
   );
   if (child.pid === undefined) throw new Error('could not start a celery worker');
   const pid = child.pid;
@@ -170,11 +175,15 @@ export async function startPeerWorker(celery: string, name: string, threads: num
     peakRssBytes: () => undefined,
     exited,
     stop: async (graceMs = 20_000) => {
-      if (child.exitCode !== null || child.signalCode !== null) return exited;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      if (child.exitCode !== null || child.signalCode !== null) {
+        killGroup(pid, 'SIGKILL'); // prefork children of a killed main process
+        return exited;
+      }
+      killGroup(pid, 'SIGTERM');
+      const timer = setTimeout(() => killGroup(pid, 'SIGKILL'), graceMs);
       const code = await exited;
       clearTimeout(timer);
+      killGroup(pid, 'SIGKILL');
       return code;
     },
   };
@@ -192,4 +201,29 @@ export async function peerCommand(python: string, args: string[], e: PeerEnv): P
   const r = await execa(python, [path.join(PEER_DIR, 'cpflow_peer.py'), ...args], { cwd: PEER_DIR, env: peerProcessEnv(e), reject: false });
   if (r.exitCode !== 0) throw new Error(`cpflow_peer.py ${args.join(' ')} failed (${r.exitCode}):\n${r.stderr.slice(-2000)}`);
   return r.stdout;
+}
+
+/** Signal a worker's whole process group (main process and prefork children); gone already is fine. */
+export function killGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // the group has ended
+  }
+}
+
+/** Every pid in the worker's process group (for CPU accounting of prefork children). */
+export function groupPids(pid: number): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[2]) === pid) pids.push(Number(entry)); // field 5 (pgrp)
+    } catch {
+      // ended meanwhile
+    }
+  }
+  return pids;
 }

@@ -5,7 +5,7 @@ import { db, getExperiment, imageSetCounts } from '../../core/db';
 import { getBytes, layout } from '../../core/s3';
 import { runExperiment } from './experiment-run';
 import { registerNoopExperiment } from './fixtures';
-import { ensureRabbitMqInstalled, installPeerVenv, peerCommand, startPeerWorker, startRabbitMq, type PeerEnv, type RabbitMq } from './peer';
+import { ensureRabbitMqInstalled, groupPids, installPeerVenv, killGroup, peerCommand, startPeerWorker, startRabbitMq, type PeerEnv, type PeerPool, type RabbitMq } from './peer';
 import { cpuDelta, cpuSnapshot, type BenchProcess, type CpuSnapshot } from './processes';
 import { WorkerSet } from './workers';
 
@@ -23,7 +23,9 @@ export interface SideBySideOptions {
   noopSlots: number;
   window?: number;
   peerWorkers: number;
-  peerThreads: number;
+  /** Processes (prefork) or threads per peer worker. */
+  peerConcurrency: number;
+  peerPool: PeerPool;
   drillSets: number;
   cacheDir: string;
   scratch: string;
@@ -123,7 +125,12 @@ async function runPeer(python: string, env: PeerEnv, experimentId: number, stall
 }
 
 async function startPeerWorkers(celery: string, o: SideBySideOptions, env: PeerEnv, tag: string): Promise<BenchProcess[]> {
-  return Promise.all(Array.from({ length: o.peerWorkers }, (_, i) => startPeerWorker(celery, `${tag}${i + 1}`, o.peerThreads, env)));
+  return Promise.all(Array.from({ length: o.peerWorkers }, (_, i) => startPeerWorker(celery, `${tag}${i + 1}`, o.peerConcurrency, env, o.peerPool)));
+}
+
+/** The peer's worker pids, prefork children included (they appear after start-up). */
+function peerPids(workers: BenchProcess[]): Map<number, string> {
+  return new Map(workers.flatMap((w) => groupPids(w.pid)).map((pid) => [pid, 'peer workers (python)']));
 }
 
 export async function sideBySide(client: Client, o: SideBySideOptions, log: (line: string) => void): Promise<SideBySideResult> {
@@ -138,7 +145,6 @@ export async function sideBySide(client: Client, o: SideBySideOptions, log: (lin
     await peerCommand(python, ['purge'], peerEnv);
     const cpflowWorkers = await WorkerSet.start({ cellprofiler: { CPFLOW_ANALYZE_SLOTS: String(o.noopSlots), CPFLOW_ENGINE_OVERRIDE: 'noop' } });
     const peerWorkers = await startPeerWorkers(celery, o, peerEnv, 'w');
-    const peerNamed = new Map(peerWorkers.map((w) => [w.pid, 'peer worker (python)']));
     const brokerNamed = new Map([[rabbit.pid, 'RabbitMQ (beam.smp)']]);
     try {
       const comparedSummaries: { cpflow?: number; peer?: number } = {};
@@ -155,7 +161,7 @@ export async function sideBySide(client: Client, o: SideBySideOptions, log: (lin
         const b = await registerNoopExperiment(`side-peer-${run}-${Date.now()}`, o.sets);
         before = cpuSnapshot();
         const peer = await runPeer(python, peerEnv, b.experimentId, 120_000, log);
-        const named = new Map([...peerNamed, ...brokerNamed]);
+        const named = new Map([...peerPids(peerWorkers), ...brokerNamed]);
         cpu = sideCpu(before, cpuSnapshot(), named, 'peer');
         runs.push(sideRun('peer', run, b.experimentId, o.sets, await doneCount(b.experimentId), peer.seconds, cpu));
         log(`  (vii) peer run ${run}: ${o.sets} sets in ${peer.seconds.toFixed(1)} s = ${(o.sets / peer.seconds).toFixed(1)} sets/s${peer.finished ? '' : ' (did not finish)'}`);
@@ -259,16 +265,16 @@ async function peerDrill(
   const env: PeerEnv = { brokerUrl: rabbit.url, acksLate, runLog };
   await peerCommand(python, ['purge'], env);
   const workers = await startPeerWorkers(celery, o, env, acksLate ? 'late' : 'dflt');
-  const label = `peer (${acksLate ? 'acks_late' : "Celery's defaults"})`;
+  const label = `peer (${o.peerPool} pool, ${acksLate ? 'acks_late' : "Celery's defaults"})`;
   try {
     const reg = await registerNoopExperiment(`drill-peer-${acksLate ? 'late' : 'default'}-${Date.now()}`, o.drillSets);
     const t0 = Date.now();
     const running = runPeer(python, env, reg.experimentId, 60_000, log);
     const killedAtDone = await waitForDone(reg.experimentId, Math.floor(o.drillSets * 0.3), 600_000);
     const victim = workers[0]!;
-    process.kill(victim.pid, 'SIGKILL');
-    log(`  (vii) ${label} drill: kill -9 of a worker (pid ${victim.pid}) at ${killedAtDone}/${o.drillSets} done; a replacement starts`);
-    workers.push(await startPeerWorker(celery, `${acksLate ? 'late' : 'dflt'}-replacement`, o.peerThreads, env));
+    killGroup(victim.pid, 'SIGKILL');
+    log(`  (vii) ${label} drill: kill -9 of a worker (pid ${victim.pid} and its pool) at ${killedAtDone}/${o.drillSets} done; a replacement starts`);
+    workers.push(await startPeerWorker(celery, `${acksLate ? 'late' : 'dflt'}-replacement`, o.peerConcurrency, env, o.peerPool));
     const outcome = await running;
     const done = await doneCount(reg.experimentId);
     return {
