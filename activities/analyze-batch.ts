@@ -33,7 +33,8 @@ export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<Ima
   let lastDetail = 'downloading';
   const beat = setInterval(() => ctx.heartbeat({ detail: lastDetail }), DEFAULTS.ANALYSIS_HEARTBEAT_EVERY_MS);
   try {
-    ctx.heartbeat({ detail: lastDetail });
+    // No heartbeat at the start: a set that takes milliseconds (the no-op engine, small images) would
+    // pay one more Temporal round trip for nothing; the first one goes out after ANALYSIS_HEARTBEAT_EVERY_MS.
     const inputDir = path.join(workRoot, 'in');
     const outDir = path.join(workRoot, `out-attempt-${attempt}`);
     const tmpDir = path.join(workRoot, 'tmp');
