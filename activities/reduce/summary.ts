@@ -72,7 +72,7 @@ export interface MergeOptions {
   maxBars?: number;
   /**
    * Sets measured from their summaries whose object tables are read for the report's histograms
-   * (a uniform random choice of sets, all their objects). Default REPORT_SAMPLE_SETS (1,000).
+   * (a uniform random choice of sets, all their objects). Default REPORT_SAMPLE_SETS (250).
    */
   sampleSets?: number;
 }

@@ -119,4 +119,4 @@ export const TRANSFER_CONCURRENCY = 8;
  * the report's histograms (a uniform random choice of sets; exact counts, means, minima and maxima
  * come from every set's summary). Unit: image sets.
  */
-export const REPORT_SAMPLE_SETS = 1_000;
+export const REPORT_SAMPLE_SETS = 250;

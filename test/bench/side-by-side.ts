@@ -78,7 +78,8 @@ const median = (xs: number[]): number => {
 
 /** CPU of this side's processes only: its own named workers and the services it uses (no other test's node). */
 function sideCpu(before: CpuSnapshot, after: CpuSnapshot, named: Map<number, string>, side: 'cpflow' | 'peer'): CpuGroup[] {
-  const services = side === 'cpflow' ? ['temporal', 'minio', 'mariadbd'] : ['minio', 'mariadbd', 'epmd', 'erl_child_setup', 'inet_gethost'];
+  // RabbitMQ's Erlang VM runs as beam.smp under the rabbitmq-server script's pid.
+  const services = side === 'cpflow' ? ['temporal', 'minio', 'mariadbd'] : ['minio', 'mariadbd', 'beam.smp', 'epmd', 'erl_child_setup', 'inet_gethost'];
   const names = new Set(named.values());
   return cpuDelta(before, after, named).filter((g) => names.has(g.name) || services.includes(g.name));
 }
