@@ -5,8 +5,8 @@ import { db, getExperiment, imageSetCounts } from '../../core/db';
 import { getBytes, layout } from '../../core/s3';
 import { runExperiment } from './experiment-run';
 import { registerNoopExperiment } from './fixtures';
-import { ensureRabbitMqInstalled, groupPids, installPeerVenv, killGroup, peerCommand, startPeerWorker, startRabbitMq, type PeerEnv, type PeerPool, type RabbitMq } from './peer';
-import { cpuDelta, cpuSnapshot, type BenchProcess, type CpuSnapshot } from './processes';
+import { descendants, ensureRabbitMqInstalled, groupPids, installPeerVenv, killGroup, peerCommand, startPeerWorker, startRabbitMq, type PeerEnv, type PeerPool, type RabbitMq } from './peer';
+import { cpuDelta, cpuSnapshot, stackServicePids, type BenchProcess, type CpuSnapshot } from './processes';
 import { WorkerSet } from './workers';
 
 /**
@@ -76,12 +76,16 @@ const median = (xs: number[]): number => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-/** CPU of this side's processes only: its own named workers and the services it uses (no other test's node). */
+/**
+ * CPU of this side's processes only: its own workers and the services it uses, all by pid (other
+ * sessions' Temporal, MinIO and MariaDB on the same host share the command names).
+ */
 function sideCpu(before: CpuSnapshot, after: CpuSnapshot, named: Map<number, string>, side: 'cpflow' | 'peer'): CpuGroup[] {
-  // RabbitMQ's Erlang VM runs as beam.smp under the rabbitmq-server script's pid.
-  const services = side === 'cpflow' ? ['temporal', 'minio', 'mariadbd'] : ['minio', 'mariadbd', 'beam.smp', 'epmd', 'erl_child_setup', 'inet_gethost'];
-  const names = new Set(named.values());
-  return cpuDelta(before, after, named).filter((g) => names.has(g.name) || services.includes(g.name));
+  const services = stackServicePids();
+  const uses = side === 'cpflow' ? ['temporal', 'minio', 'mariadbd'] : ['minio', 'mariadbd'];
+  const all = new Map([...named, ...[...services].filter(([, name]) => uses.includes(name))]);
+  const names = new Set(all.values());
+  return cpuDelta(before, after, all).filter((g) => names.has(g.name));
 }
 
 async function doneCount(experimentId: number): Promise<number> {
@@ -129,6 +133,11 @@ async function startPeerWorkers(celery: string, o: SideBySideOptions, env: PeerE
   return Promise.all(Array.from({ length: o.peerWorkers }, (_, i) => startPeerWorker(celery, `${tag}${i + 1}`, o.peerConcurrency, env, o.peerPool)));
 }
 
+/** RabbitMQ's processes: the server script and its Erlang VM (beam.smp), epmd and helpers, all its descendants. */
+function rabbitPids(rabbit: RabbitMq): Map<number, string> {
+  return new Map(descendants(rabbit.pid).map((pid) => [pid, 'RabbitMQ']));
+}
+
 /** The peer's worker pids, prefork children included (they appear after start-up). */
 function peerPids(workers: BenchProcess[]): Map<number, string> {
   return new Map(workers.flatMap((w) => groupPids(w.pid)).map((pid) => [pid, 'peer workers (python)']));
@@ -146,7 +155,6 @@ export async function sideBySide(client: Client, o: SideBySideOptions, log: (lin
     await peerCommand(python, ['purge'], peerEnv);
     const cpflowWorkers = await WorkerSet.start({ cellprofiler: { CPFLOW_ANALYZE_SLOTS: String(o.noopSlots), CPFLOW_ENGINE_OVERRIDE: 'noop' } });
     const peerWorkers = await startPeerWorkers(celery, o, peerEnv, 'w');
-    const brokerNamed = new Map([[rabbit.pid, 'RabbitMQ (beam.smp)']]);
     try {
       const comparedSummaries: { cpflow?: number; peer?: number } = {};
       for (let run = 1; run <= o.runs; run++) {
@@ -162,7 +170,7 @@ export async function sideBySide(client: Client, o: SideBySideOptions, log: (lin
         const b = await registerNoopExperiment(`side-peer-${run}-${Date.now()}`, o.sets);
         before = cpuSnapshot();
         const peer = await runPeer(python, peerEnv, b.experimentId, 120_000, log);
-        const named = new Map([...peerPids(peerWorkers), ...brokerNamed]);
+        const named = new Map([...peerPids(peerWorkers), ...rabbitPids(rabbit)]);
         cpu = sideCpu(before, cpuSnapshot(), named, 'peer');
         runs.push(sideRun('peer', run, b.experimentId, o.sets, await doneCount(b.experimentId), peer.seconds, cpu));
         log(`  (vii) peer run ${run}: ${o.sets} sets in ${peer.seconds.toFixed(1)} s = ${(o.sets / peer.seconds).toFixed(1)} sets/s${peer.finished ? '' : ' (did not finish)'}`);

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { foreignPollers } from './experiment-run';
-import { cpuDelta, cpuSnapshot, startPool, type BenchProcess, type PoolName } from './processes';
+import { cpuSnapshot, ownCpu, stackServicePids, startPool, type BenchProcess, type PoolName } from './processes';
 
 /** The benchmark's cpflow worker processes (moved out of bench.ts so other sections can start them). */
 
@@ -104,7 +104,7 @@ export async function withWorkers<T>(
     if (foreign.length > 0) log(`  warning: other workers poll cpflow's queues and may take tasks: ${foreign.join('; ')}`);
     const before = cpuSnapshot();
     const result = await work();
-    const cpu = cpuDelta(before, cpuSnapshot(), workers.pids());
+    const cpu = ownCpu(before, cpuSnapshot(), new Map([...workers.pids(), ...stackServicePids()]));
     return { result, pools: await workers.stop(), cpu, foreign, restarts: workers.restarts };
   } catch (err) {
     await workers.stop();
