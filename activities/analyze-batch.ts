@@ -1,15 +1,17 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { Context } from '@temporalio/activity';
 import { imageLimitsConfig } from '../core/config';
 import { pixelProblem, readImageHeader, sizeProblem } from '../core/image-limits';
-import { DEFAULTS, type ImageSetOutcome, type ResultFileRecord } from '../core/model';
+import { DEFAULTS, type ImageSetOutcome, type ResultFileRecord, type SetSummary } from '../core/model';
 import { layout, parseS3Uri, s3Uri, type StoredObject } from '../core/s3';
 import { CPFLOW_VERSION, gitCommit, workerIdentity } from '../core/version';
 import type { AnalysisDeps } from './analyze';
 import { ImageSetInputError, SHARED_OUTPUTS_DIR, type Engine, type EngineIdentity, type EngineImageSet, type EngineRunResult } from './engines';
 import type { ChunkManifest, ManifestSet } from './manifest';
 import type { GroupProvenance, SetProvenance } from './provenance';
+import { ExtraColumnPlan, measureImageSet, summaryOf } from './reduce/measure-set';
 
 /**
  * One engine invocation over a batch of image sets, or over one whole group: download each set's
@@ -54,11 +56,14 @@ export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<Ima
     const tmpDir = path.join(workRoot, 'tmp');
     await Promise.all([inputDir, outDir, tmpDir].map((d) => fs.promises.mkdir(d, { recursive: true })));
 
+    // Every input of the batch downloads at once (bounded): a batch's transfers overlap each other,
+    // and the worker's extra activity slots overlap them with other activities' engine runs.
+    if (sets.length > 1) lastDetail = `downloading ${sets.length} image sets`;
+    const downloads = await allSettledInOrder(sets, DEFAULTS.TRANSFER_CONCURRENCY, (set) => downloadSet(deps, set, path.join(inputDir, set.key)));
     const engineSets: EngineImageSet[] = [];
     const inputsBySet = new Map<number, SetProvenance['inputs']>();
     for (const [i, set] of sets.entries()) {
-      if (sets.length > 1) lastDetail = `downloading image set ${i + 1}/${sets.length}`;
-      const downloaded = await downloadSet(deps, set, path.join(inputDir, set.key));
+      const downloaded = downloads[i]!;
       inputsBySet.set(set.id, downloaded.inputs);
       engineSets.push({
         key: set.key,
@@ -76,36 +81,42 @@ export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<Ima
       await deps.store.downloadToFile(bucket, key, pipelinePath);
     }
 
-    lastDetail = `running ${identity.name} on ${group ? `group ${group.key} (${sets.length} image sets)` : sets.map((s) => s.key).join(', ')}`;
-    const result = await engine.run({
-      imageSets: engineSets,
-      grouping: group
-        ? { ...group, outputUri: s3Uri(manifest.bucket, layout.groupPrefix(manifest.experimentId, group.key, manifest.stage)) }
-        : undefined,
-      pipelinePath,
-      outDir,
-      tmpDir,
-      signal: ctx.cancellationSignal,
-      timeoutMs: manifest.dispatch.engineTimeoutSeconds * 1000,
-      onProgress: (detail) => {
-        lastDetail = detail;
-      },
-    });
+    // The engine itself runs only in one of this worker's engine slots (CPFLOW_ANALYZE_SLOTS).
+    lastDetail = 'waiting for an analysis slot';
+    const release = deps.engineSlots ? await deps.engineSlots().acquire(ctx.cancellationSignal) : () => undefined;
+    let result: EngineRunResult;
+    try {
+      lastDetail = `running ${identity.name} on ${group ? `group ${group.key} (${sets.length} image sets)` : sets.map((s) => s.key).join(', ')}`;
+      result = await engine.run({
+        imageSets: engineSets,
+        grouping: group
+          ? { ...group, outputUri: s3Uri(manifest.bucket, layout.groupPrefix(manifest.experimentId, group.key, manifest.stage)) }
+          : undefined,
+        pipelinePath,
+        outDir,
+        tmpDir,
+        signal: ctx.cancellationSignal,
+        timeoutMs: manifest.dispatch.engineTimeoutSeconds * 1000,
+        onProgress: (detail) => {
+          lastDetail = detail;
+        },
+      });
+    } finally {
+      release();
+    }
     if (!group && sets.length > 1 && (result.shared?.length ?? 0) > 0) throw new UnattributedOutputsError(result.shared ?? []);
 
     lastDetail = 'uploading outputs';
-    const uploaded: Array<{ set: ManifestSet; outcome: ImageSetOutcome; record: GroupProvenance['sets'][number] }> = [];
     for (const set of sets) {
-      const produced = result.sets.find((r) => r.key === set.key);
-      if (!produced) throw new Error(`engine ${identity.name} returned no output for image set ${set.key}`);
-      uploaded.push(
-        await uploadSet(deps, batch, set, path.join(outDir, set.key), produced.files, {
-          inputs: inputsBySet.get(set.id) ?? [],
-          startedAt,
-          warnings: result.warnings ?? [],
-        }),
-      );
+      if (!result.sets.some((r) => r.key === set.key)) throw new Error(`engine ${identity.name} returned no output for image set ${set.key}`);
     }
+    const uploaded = await allSettledInOrder(sets, DEFAULTS.TRANSFER_CONCURRENCY, (set) =>
+      uploadSet(deps, batch, set, path.join(outDir, set.key), result.sets.find((r) => r.key === set.key)?.files ?? [], {
+        inputs: inputsBySet.get(set.id) ?? [],
+        startedAt,
+        warnings: result.warnings ?? [],
+      }),
+    );
     const outcomes = uploaded.map((u) => u.outcome);
     if (group) {
       const groupResults = await uploadGroup(deps, batch, group, path.join(outDir, SHARED_OUTPUTS_DIR), result, uploaded, startedAt);
@@ -181,6 +192,9 @@ async function uploadSet(
   const { manifest, identity, attempt, group } = batch;
   const prefix = layout.setPrefix(manifest.experimentId, set.key, manifest.stage);
   const outputs = await uploadFiles(deps, manifest.bucket, prefix, localDir, produced);
+  // The set's summary.csv contribution, measured here from the tables just written (no S3 reads),
+  // travels with the outcome into MariaDB so the reduce need not read every set's tables back.
+  const summary = await summaryOfLocalTables(set, localDir, outputs.map((o) => o.name));
   const provenance: SetProvenance = {
     kind: 'cpflow.image-set-provenance/v1',
     experimentId: manifest.experimentId,
@@ -198,6 +212,7 @@ async function uploadSet(
     worker: { ...workerIdentity(), attempt },
     startedAt: record.startedAt,
     finishedAt: new Date().toISOString(),
+    summary,
   };
   // Written last: its presence means every output above is complete.
   const marker = await deps.store.putBytes(manifest.bucket, `${prefix}provenance.json`, JSON.stringify(provenance, null, 2), 'application/json');
@@ -212,6 +227,7 @@ async function uploadSet(
       { kind: 'provenance', uri: marker.uri, size: marker.size, checksum: marker.checksum },
     ],
     ...(record.warnings.length > 0 ? { warnings: record.warnings } : {}),
+    summary,
   };
   return {
     set,
@@ -268,15 +284,13 @@ async function uploadFiles(
   localDir: string,
   names: string[],
 ): Promise<Array<{ name: string } & StoredObject>> {
-  const outputs: Array<{ name: string } & StoredObject> = [];
-  for (const name of [...names].sort()) {
-    if (name === 'provenance.json') continue;
-    const stored = await deps.store.putFile(bucket, `${prefix}${name.split(path.sep).join('/')}`, path.join(localDir, name), {
+  const wanted = [...names].sort().filter((name) => name !== 'provenance.json');
+  return allSettledInOrder(wanted, DEFAULTS.TRANSFER_CONCURRENCY, async (name) => ({
+    name: name.split(path.sep).join('/'),
+    ...(await deps.store.putFile(bucket, `${prefix}${name.split(path.sep).join('/')}`, path.join(localDir, name), {
       contentType: name.endsWith('.csv') ? 'text/csv' : undefined,
-    });
-    outputs.push({ name: name.split(path.sep).join('/'), ...stored });
-  }
-  return outputs;
+    })),
+  }));
 }
 
 /** The result_file kind of an output: `table:<Name>` for tables, `file:<ext>` for the rest. */
@@ -284,4 +298,41 @@ export function kindOf(name: string): string {
   if (name === 'provenance.json') return 'provenance';
   if (name.endsWith('.csv')) return `table:${path.posix.basename(name).slice(0, -4)}`;
   return `file:${path.extname(name).slice(1) || 'bin'}`;
+}
+
+/** What the reduce would measure from this set's tables (measure-set.ts), read from the local copies. */
+async function summaryOfLocalTables(set: ManifestSet, localDir: string, names: string[]): Promise<SetSummary> {
+  const measured = await measureImageSet(
+    {
+      key: set.key,
+      status: 'done',
+      metadata: set.metadata,
+      tables: names.filter((n) => n.endsWith('.csv') && !n.includes('/')).map((name) => ({ name, open: async () => fs.createReadStream(path.join(localDir, name)) })),
+    },
+    new ExtraColumnPlan([]),
+    undefined,
+  );
+  return summaryOf(measured);
+}
+
+/**
+ * `fn` over `items`, at most `concurrency` at once, results in input order. Unlike Promise.all it
+ * waits for every call to settle before throwing the first error (in input order), so no transfer
+ * is still writing into the scratch folder when the caller removes it.
+ */
+async function allSettledInOrder<T, R>(items: T[], concurrency: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  let settled: PromiseSettledResult<R>[];
+  if (items.length <= concurrency) {
+    settled = await Promise.allSettled(items.map(fn));
+  } else {
+    settled = (await Readable.from(items)
+      .map((item: T) => Promise.allSettled([fn(item)]).then(([r]) => r), { concurrency: Math.max(1, concurrency) })
+      .toArray()) as PromiseSettledResult<R>[];
+  }
+  const values: R[] = [];
+  for (const s of settled) {
+    if (s.status === 'rejected') throw s.reason;
+    values.push(s.value);
+  }
+  return values;
 }

@@ -5,6 +5,7 @@ import { isInfrastructureError } from '../core/errors';
 import type { AnalysisActivities, AnalyzeInput, ImageSetOutcome } from '../core/model';
 import { layout, s3Store, s3Uri, type ObjectStore } from '../core/s3';
 import { runBatch, kindOf, UnattributedOutputsError } from './analyze-batch';
+import { engineSlots, type EngineSlots } from './engine-slots';
 import { engineFor, EngineUnavailableError, ImageSetInputError, type Engine, type EngineIdentity, type EngineSelection } from './engines';
 import { createManifestReader, type ChunkManifest, type ManifestReader, type ManifestSet } from './manifest';
 import { countedAnalysis, instrumentedDeps } from './metrics';
@@ -27,10 +28,12 @@ export interface AnalysisDeps {
   engineFor: (selection: EngineSelection) => Engine;
   /** Parent of each attempt's scratch folder. */
   workDir: () => string;
+  /** Engine invocations at once in this process (CPFLOW_ANALYZE_SLOTS); unset: no limit beyond the activity slots. */
+  engineSlots?: () => EngineSlots;
 }
 
 export function defaultAnalysisDeps(store: ObjectStore = s3Store): AnalysisDeps {
-  return { store, readManifest: createManifestReader(store), engineFor, workDir: () => workerConfig().CPFLOW_WORK_DIR };
+  return { store, readManifest: createManifestReader(store), engineFor, workDir: () => workerConfig().CPFLOW_WORK_DIR, engineSlots };
 }
 
 export function createAnalysisActivities(deps: AnalysisDeps = defaultAnalysisDeps()): AnalysisActivities {
@@ -230,6 +233,7 @@ function skippedOutcome(manifest: ChunkManifest, set: ManifestSet, attempt: numb
       ...finished.provenance.outputs.map((o) => ({ kind: kindOf(o.name), uri: o.uri, size: o.size, checksum: o.checksum })),
       { kind: 'provenance', ...finished.marker },
     ],
+    summary: finished.provenance.summary,
   };
 }
 

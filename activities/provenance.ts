@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { setSummarySchema } from '../core/model';
 
 /** The engine that produced a result: name, exact version, and the plugin files it loaded. */
 export const engineIdentitySchema = z.object({
@@ -33,6 +34,8 @@ export const provenanceSchema = z.object({
   worker: z.object({ host: z.string(), pid: z.number(), attempt: z.number() }),
   startedAt: z.string(),
   finishedAt: z.string(),
+  /** The set's contribution to the experiment summary (absent in provenance written before issue 10). */
+  summary: setSummarySchema.optional(),
 });
 export type SetProvenance = z.infer<typeof provenanceSchema>;
 

@@ -8,6 +8,7 @@ import {
   db,
   getExperiment,
   imageSetCounts,
+  imageSetSummaries,
   stageHasTables,
   stagesOf,
   tableUrisBySet,
@@ -15,7 +16,7 @@ import {
   type Db,
   type ImageSetRow,
 } from '../core/db';
-import type { ReduceInput, ReduceOutput } from '../core/model';
+import { setSummarySchema, type ReduceInput, type ReduceOutput, type SetSummary } from '../core/model';
 import { getBytesIfExists, getStream, layout, parseS3Uri, putBytes, putFile } from '../core/s3';
 import { CPFLOW_VERSION, gitCommit, workerIdentity } from '../core/version';
 import { provenanceSchema, type SetProvenance } from './provenance';
@@ -37,26 +38,38 @@ const PAGE = 500;
 
 async function* setResults(pool: Db, experimentId: number, stage: string, onSet: () => void): AsyncGenerator<ImageSetResult> {
   let page: ImageSetRow[] = [];
+  const tablesOf = (uris: string[]): ImageSetResult['tables'] =>
+    uris.map((uri) => ({
+      name: path.posix.basename(uri),
+      open: async () => {
+        const { bucket, key } = parseS3Uri(uri);
+        return getStream(bucket, key);
+      },
+    }));
   const emit = async function* (rows: ImageSetRow[]): AsyncGenerator<ImageSetResult> {
-    const tables = await tableUrisBySet(pool, rows.map((r) => r.id));
+    // Done sets measured by the analysis activity are merged from their summaries (MariaDB); only the
+    // others' tables are listed and read from S3.
+    const done = rows.filter((r) => r.status === 'done').map((r) => r.id);
+    const summaries = new Map<number, SetSummary>();
+    for (const [id, raw] of await imageSetSummaries(pool, done)) {
+      const parsed = setSummarySchema.safeParse(raw);
+      if (parsed.success) summaries.set(id, parsed.data);
+    }
+    const tables = await tableUrisBySet(
+      pool,
+      done.filter((id) => !summaries.has(id)),
+    );
     for (const row of rows) {
       onSet();
-      const uris = tables.get(row.id) ?? [];
-      const done = row.status === 'done';
+      const isDone = row.status === 'done';
+      const summary = summaries.get(row.id);
       yield {
         key: row.set_key,
-        status: done ? 'done' : 'failed',
+        status: isDone ? 'done' : 'failed',
         metadata: row.metadata,
-        error: done ? undefined : (row.error ?? `not analysed (status ${row.status})`),
-        tables: done
-          ? uris.map((uri) => ({
-              name: path.posix.basename(uri),
-              open: async () => {
-                const { bucket, key } = parseS3Uri(uri);
-                return getStream(bucket, key);
-              },
-            }))
-          : [],
+        error: isDone ? undefined : (row.error ?? `not analysed (status ${row.status})`),
+        tables: isDone && !summary ? tablesOf(tables.get(row.id) ?? []) : [],
+        ...(summary ? { summary, sampleTables: async () => tablesOf((await tableUrisBySet(pool, [row.id])).get(row.id) ?? []) } : {}),
       };
     }
   };
@@ -115,9 +128,8 @@ export async function reduceExperiment(input: ReduceInput): Promise<ReduceOutput
 
     // The engine that produced the tables, from the first finished set's provenance.
     let engine: SetProvenance['engine'] = { name: e.engine, version: 'unknown' };
-    const firstDone = stats.perSet.find((s) => s.status === 'done');
-    if (firstDone) {
-      const raw = await getBytesIfExists(e.bucket, `${layout.setPrefix(e.id, firstDone.key, finalStage)}provenance.json`);
+    if (stats.firstDoneKey !== undefined) {
+      const raw = await getBytesIfExists(e.bucket, `${layout.setPrefix(e.id, stats.firstDoneKey, finalStage)}provenance.json`);
       const parsed = raw ? provenanceSchema.safeParse(JSON.parse(raw.toString('utf8'))) : undefined;
       if (parsed?.success) engine = parsed.data.engine;
     }

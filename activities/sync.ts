@@ -8,8 +8,8 @@ import type { SyncExperimentStatusInput, SyncImageSetsInput } from '../core/mode
 
 export async function syncImageSets(input: SyncImageSetsInput): Promise<void> {
   const pool = await db();
+  // Moves the experiment's done/failed counts by what the batch changed, in the same transaction.
   await applyImageSetOutcomes(pool, input.experimentId, input.outcomes);
-  await refreshExperimentCounts(pool, input.experimentId);
 }
 
 export async function syncExperimentStatus(input: SyncExperimentStatusInput): Promise<void> {

@@ -80,6 +80,8 @@ const workerSchema = z.object({
   CPFLOW_WORK_DIR: z.string().min(1).default(os.tmpdir()),
   /** Benchmarks only: `noop` replaces every engine on this worker with one that writes tables without analysis. */
   CPFLOW_ENGINE_OVERRIDE: z.preprocess((v) => (v === '' ? undefined : v), z.enum(['noop']).optional()),
+  /** Benchmarks only: the no-op engine appends each image set key it analysed to this file (duplicate counting). */
+  CPFLOW_NOOP_RUN_LOG: z.string().min(1).optional(),
   /** When set, workers serve Temporal SDK metrics and cpflow's own for Prometheus on this port, at CPFLOW_METRICS_HOST. */
   CPFLOW_METRICS_PORT: port.optional(),
   /** Address the metrics endpoint binds: loopback unless told (Kubernetes sets 0.0.0.0 for the scraper). */

@@ -117,6 +117,9 @@ export async function sha256File(path: string): Promise<string> {
   return hash.digest('hex');
 }
 
+/** Files up to this size are uploaded with one PutObject; larger ones in parts. Unit: bytes. */
+const SINGLE_PUT_BYTES = 8 * 1024 * 1024;
+
 /** Upload a local file (multipart for large ones) and return its URI, size and sha256. */
 export async function putFile(
   bucket: string,
@@ -124,7 +127,14 @@ export async function putFile(
   localPath: string,
   opts: { contentType?: string; client?: S3Client } = {},
 ): Promise<StoredObject> {
-  const [digest, stat] = await Promise.all([sha256File(localPath), fs.promises.stat(localPath)]);
+  const stat = await fs.promises.stat(localPath);
+  if (stat.size <= SINGLE_PUT_BYTES) {
+    // Small files (tables, most outputs): one read, one PutObject. The multipart Upload helper and a
+    // second read for the hash cost more CPU than the transfer itself at thousands of sets.
+    const bytes = await fs.promises.readFile(localPath);
+    return putBytes(bucket, key, bytes, opts.contentType, opts.client);
+  }
+  const digest = await sha256File(localPath);
   const upload = new Upload({
     client: opts.client ?? s3(),
     params: {
@@ -145,13 +155,13 @@ export async function putBytes(
   bucket: string,
   key: string,
   body: string | Buffer,
-  contentType = 'application/octet-stream',
+  contentType?: string,
   client = s3(),
 ): Promise<StoredObject> {
   const bytes = typeof body === 'string' ? Buffer.from(body) : body;
   const digest = crypto.createHash('sha256').update(bytes).digest('hex');
   await client.send(
-    new PutObjectCommand({ Bucket: bucket, Key: key, Body: bytes, ContentType: contentType, Metadata: { sha256: digest } }),
+    new PutObjectCommand({ Bucket: bucket, Key: key, Body: bytes, ContentType: contentType ?? 'application/octet-stream', Metadata: { sha256: digest } }),
   );
   return { uri: s3Uri(bucket, key), size: bytes.length, checksum: `sha256:${digest}` };
 }

@@ -15,6 +15,7 @@ export function gitCommit(): string {
   if (!process.env.CPFLOW_GIT_COMMIT) {
     try {
       commit = execFileSync('git', ['rev-parse', 'HEAD'], {
+        // Inside the checkout from core/ and from dist/core/ alike (two levels up leaves it when run from source).
         cwd: path.join(__dirname, '..'),
         stdio: ['ignore', 'pipe', 'ignore'],
         timeout: 5000,

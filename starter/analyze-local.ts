@@ -5,7 +5,7 @@ import { Presets, SingleBar } from 'cli-progress';
 import type { GroupingRule } from '../core/model';
 import { groupFiles, metadataKeysOf } from '../core/grouping';
 import { engineFor, ImageSetInputError } from '../activities/engines';
-import { builtinOptionsFromPipeline } from '../activities/engines/builtin';
+import { builtinOptionsFromPipeline, setBuiltinThreads } from '../activities/engines/builtin';
 import { parseCppipe } from '../core/pipeline/cppipe';
 import { validatePipelineForCpflow } from '../core/pipeline/validate';
 import { describePooling } from '../core/pipeline/pooling';
@@ -54,6 +54,8 @@ export async function analyzeLocal(o: AnalyzeLocalOptions): Promise<AnalyzeLocal
     if (o.engine === 'builtin') pipelineOptions = builtinOptionsFromPipeline(text);
   }
   const grouped = groupFiles(files, (f) => f, o.grouping, required);
+  // The builtin engine's worker threads: one per job, as the cellprofiler pool has one per slot.
+  if (o.engine === 'builtin') setBuiltinThreads(o.jobs);
   const engine = engineFor({ engine: o.engine, ...pipelineOptions });
   const setsDir = path.join(o.outDir, 'sets');
   fs.mkdirSync(setsDir, { recursive: true });

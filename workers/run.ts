@@ -60,7 +60,10 @@ export function workerOptions(pool: PoolName): Array<Omit<WorkerOptions, 'connec
         ...common,
         taskQueue,
         activities: analysisActivities,
-        maxConcurrentActivityTaskExecutions: cfg.CPFLOW_ANALYZE_SLOTS,
+        // Engines run in CPFLOW_ANALYZE_SLOTS slots shared by the process's engine queues
+        // (activities/engine-slots.ts); the extra activities download the next sets' inputs and upload
+        // finished outputs meanwhile.
+        maxConcurrentActivityTaskExecutions: cfg.CPFLOW_ANALYZE_SLOTS * (1 + DEFAULTS.ANALYZE_PREFETCH_PER_SLOT),
       }));
     case 'reduce':
       return [

@@ -32,7 +32,7 @@ export function engineFor(selection: EngineSelection): Engine {
   const cacheKey = workerConfig().CPFLOW_ENGINE_OVERRIDE === 'noop' ? 'noop' : JSON.stringify(selection);
   const cached = cache.get(cacheKey);
   if (cached) return cached;
-  const engine = cacheKey === 'noop' ? createNoopEngine() : createEngine(selection);
+  const engine = cacheKey === 'noop' ? createNoopEngine({ runLog: workerConfig().CPFLOW_NOOP_RUN_LOG }) : createEngine(selection);
   cache.set(cacheKey, engine);
   return engine;
 }

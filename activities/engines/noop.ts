@@ -26,7 +26,32 @@ const csvCell = (v: string | number): string => {
 };
 const csvLine = (cells: Array<string | number>): string => `${cells.map(csvCell).join(',')}\n`;
 
-export function createNoopEngine(): Engine {
+/** The tables the no-op engine writes for one image set (name → CSV text). */
+export function noopTables(set: { key: string; metadata: Record<string, string>; files: Array<{ channel: string; path: string }> }, imageNumber: number): Array<{ name: string; text: string }> {
+  const count = noopNucleusCount(set.key);
+  const metadata = Object.entries(set.metadata).sort(([a], [b]) => a.localeCompare(b));
+  const fileColumns = set.files.map((f) => [`FileName_${f.channel}`, path.basename(f.path)] as const);
+  const imageColumns: Array<readonly [string, string | number]> = [
+    ['ImageNumber', imageNumber],
+    ['Count_Nuclei', count],
+    ...fileColumns,
+    ['ImageSet_Key', set.key],
+    ...metadata.map(([k, v]) => [`Metadata_${k}`, v] as const),
+  ];
+  let nuclei = csvLine(['ImageNumber', 'ObjectNumber', 'AreaShape_Area']);
+  for (let object = 1; object <= count; object++) nuclei += csvLine([imageNumber, object, 100 + 10 * object]);
+  return [
+    { name: 'Image.csv', text: csvLine(imageColumns.map(([name]) => name)) + csvLine(imageColumns.map(([, value]) => value)) },
+    { name: 'Nuclei.csv', text: nuclei },
+  ];
+}
+
+export interface NoopEngineOptions {
+  /** Benchmarks: append each analysed set's key to this file, so a drill can count sets analysed twice. */
+  runLog?: string;
+}
+
+export function createNoopEngine(options: NoopEngineOptions = {}): Engine {
   const identity: EngineIdentity = { name: NOOP_ENGINE_NAME, version: NOOP_ENGINE_VERSION };
   return {
     identity: async () => identity,
@@ -37,27 +62,12 @@ export function createNoopEngine(): Engine {
         if (!set.key || set.key.includes('/') || set.key.includes('\\') || set.key === '.' || set.key === '..') {
           throw new ImageSetInputError(`Image set key ${JSON.stringify(set.key)} cannot be used as a directory name`, set.key);
         }
-        const imageNumber = index + 1;
-        const count = noopNucleusCount(set.key);
-        const metadata = Object.entries(set.metadata).sort(([a], [b]) => a.localeCompare(b));
-        const fileColumns = set.files.map((f) => [`FileName_${f.channel}`, path.basename(f.path)] as const);
-        const imageColumns: Array<readonly [string, string | number]> = [
-          ['ImageNumber', imageNumber],
-          ['Count_Nuclei', count],
-          ...fileColumns,
-          ['ImageSet_Key', set.key],
-          ...metadata.map(([k, v]) => [`Metadata_${k}`, v] as const),
-        ];
+        const tables = noopTables(set, index + 1);
         const setDir = path.join(input.outDir, set.key);
         await fs.mkdir(setDir, { recursive: true });
-        await fs.writeFile(
-          path.join(setDir, 'Image.csv'),
-          csvLine(imageColumns.map(([name]) => name)) + csvLine(imageColumns.map(([, value]) => value)),
-        );
-        let nuclei = csvLine(['ImageNumber', 'ObjectNumber', 'AreaShape_Area']);
-        for (let object = 1; object <= count; object++) nuclei += csvLine([imageNumber, object, 100 + 10 * object]);
-        await fs.writeFile(path.join(setDir, 'Nuclei.csv'), nuclei);
-        sets.push({ key: set.key, files: ['Image.csv', 'Nuclei.csv'] });
+        await Promise.all(tables.map((t) => fs.writeFile(path.join(setDir, t.name), t.text)));
+        sets.push({ key: set.key, files: tables.map((t) => t.name) });
+        if (options.runLog) await fs.appendFile(options.runLog, `${set.key}\n`);
       }
       return { engine: identity, sets };
     },

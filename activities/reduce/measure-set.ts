@@ -3,6 +3,7 @@
  * distributions the summary and report use. See summary.ts for how the rows are merged.
  */
 import { posix } from 'node:path';
+import type { SetSummary } from '../../core/model';
 import { CsvError, readImageTable, readObjectTable } from './tables';
 
 export interface ImageSetTable {
@@ -17,6 +18,20 @@ export interface ImageSetResult {
   metadata: Record<string, string>;
   error?: string;
   tables: ImageSetTable[];
+  /**
+   * The set's measurements, taken by the analysis activity: when present (and the merge asks for no
+   * extra columns), the tables are not read; `sampleTables` gives them for the report's histograms.
+   */
+  summary?: SetSummary;
+  sampleTables?: () => Promise<ImageSetTable[]>;
+}
+
+/** Exact aggregates of one measurement's finite values over one set. */
+export interface Aggregate {
+  n: number;
+  sum: number;
+  min: number;
+  max: number;
 }
 
 export const AREA = 'AreaShape_Area';
@@ -49,7 +64,51 @@ export interface SetMeasurement {
   definedColumns: string[];
   /** `object\tmeasurement` → finite values, for the report's reservoirs. */
   distributionValues: Map<string, number[]>;
+  /** Instead of the values, when measured from a summary: their exact aggregates. */
+  aggregates?: Map<string, Aggregate>;
   hasTableProblems: boolean;
+}
+
+/** A done set's measurement in the form the analysis activity records with its outcome. */
+export function summaryOf(m: SetMeasurement): SetSummary {
+  const distributions: SetSummary['distributions'] = [];
+  for (const [series, values] of m.distributionValues) {
+    if (values.length === 0) continue;
+    let sum = 0;
+    let min = Infinity;
+    let max = -Infinity;
+    for (const v of values) {
+      sum += v;
+      if (v < min) min = v;
+      if (v > max) max = v;
+    }
+    distributions.push([series, { n: values.length, sum, min, max }]);
+  }
+  return {
+    v: 1,
+    cells: [...m.cells],
+    counts: { ...m.counts },
+    imageMetadata: [...m.imageMetadata],
+    definedColumns: [...m.definedColumns],
+    distributions,
+    error: m.error,
+    hasTableProblems: m.hasTableProblems,
+  };
+}
+
+/** The measurement a summary stands for: the same cells and counts, aggregates instead of values. */
+export function measurementFromSummary(input: ImageSetResult, summary: SetSummary): SetMeasurement {
+  return {
+    input,
+    error: summary.error,
+    cells: new Map(summary.cells),
+    counts: { ...summary.counts },
+    imageMetadata: new Map(summary.imageMetadata),
+    definedColumns: [...summary.definedColumns],
+    distributionValues: new Map(),
+    aggregates: new Map(summary.distributions),
+    hasTableProblems: summary.hasTableProblems,
+  };
 }
 
 /** The table's object name (`Nuclei` for `sets/x/Nuclei.csv`), or undefined for non-CSV files. */
@@ -123,13 +182,28 @@ export async function measureImageSet(
   const objectRowCounts = new Map<string, number>();
   let sawImageTable = false;
 
-  for (const table of input.tables) {
+  // The tables to read, opened all at once (their GETs overlap), then parsed one by one in order.
+  const wanted = input.tables.flatMap((table) => {
     const objectName = tableObjectName(table.name);
-    if (objectName === undefined || objectName === 'Experiment') continue; // Experiment.csv is key/value, not per object
+    if (objectName === undefined || objectName === 'Experiment') return []; // Experiment.csv is key/value, not per object
+    if (objectName !== 'Image' && objectFilter && !objectFilter.has(objectName)) return [];
+    const opened = table.open();
+    opened.catch(() => undefined); // handled where it is awaited, below
+    return [{ table, objectName, opened }];
+  });
+  let next = 0;
+  try {
+    for (; next < wanted.length; next++) await measureTable(wanted[next]!);
+  } finally {
+    // An I/O error ends the set early: close the streams already opened for the tables not read.
+    for (const rest of wanted.slice(next + 1)) void rest.opened.then((stream) => destroyStream(stream), () => undefined);
+  }
+
+  async function measureTable({ table, objectName, opened }: (typeof wanted)[number]): Promise<void> {
     try {
       if (objectName === 'Image') {
         sawImageTable = true;
-        const image = await readImageTable(await table.open(), (column) => plan.wantsImageColumn(column));
+        const image = await readImageTable(await opened, (column) => plan.wantsImageColumn(column));
         for (const [column, count] of image.counts) {
           const counted = column.slice('Count_'.length);
           if (objectFilter && !objectFilter.has(counted)) continue;
@@ -141,12 +215,11 @@ export async function measureImageSet(
           if (column.startsWith('Metadata_')) measurement.imageMetadata.set(column, value);
           if (plan.isImageColumn(column)) measurement.cells.set(column, value);
         }
-        continue;
+        return;
       }
-      if (objectFilter && !objectFilter.has(objectName)) continue;
       const requested = plan.measurementsFor(objectName);
       const summary = await readObjectTable(
-        await table.open(),
+        await opened,
         (column) => isDefaultMeasurement(column) || requested.has(column),
         isDefaultMeasurement,
       );
@@ -188,3 +261,7 @@ export async function measureImageSet(
   return measurement;
 }
 
+
+function destroyStream(stream: NodeJS.ReadableStream): void {
+  if ('destroy' in stream && typeof stream.destroy === 'function') stream.destroy();
+}

@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs';
 import { profilesFigures, profilesSectionHtml, type ProfilesSection } from './profiles-section';
-import type { DistributionSeries, PerSetCounts, ReduceStats } from './summary';
+import { MAX_BARS, type DistributionSeries, type ReduceStats } from './summary';
 import { inferPlateFormat, parseWell, rowLabel, type WellPosition } from './wells';
 
 export interface ReportInfo {
@@ -22,8 +22,7 @@ export interface ReportInfo {
   profiles?: ProfilesSection;
 }
 
-/** Beyond this many sets the per-set bar chart shows consecutive blocks (one bar per block) to stay drawable. */
-export const MAX_BARS = 5_000;
+export { MAX_BARS };
 const HISTOGRAM_BINS = 60;
 
 /** A Plotly figure as handed to `Plotly.newPlot(element, data, layout, config)`. */
@@ -74,20 +73,18 @@ function roundForPlot(value: number): number {
 }
 
 function countsFigure(stats: ReduceStats, primary: string | undefined): PlotFigure | undefined {
-  const done = stats.perSet.filter((s) => s.status === 'done').sort((a, b) => naturalOrder.compare(a.key, b.key));
+  const bars = stats.countBars;
   const objects = Object.keys(stats.objectTotals).sort(naturalOrder.compare);
-  if (done.length === 0 || objects.length === 0) return undefined;
-  const blockSize = Math.ceil(done.length / MAX_BARS);
-  const blocks: PerSetCounts[][] = [];
-  for (let i = 0; i < done.length; i += blockSize) blocks.push(done.slice(i, i + blockSize));
-  const labels = blocks.map((b) => (b.length === 1 ? b[0].key : `${b[0].key} … ${b[b.length - 1].key}`));
+  if (bars.length === 0 || objects.length === 0) return undefined;
+  const blockSize = stats.setsPerBar;
+  const labels = bars.map((b) => (b.sets === 1 ? b.first : `${b.first} … ${b.last}`));
   const data = objects.map((object) => ({
     type: 'bar',
     name: object,
     x: labels,
-    y: blocks.map((b) => {
-      const values = b.map((s) => s.counts[object]).filter((v): v is number => v !== undefined);
-      return values.length === 0 ? null : roundForPlot(values.reduce((sum, v) => sum + v, 0) / values.length);
+    y: bars.map((b) => {
+      const c = b.counts[object];
+      return c === undefined || c.n === 0 ? null : roundForPlot(c.sum / c.n);
     }),
     // Only the primary object is drawn at first; the others are one legend click away.
     visible: object === primary ? true : 'legendonly',
@@ -97,8 +94,8 @@ function countsFigure(stats: ReduceStats, primary: string | undefined): PlotFigu
     title: 'Objects per image set',
     note:
       blockSize > 1
-        ? `${done.length.toLocaleString('en')} done image sets, sorted by key, shown as ${blocks.length.toLocaleString('en')} bars of ${blockSize} consecutive sets (mean count per bar).`
-        : `${done.length.toLocaleString('en')} done image sets, sorted by key. Click a legend entry to show another object.`,
+        ? `${stats.setsDone.toLocaleString('en')} done image sets in image set order, shown as ${bars.length.toLocaleString('en')} bars of ${blockSize} consecutive sets (mean count per bar).`
+        : `${stats.setsDone.toLocaleString('en')} done image sets in image set order. Click a legend entry to show another object.`,
     data,
     layout: {
       barmode: 'group',
@@ -132,7 +129,7 @@ function histogramTraces(series: DistributionSeries[]): Record<string, unknown>[
 function samplingNote(series: DistributionSeries[]): string {
   const sampled = series.filter((s) => s.sample.length < s.count);
   const counts = series.map((s) => `${s.object}: ${s.count.toLocaleString('en')} objects, mean ${s.mean === null ? '–' : s.mean.toPrecision(4)}`).join('; ');
-  return sampled.length === 0 ? counts : `${counts}. Histograms drawn from a uniform random sample of ${sampled[0].sample.length.toLocaleString('en')} objects per series.`;
+  return sampled.length === 0 ? counts : `${counts}. Histograms drawn from a random sample of ${sampled[0].sample.length.toLocaleString('en')} objects per series.`;
 }
 
 function distributionFigures(stats: ReduceStats): PlotFigure[] {
@@ -177,20 +174,19 @@ function distributionFigures(stats: ReduceStats): PlotFigure[] {
 
 function plateFigures(stats: ReduceStats, primary: string | undefined): PlotFigure[] {
   if (primary === undefined) return [];
-  // plate → well position key → counts of its done sites
-  const plates = new Map<string, Map<string, { position: WellPosition; well: string; counts: number[] }>>();
-  for (const set of stats.perSet) {
-    if (set.status !== 'done' || set.well === undefined) continue;
-    const position = parseWell(set.well);
-    const count = set.counts[primary];
-    if (position === undefined || count === undefined) continue;
-    const plate = set.plate ?? '';
-    let wells = plates.get(plate);
-    if (!wells) plates.set(plate, (wells = new Map()));
+  // plate → well position key → sum and number of its done sites' counts
+  const plates = new Map<string, Map<string, { position: WellPosition; well: string; sum: number; n: number }>>();
+  for (const entry of stats.wells) {
+    const position = parseWell(entry.well);
+    const count = entry.counts[primary];
+    if (position === undefined || count === undefined || count.n === 0) continue;
+    let wells = plates.get(entry.plate);
+    if (!wells) plates.set(entry.plate, (wells = new Map()));
     const id = `${position.row}:${position.column}`;
     let cell = wells.get(id);
-    if (!cell) wells.set(id, (cell = { position, well: set.well, counts: [] }));
-    cell.counts.push(count);
+    if (!cell) wells.set(id, (cell = { position, well: entry.well, sum: 0, n: 0 }));
+    cell.sum += count.sum;
+    cell.n += count.n;
   }
   const figures: PlotFigure[] = [];
   [...plates.keys()].sort(naturalOrder.compare).forEach((plate, index) => {
@@ -201,9 +197,9 @@ function plateFigures(stats: ReduceStats, primary: string | undefined): PlotFigu
     const columns = Array.from({ length: format.columns }, (_, c) => String(c + 1));
     const z: (number | null)[][] = rows.map(() => columns.map(() => null));
     const sites: (number | null)[][] = rows.map(() => columns.map(() => null));
-    for (const { position, counts } of wells) {
-      z[position.row][position.column - 1] = roundForPlot(counts.reduce((sum, v) => sum + v, 0) / counts.length);
-      sites[position.row][position.column - 1] = counts.length;
+    for (const { position, sum, n } of wells) {
+      z[position.row][position.column - 1] = roundForPlot(sum / n);
+      sites[position.row][position.column - 1] = n;
     }
     const cellPixels = format.wells === 96 ? 44 : format.wells === 384 ? 30 : 16;
     figures.push({

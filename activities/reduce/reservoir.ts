@@ -19,6 +19,8 @@ export class Reservoir {
   private sum = 0;
   private min = Infinity;
   private max = -Infinity;
+  /** Values offered to the sample (equal to `seen` unless aggregates or sample-only values came in). */
+  private offered = 0;
   private readonly sample: number[] = [];
 
   constructor(
@@ -28,19 +30,36 @@ export class Reservoir {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`reservoir capacity must be a positive integer, got ${capacity}`);
   }
 
+  /** One value: into the exact statistics and offered to the sample. */
   add(value: number): void {
     if (!Number.isFinite(value)) return;
-    this.seen += 1;
-    this.sum += value;
-    if (value < this.min) this.min = value;
-    if (value > this.max) this.max = value;
+    this.addExact(1, value, value, value);
+    this.addToSample(value);
+  }
+
+  /** Exact statistics of values that are not offered to the sample (a set measured from its summary). */
+  addAggregate(a: { n: number; sum: number; min: number; max: number }): void {
+    if (a.n > 0) this.addExact(a.n, a.sum, a.min, a.max);
+  }
+
+  /** A value for the sample only (its statistics already came in through addAggregate). */
+  addToSample(value: number): void {
+    if (!Number.isFinite(value)) return;
+    this.offered += 1;
     if (this.sample.length < this.capacity) {
       this.sample.push(value);
       return;
     }
-    // Keep the new value with probability capacity/seen, replacing a uniformly chosen slot.
-    const slot = Math.floor(this.random() * this.seen);
+    // Keep the new value with probability capacity/offered, replacing a uniformly chosen slot.
+    const slot = Math.floor(this.random() * this.offered);
     if (slot < this.capacity) this.sample[slot] = value;
+  }
+
+  private addExact(n: number, sum: number, min: number, max: number): void {
+    this.seen += n;
+    this.sum += sum;
+    if (min < this.min) this.min = min;
+    if (max > this.max) this.max = max;
   }
 
   summary(): DistributionSummary {
@@ -52,5 +71,32 @@ export class Reservoir {
       mean: empty ? null : this.sum / this.seen,
       sample: [...this.sample],
     };
+  }
+}
+
+/** A uniform random sample of at most `capacity` items of a stream (Algorithm R), e.g. image sets. */
+export class ItemReservoir<T> {
+  private seen = 0;
+  private readonly items: T[] = [];
+
+  constructor(
+    private readonly capacity: number,
+    private readonly random: () => number,
+  ) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`reservoir capacity must be a positive integer, got ${capacity}`);
+  }
+
+  add(item: T): void {
+    this.seen += 1;
+    if (this.items.length < this.capacity) {
+      this.items.push(item);
+      return;
+    }
+    const slot = Math.floor(this.random() * this.seen);
+    if (slot < this.capacity) this.items[slot] = item;
+  }
+
+  sample(): T[] {
+    return [...this.items];
   }
 }

@@ -3,9 +3,9 @@
  * one `summary.csv` (one row per image set) plus bounded-memory aggregates for the report.
  *
  * Memory: rows are streamed to `out` as soon as each set is measured (in input order), so memory
- * does not grow with the number of object rows. What is kept per set is small (key, plate/well/site
- * and one count per object); distributions are reservoir samples of fixed size. 100,000 sets stay
- * well within a worker's memory.
+ * does not grow with the number of object rows, nor with the number of sets: the report keeps bars of
+ * consecutive sets (at most MAX_BARS) and count sums per well (report-data.ts); distributions are
+ * reservoir samples of fixed size.
  *
  * Column set (documented choice): CSV needs its header before the first row, and a cheap pre-pass
  * over every set's headers would double the S3 reads. The columns are therefore fixed by the FIRST
@@ -21,7 +21,8 @@ import { Readable, type Writable } from 'node:stream';
 import { stringify } from 'csv-stringify';
 import { DEFAULTS } from '../../core/model';
 import { seededRandom } from '../../core/random';
-import { Reservoir, type DistributionSummary } from './reservoir';
+import { CountBars, WellCountSums, type CountBar, type WellCounts } from './report-data';
+import { ItemReservoir, Reservoir, type DistributionSummary } from './reservoir';
 import {
   compareMeasurements,
   ExtraColumnPlan,
@@ -29,6 +30,7 @@ import {
   FIXED_COLUMNS,
   MEAN_INTENSITY_PREFIX,
   measureImageSet,
+  measurementFromSummary,
   metadataColumn,
   truncate,
   type ImageSetResult,
@@ -36,6 +38,10 @@ import {
 } from './measure-set';
 
 export type { ImageSetResult, ImageSetTable } from './measure-set';
+export type { CountBar, WellCounts } from './report-data';
+
+/** Beyond this many done sets the per-set bar chart shows consecutive blocks (one bar per block) to stay drawable. */
+export const MAX_BARS = 5_000;
 
 export interface MergeOptions {
   /** Receives summary.csv; it is ended when the merge completes (destroyed if the merge fails). */
@@ -67,16 +73,13 @@ export interface MergeOptions {
   /** Called after every `progressEvery` sets (default 500) with the number merged so far: heartbeat here. */
   onProgress?: (setsMerged: number) => void;
   progressEvery?: number;
-}
-
-export interface PerSetCounts {
-  key: string;
-  status: 'done' | 'failed';
-  plate?: string;
-  well?: string;
-  site?: string;
-  /** Object name → number of objects in this set (empty for failed sets). */
-  counts: Record<string, number>;
+  /** Most bars in the report's per-set chart. Default MAX_BARS (5,000). */
+  maxBars?: number;
+  /**
+   * Sets measured from their summaries whose object tables are read for the report's histograms
+   * (a uniform random choice of sets, all their objects). Default REPORT_SAMPLE_SETS (250).
+   */
+  sampleSets?: number;
 }
 
 export interface DistributionSeries extends DistributionSummary {
@@ -100,8 +103,14 @@ export interface ReduceStats {
   objectsTotal: number;
   /** summary.csv's header. */
   columns: string[];
-  /** One entry per image set in input order. */
-  perSet: PerSetCounts[];
+  /** The per-set bar chart: consecutive done sets in input order, at most MAX_BARS bars. */
+  countBars: CountBar[];
+  /** Done sets per bar (a power of two; the last bar may hold fewer). */
+  setsPerBar: number;
+  /** Object count sums per plate and well, for the plate heatmaps. */
+  wells: WellCounts[];
+  /** Key of the first done set (its provenance names the engine). */
+  firstDoneKey: string | undefined;
   /** Failed sets with their (truncated) error, at most maxListedFailures. */
   failures: { key: string; error: string }[];
   failuresNotListed: number;
@@ -121,6 +130,21 @@ export async function mergeImageSetTables(input: AsyncIterable<ImageSetResult> |
   const random = seededRandom(options.seed ?? 1);
   const reservoirs = new Map<string, Reservoir>();
   const baseColumns = [...FIXED_COLUMNS, ...options.metadataKeys.map(metadataColumn)];
+  const countBars = new CountBars(options.maxBars ?? MAX_BARS);
+  const wellSums = new WellCountSums();
+  // Summaries stand for the tables only when the merge asks for nothing beyond the default columns.
+  const useSummaries = plan.columns.length === 0 && objectFilter === undefined;
+  // Sets measured from summaries, some of which are read in full for the histograms (own PRNG stream,
+  // so sets read from their tables sample exactly as before).
+  const sampledSets = new ItemReservoir<ImageSetResult>(options.sampleSets ?? DEFAULTS.REPORT_SAMPLE_SETS, seededRandom((options.seed ?? 1) + 7919));
+  const reservoirFor = (series: string): Reservoir => {
+    let reservoir = reservoirs.get(series);
+    if (!reservoir) {
+      reservoir = new Reservoir(sampleSize, random);
+      reservoirs.set(series, reservoir);
+    }
+    return reservoir;
+  };
 
   const stats: ReduceStats = {
     rows: 0,
@@ -130,7 +154,10 @@ export async function mergeImageSetTables(input: AsyncIterable<ImageSetResult> |
     objectTotals: {},
     objectsTotal: 0,
     columns: [],
-    perSet: [],
+    countBars: [],
+    setsPerBar: 1,
+    wells: [],
+    firstDoneKey: undefined,
     failures: [],
     failuresNotListed: 0,
     distributions: [],
@@ -182,20 +209,17 @@ export async function mergeImageSetTables(input: AsyncIterable<ImageSetResult> |
       stats.objectTotals[objectName] = (stats.objectTotals[objectName] ?? 0) + count;
       stats.objectsTotal += count;
     }
-    stats.perSet.push({
-      key: input.key,
-      status: input.status,
-      plate: findMetadata('Plate', input.metadata, m.imageMetadata),
-      well: findMetadata('Well', input.metadata, m.imageMetadata),
-      site: findMetadata('Site', input.metadata, m.imageMetadata),
-      counts: m.counts,
-    });
+    if (input.status === 'done') {
+      stats.firstDoneKey ??= input.key;
+      countBars.add(input.key, m.counts);
+      wellSums.add(findMetadata('Plate', input.metadata, m.imageMetadata), findMetadata('Well', input.metadata, m.imageMetadata), m.counts);
+    }
+    if (m.aggregates) {
+      for (const [series, aggregate] of m.aggregates) reservoirFor(series).addAggregate(aggregate);
+      if (input.sampleTables && m.aggregates.size > 0) sampledSets.add(input);
+    }
     for (const [series, values] of m.distributionValues) {
-      let reservoir = reservoirs.get(series);
-      if (!reservoir) {
-        reservoir = new Reservoir(sampleSize, random);
-        reservoirs.set(series, reservoir);
-      }
+      const reservoir = reservoirFor(series);
       for (const value of values) reservoir.add(value);
     }
 
@@ -218,7 +242,11 @@ export async function mergeImageSetTables(input: AsyncIterable<ImageSetResult> |
     const progressEvery = options.progressEvery ?? 500;
     let merged = 0;
     // Node's stream map keeps input order while up to `concurrency` sets are read at once.
-    const measurements = Readable.from(input).map((set: ImageSetResult) => measureImageSet(set, plan, objectFilter, options.expectTables ?? true), { concurrency });
+    const measure = (set: ImageSetResult): Promise<SetMeasurement> =>
+      set.summary && useSummaries && set.status === 'done'
+        ? Promise.resolve(measurementFromSummary(set, set.summary))
+        : measureImageSet(set, plan, objectFilter, options.expectTables ?? true);
+    const measurements = Readable.from(input).map(measure, { concurrency });
     for await (const measurement of measurements as AsyncIterable<SetMeasurement>) {
       await commit(measurement);
       merged += 1;
@@ -234,6 +262,18 @@ export async function mergeImageSetTables(input: AsyncIterable<ImageSetResult> |
       for (const held of heldBack.splice(0)) await writeRow(held, header);
     }
     csv.end();
+    // The histograms of sets measured from summaries: every object of a uniform random choice of them.
+    const sampled = Readable.from(sampledSets.sample()).map(
+      async (set: ImageSetResult) => (await measureImageSet({ ...set, summary: undefined, tables: (await set.sampleTables?.()) ?? [] }, plan, objectFilter)).distributionValues,
+      { concurrency },
+    );
+    // In the sample's order, whatever order the reads finish in: the report stays reproducible.
+    for await (const values of sampled as AsyncIterable<Map<string, number[]>>) {
+      for (const [series, list] of values) {
+        const reservoir = reservoirs.get(series);
+        if (reservoir) for (const value of list) reservoir.addToSample(value);
+      }
+    }
     await written;
   } catch (error) {
     // Destroying the stringifier makes pipeline() destroy `out` too (e.g. aborting an S3 upload);
@@ -243,6 +283,9 @@ export async function mergeImageSetTables(input: AsyncIterable<ImageSetResult> |
     throw error;
   }
 
+  stats.countBars = countBars.result();
+  stats.setsPerBar = countBars.setsPerBar;
+  stats.wells = wellSums.result();
   stats.distributions = [...reservoirs].map(([series, reservoir]) => {
     const [object, measurement] = series.split('\t') as [string, string];
     const channel = measurement.startsWith(MEAN_INTENSITY_PREFIX) ? measurement.slice(MEAN_INTENSITY_PREFIX.length) : undefined;

@@ -2,7 +2,7 @@ import type { DispatchOptions, EngineName, EngineOptions, ExperimentStatus, Grou
 import type { ProfilesOptions } from '../model/profiles';
 import { isTerminal } from '../model/domain';
 import { SINGLE_STAGE, type StageSpec } from '../model/stages';
-import { inTransaction, type Db } from './pool';
+import { inTransaction, type Conn, type Db } from './pool';
 import { insertImageSetsOn, type NewImageSet } from './image-sets';
 import { insertProfilesOptionsOn } from './profiles';
 import {
@@ -184,14 +184,46 @@ export async function setExperimentStatus(
   );
 }
 
-/** Recount the mirror's totals from the image_set rows (idempotent; cheap through ix_image_set_status). */
+/**
+ * Recount the mirror's totals from the image_set rows. Idempotent, and O(sets of the experiment):
+ * called when an experiment changes status (a few times per run) to reconcile; per sync batch the
+ * counts move incrementally instead (applyImageSetOutcomes), which stays cheap at 100,000 sets.
+ */
 export async function refreshExperimentCounts(pool: Db, id: number): Promise<void> {
-  await pool.query(
-    `UPDATE experiment e SET
-       total_sets  = (SELECT COUNT(*) FROM image_set s WHERE s.experiment_id = e.id),
-       done_sets   = (SELECT COUNT(*) FROM image_set s WHERE s.experiment_id = e.id AND s.status = 'done'),
-       failed_sets = (SELECT COUNT(*) FROM image_set s WHERE s.experiment_id = e.id AND s.status = 'failed')
-     WHERE e.id = ?`,
-    [id],
+  await inTransaction(pool, async (conn) => {
+    await lockExperimentCounts(conn, id);
+    await conn.query(
+      `UPDATE experiment e SET
+         total_sets  = (SELECT COUNT(*) FROM image_set s WHERE s.experiment_id = e.id),
+         done_sets   = (SELECT COUNT(*) FROM image_set s WHERE s.experiment_id = e.id AND s.status = 'done'),
+         failed_sets = (SELECT COUNT(*) FROM image_set s WHERE s.experiment_id = e.id AND s.status = 'failed')
+       WHERE e.id = ?`,
+      [id],
+    );
+  });
+}
+
+/**
+ * Lock the experiment's row for the rest of the transaction. Every writer of its counts takes this
+ * lock before touching image_set rows, so concurrent sync batches, appends and recounts serialise
+ * instead of deadlocking or losing an increment.
+ */
+export async function lockExperimentCounts(conn: Conn, id: number): Promise<void> {
+  await conn.query('SELECT id FROM experiment WHERE id = ? FOR UPDATE', [id]);
+}
+
+/** Move the stored counts by the given deltas (never below zero), inside the caller's transaction. */
+export async function addToExperimentCounts(conn: Conn, id: number, delta: { total?: number; done?: number; failed?: number }): Promise<void> {
+  const total = delta.total ?? 0;
+  const done = delta.done ?? 0;
+  const failed = delta.failed ?? 0;
+  if (total === 0 && done === 0 && failed === 0) return;
+  await conn.query(
+    `UPDATE experiment SET
+       total_sets  = GREATEST(CAST(total_sets AS SIGNED) + ?, 0),
+       done_sets   = GREATEST(CAST(done_sets AS SIGNED) + ?, 0),
+       failed_sets = GREATEST(CAST(failed_sets AS SIGNED) + ?, 0)
+     WHERE id = ?`,
+    [total, done, failed, id],
   );
 }

@@ -2,7 +2,7 @@ import type { ImageSetOutcome, ImageSetStatus } from '../model/domain';
 import { DEFAULTS } from '../model';
 import type { StageProgress } from '../model/stages';
 import { inTransaction, type Conn, type Db } from './pool';
-import { refreshExperimentCounts } from './experiments';
+import { addToExperimentCounts, lockExperimentCounts, refreshExperimentCounts } from './experiments';
 import {
   affectedSchema,
   groupStatusCountRowSchema,
@@ -32,7 +32,8 @@ const INSERT_PAGE = 500;
 
 /**
  * Rows are inserted in the order given, so ids follow it: within a group, the engine sees the sets in
- * id order (submit orders them as CellProfiler would order the files).
+ * id order (submit orders them as CellProfiler would order the files). Returns how many of them are new
+ * to the experiment, so callers can keep `experiment.total_sets` up to date without recounting it.
  *
  * `upsert`: a set already registered keeps its row and gets these files (lab systems re-sending rows).
  * `new-only`: a set already registered fails the whole transaction with ER_DUP_ENTRY, so `cpflow
@@ -40,14 +41,18 @@ const INSERT_PAGE = 500;
  */
 export type DuplicateSets = 'upsert' | 'new-only';
 
-export async function insertImageSetsOn(conn: Conn, experimentId: number, sets: NewImageSet[], duplicates: DuplicateSets = 'upsert'): Promise<void> {
+export async function insertImageSetsOn(conn: Conn, experimentId: number, sets: NewImageSet[], duplicates: DuplicateSets = 'upsert'): Promise<number> {
+  let added = 0;
   for (let i = 0; i < sets.length; i += INSERT_PAGE) {
     const page = sets.slice(i, i + INSERT_PAGE);
+    // New rows: all of them in `new-only` mode (a duplicate fails the transaction); else those not there before.
+    const existing = duplicates === 'new-only' ? 0 : await countExisting(conn, experimentId, page);
     await conn.batch(
       `INSERT INTO image_set (experiment_id, stage, set_key, group_key, partition_key, metadata) VALUES (?, ?, ?, ?, ?, ?)
        ${duplicates === 'upsert' ? 'ON DUPLICATE KEY UPDATE metadata = VALUES(metadata)' : ''}`,
       page.map((s) => [experimentId, s.stage ?? '', s.key, s.groupKey ?? '', s.partitionKey ?? '', JSON.stringify(s.metadata)]),
     );
+    added += page.length - existing;
     const idByKey = new Map<string, number>();
     for (const stage of new Set(page.map((s) => s.stage ?? ''))) {
       const ids = await conn.query<unknown[]>(`SELECT id, set_key FROM image_set WHERE experiment_id = ? AND stage = ? AND set_key IN (?)`, [
@@ -66,12 +71,30 @@ export async function insertImageSetsOn(conn: Conn, experimentId: number, sets: 
       );
     }
   }
+  return added;
+}
+
+/** How many of these (stage, key) rows the experiment already has. */
+async function countExisting(conn: Conn, experimentId: number, page: NewImageSet[]): Promise<number> {
+  let n = 0;
+  for (const stage of new Set(page.map((s) => s.stage ?? ''))) {
+    const keys = [...new Set(page.filter((s) => (s.stage ?? '') === stage).map((s) => s.key))];
+    const rows = await conn.query<Array<{ n: number | bigint }>>(
+      'SELECT COUNT(*) AS n FROM image_set WHERE experiment_id = ? AND stage = ? AND set_key IN (?)',
+      [experimentId, stage, keys],
+    );
+    n += Number(rows[0]?.n ?? 0);
+  }
+  return n;
 }
 
 /** Add image sets (and their files) to an experiment; re-registering the same set is a no-op upsert. */
 export async function upsertImageSets(pool: Db, experimentId: number, sets: NewImageSet[]): Promise<number> {
-  await inTransaction(pool, (conn) => insertImageSetsOn(conn, experimentId, sets));
-  await refreshExperimentCounts(pool, experimentId);
+  await inTransaction(pool, async (conn) => {
+    await lockExperimentCounts(conn, experimentId);
+    const added = await insertImageSetsOn(conn, experimentId, sets);
+    await addToExperimentCounts(conn, experimentId, { total: added });
+  });
   return sets.length;
 }
 
@@ -161,14 +184,20 @@ export async function maxImageSetId(pool: Db, experimentId: number): Promise<num
   return Number(rows[0]?.maxId ?? 0);
 }
 
+/** Failed and cancelled sets back to pending (`cpflow retry`); the failed count drops with them. */
 export async function resetFailedImageSets(pool: Db, experimentId: number): Promise<number> {
-  const res = affectedSchema.parse(
-    await pool.query(
-      `UPDATE image_set SET status = 'pending', error = NULL WHERE experiment_id = ? AND status IN ('failed','cancelled')`,
-      [experimentId],
-    ),
-  );
-  return res.affectedRows;
+  return inTransaction(pool, async (conn) => {
+    await lockExperimentCounts(conn, experimentId);
+    const before = await statusTally(conn, experimentId);
+    const res = affectedSchema.parse(
+      await conn.query(
+        `UPDATE image_set SET status = 'pending', error = NULL WHERE experiment_id = ? AND status IN ('failed','cancelled')`,
+        [experimentId],
+      ),
+    );
+    await addToExperimentCounts(conn, experimentId, { failed: -before.failed });
+    return res.affectedRows;
+  });
 }
 
 /**
@@ -177,7 +206,13 @@ export async function resetFailedImageSets(pool: Db, experimentId: number): Prom
  */
 export async function applyImageSetOutcomes(pool: Db, experimentId: number, outcomes: ImageSetOutcome[]): Promise<void> {
   if (outcomes.length === 0) return;
+  const ids = [...new Set(outcomes.map((o) => o.imageSetId))];
   await inTransaction(pool, async (conn) => {
+    // The experiment row first (the order every writer of its counts takes), then the sets' rows: the
+    // done/failed counts move by exactly what this batch changed, measured inside the transaction. A
+    // replayed batch changes nothing and so adds nothing; concurrent batches serialise on the row.
+    await lockExperimentCounts(conn, experimentId);
+    const before = await statusTally(conn, experimentId, ids);
     await conn.batch(
       `UPDATE image_set SET
          status = IF(? = 'running' AND status IN ('done','failed'), status, ?),
@@ -185,7 +220,8 @@ export async function applyImageSetOutcomes(pool: Db, experimentId: number, outc
          error = IF(? = 'done', NULL, COALESCE(?, error)),
          warnings = COALESCE(?, warnings),
          started_at = COALESCE(started_at, NOW(3)),
-         finished_at = IF(? IN ('done','failed','cancelled'), NOW(3), finished_at)
+         finished_at = IF(? IN ('done','failed','cancelled'), NOW(3), finished_at),
+         summary = COALESCE(?, summary)
        WHERE id = ? AND experiment_id = ?`,
       outcomes.map((o) => [
         o.status,
@@ -197,10 +233,13 @@ export async function applyImageSetOutcomes(pool: Db, experimentId: number, outc
         o.error ?? null,
         o.warnings && o.warnings.length > 0 ? JSON.stringify(o.warnings.slice(0, DEFAULTS.MAX_WARNINGS_PER_SET)) : null,
         o.status,
+        o.summary ? JSON.stringify(o.summary) : null,
         o.imageSetId,
         experimentId,
       ]),
     );
+    const after = await statusTally(conn, experimentId, ids);
+    await addToExperimentCounts(conn, experimentId, { done: after.done - before.done, failed: after.failed - before.failed });
     // Group outputs (an illumination function saved once per group) belong to no single set.
     const resultRows = outcomes.flatMap((o) => [
       ...(o.results ?? []).map((r) => [experimentId, o.imageSetId, r.kind, r.uri, r.size, r.checksum]),
@@ -214,6 +253,16 @@ export async function applyImageSetOutcomes(pool: Db, experimentId: number, outc
       );
     }
   });
+}
+
+/** Done and failed sets among `ids` (all of the experiment's when omitted), read under row locks. */
+async function statusTally(conn: Conn, experimentId: number, ids?: number[]): Promise<{ done: number; failed: number }> {
+  const rows = await conn.query<Array<{ done: number | bigint | null; failed: number | bigint | null }>>(
+    `SELECT SUM(status = 'done') AS done, SUM(status = 'failed') AS failed FROM image_set
+     WHERE experiment_id = ?${ids ? ' AND id IN (?)' : " AND status IN ('done','failed')"} FOR UPDATE`,
+    ids ? [experimentId, ids] : [experimentId],
+  );
+  return { done: Number(rows[0]?.done ?? 0), failed: Number(rows[0]?.failed ?? 0) };
 }
 
 export async function imageSetCounts(pool: Db, experimentId: number): Promise<Record<ImageSetStatus, number> & { total: number }> {
@@ -330,4 +379,27 @@ export async function setsWithWarnings(
     total: Number(count?.n ?? 0),
     sets: rows.map((r) => imageSetRowSchema.parse(r)).map((r) => ({ stage: r.stage, key: r.set_key, warnings: r.warnings })),
   };
+}
+
+/**
+ * The recorded summaries (SetSummary JSON) of the given sets, by id; sets without one (failed, or
+ * analysed before summaries were recorded) are absent. Parsed by the caller, which falls back to the
+ * set's tables when a summary does not parse.
+ */
+export async function imageSetSummaries(pool: Db, setIds: number[]): Promise<Map<number, unknown>> {
+  const map = new Map<number, unknown>();
+  if (setIds.length === 0) return map;
+  const rows = await pool.query<Array<{ id: number; summary: string | null }>>(
+    'SELECT id, summary FROM image_set WHERE id IN (?) AND summary IS NOT NULL',
+    [setIds],
+  );
+  for (const r of rows) {
+    if (r.summary === null) continue;
+    try {
+      map.set(Number(r.id), JSON.parse(r.summary));
+    } catch {
+      // Unreadable JSON: left out, so the reduce reads that set's tables.
+    }
+  }
+  return map;
 }

@@ -97,8 +97,11 @@ export const S3_REGION = 'us-east-1';
 
 /** Files uploaded at once by `cpflow submit --folder`. Unit: files. */
 export const UPLOAD_CONCURRENCY = 8;
-/** Image sets whose tables reduce reads at once (rows are still written in order). Unit: image sets. */
-export const REDUCE_READ_CONCURRENCY = 8;
+/**
+ * Image sets whose tables reduce reads at once (rows are still written in order). Each read is a few
+ * small GETs, so the reduce is latency-bound well below this. Unit: image sets.
+ */
+export const REDUCE_READ_CONCURRENCY = 32;
 /** Image sets `cpflow analyze-local` runs at once. Unit: image sets. `-j`. */
 export const LOCAL_JOBS = 2;
 
@@ -116,14 +119,12 @@ export const TEMPORAL_CONNECT_TIMEOUT = '5s';
 /**
  * Largest image, in pixels per plane (width × height), that `cpflow submit` accepts and an analysis
  * worker decodes; larger ones fail their image set at once, read from the file's header before any
- * decoding. Unit: pixels (2^23: 2896², or 4096 × 2048; every common single-field camera fits).
- * `CPFLOW_MAX_IMAGE_PIXELS`. Why this size: the builtin engine segments on the worker's one
- * JavaScript thread, which also sends the heartbeats. Measured on 2 cores, one 4096² set holds it for
- * 9 s when the machine is idle and for over 30 s when it is busy, past the 20 s heartbeat time-out (the
- * set is then retried as if its worker were lost); half that area stays well inside. Raise it for
- * CellProfiler-only workers, which run images in a separate process.
+ * decoding. Unit: pixels (2^27: 11585², e.g. a 10240² stitched well fits; a 16-bit plane this size is
+ * 256 MiB raw). `CPFLOW_MAX_IMAGE_PIXELS`. The builtin engine decodes and segments in a worker
+ * thread (activities/engines/builtin/thread-pool.ts), so heartbeats flow whatever the size; the limit
+ * is about memory: a 2 GB-decoded image is refused before it is read.
  */
-export const MAX_IMAGE_PIXELS = 2 ** 23;
+export const MAX_IMAGE_PIXELS = 2 ** 27;
 /** Largest image file accepted at submit and downloaded for analysis. Unit: bytes. `CPFLOW_MAX_IMAGE_BYTES`. */
 export const MAX_IMAGE_BYTES = 512 * 1024 * 1024;
 /** Largest `--pipeline` file read (a .cppipe is a few tens of kilobytes). Unit: bytes. */
@@ -186,3 +187,24 @@ export const SUBMIT_CHECK_TIMEOUT_SECONDS = 180;
 export const MAX_WARNINGS_PER_SET = 20;
 /** Failed image sets `cpflow status` lists with their reason (the rest are counted). Unit: image sets. */
 export const STATUS_FAILURES_SHOWN = 10;
+
+// ---------------------------------------------------------------------------------------------
+// Analysis off the event loop and overlapped transfers (issue 10).
+
+/**
+ * Analysis activities a cellprofiler-pool worker takes beyond its engine slots, per slot: while the
+ * slots compute, these download their inputs (and finished ones upload their outputs), then wait,
+ * heartbeating, for a free slot. The worker's activity slots are CPFLOW_ANALYZE_SLOTS × (1 + this).
+ * 3 hides Temporal's per-activity round trips behind short sets (overhead ratio 1.93 → 1.50 at 1,
+ * builtin engine, 512 px); a set waits for at most 3 others, so with the default engine time-out only
+ * sets longer than ~20 minutes could outwait their activity time-out. Unit: activities per engine slot.
+ */
+export const ANALYZE_PREFETCH_PER_SLOT = 3;
+/** S3 transfers (inputs of a batch, outputs of a batch) one analysis activity runs at once. Unit: transfers. */
+export const TRANSFER_CONCURRENCY = 8;
+/**
+ * Image sets measured from their recorded summaries whose object tables the reduce still reads, for
+ * the report's histograms (a uniform random choice of sets; exact counts, means, minima and maxima
+ * come from every set's summary). Unit: image sets.
+ */
+export const REPORT_SAMPLE_SETS = 250;

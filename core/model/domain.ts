@@ -90,7 +90,34 @@ export interface ImageSetOutcome {
   groupResults?: ResultFileRecord[];
   /** Warnings the engine reported while analysing this set (CellProfiler's WARNING log lines). */
   warnings?: string[];
+  /** A done set's contribution to the experiment summary, measured from its tables by the analysis activity. */
+  summary?: SetSummary;
 }
+
+/**
+ * What the reduce step needs of one done image set's tables (its summary.csv cells and exact
+ * per-measurement aggregates), measured by the analysis activity from the tables it has just
+ * written, mirrored into MariaDB with the outcome. The reduce then reads MariaDB instead of every
+ * set's tables from S3 (issue 10): a few hundred bytes per set. `v` is the format version; a set
+ * without a summary (analysed by an older cpflow) is read from its tables as before.
+ */
+export const setSummarySchema = z.object({
+  v: z.literal(1),
+  /** summary.csv cells (Count_*, Mean_*), column → value. */
+  cells: z.array(z.tuple([z.string(), z.union([z.number(), z.string()])])),
+  /** Object name → number of objects. */
+  counts: z.record(z.string(), z.number()),
+  /** Image.csv's Metadata_* columns (first row). */
+  imageMetadata: z.array(z.tuple([z.string(), z.string()])),
+  /** The columns this set would define if it were the first done set, in summary order. */
+  definedColumns: z.array(z.string()),
+  /** `object<TAB>measurement` → exact aggregates of its finite values. */
+  distributions: z.array(z.tuple([z.string(), z.object({ n: z.number(), sum: z.number(), min: z.number(), max: z.number() })])),
+  /** Problems reading the set's tables (malformed CSV), as written into its Error cell. */
+  error: z.string(),
+  hasTableProblems: z.boolean(),
+});
+export type SetSummary = z.infer<typeof setSummarySchema>;
 
 /** The experiment's final status from its counts over ALL its image sets. */
 export function finalStatus(counts: { total: number; failed: number }, maxFailedFraction: number): ExperimentStatus {

@@ -10,24 +10,19 @@ import { gitCommit } from '../../core/version';
 import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
 import type { EngineImageSet } from '../../activities/engines/types';
 import { ensureStackUp } from '../../deploy/local/services';
+import { ensureWorkflowBundle } from '../../workers/workflow-bundle';
 import { submit } from '../../starter/submit';
 import { connectClient } from '../../core/temporal';
-import { foreignPollers, runExperiment, terminateLeftovers, type ExperimentTiming } from './experiment-run';
+import { runExperiment, terminateLeftovers, type ExperimentTiming } from './experiment-run';
+import { withWorkers, WorkerSet, type PoolReport } from './workers';
+import { cellProfilerOverhead } from './cellprofiler-overhead';
+import { seedAnalysedExperiment } from './reduce-seed';
+import { sideBySide } from './side-by-side';
 import { BENCH_DATABASE, BENCH_NAMESPACE, ensureBenchDatabase, ensureBenchNamespace, preparePrivateStack } from './isolation';
 import { cacheDir } from '../../deploy/local/services';
 import { BENCH_PROJECT, cachedPlate, plateFor, registerNoopExperiment, setCount } from './fixtures';
 import { profilesBench } from './profiles';
-import {
-  cpuDelta,
-  cpuSnapshot,
-  REPO_ROOT,
-  lockStack,
-  scratchDir,
-  startPool,
-  startTsProcess,
-  type BenchProcess,
-  type PoolName,
-} from './processes';
+import { cpuDelta, cpuSnapshot, REPO_ROOT, lockStack, scratchDir, startTsProcess } from './processes';
 import { EXAMPLE_HUMAN } from '../support/fixtures';
 
 /**
@@ -46,6 +41,9 @@ import { EXAMPLE_HUMAN } from '../support/fixtures';
 
 const GOALS = {
   overheadRatio: 1.1,
+  cellProfilerOverheadRatio: 1.15,
+  peerRatio: 2,
+  reduceRowsPerSecond: 2_000,
   setsPerSecond: 100,
   historyEvents: 10_240,
   workerRssBytes: 1024 ** 3,
@@ -53,7 +51,7 @@ const GOALS = {
   profilesRssBytes: 1024 ** 3,
 };
 
-const SECTIONS = ['i', 'ii', 'iii', 'iv', 'v', 'vi'] as const;
+const SECTIONS = ['i', 'ii', 'iii', 'iv', 'v', 'vi', 'vii', 'viii'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const int = (name: string) => (v: string): number => {
@@ -76,6 +74,13 @@ const optionsSchema = z.object({
   chunkSize: z.number().int().positive().optional(),
   cpSingles: z.number().int().positive(),
   profilesSets: z.number().int().positive(),
+  cpSets: z.number().int().min(1),
+  sideSets: z.number().int().positive(),
+  sideRuns: z.number().int().positive(),
+  peerWorkers: z.number().int().positive(),
+  peerConcurrency: z.number().int().positive(),
+  peerPool: z.enum(['prefork', 'threads']),
+  drillSets: z.number().int().positive(),
   privateStack: z.boolean(),
   profileWorkers: z.string().optional(),
   out: z.string(),
@@ -89,7 +94,7 @@ function parseArgs(argv: string[]): BenchOptions {
     .option('--sets <n>', 'image sets in the overhead comparison (i)', int('--sets'), 240)
     .option('-j, --jobs <n>', 'analysis concurrency in (i): analyze-local -j and CPFLOW_ANALYZE_SLOTS', int('--jobs'), 2)
     .option('--size <px>', 'synthetic image width/height in (i)', int('--size'), 512)
-    .option('--dispatch-sets <n>', 'image sets in the dispatch run (ii)', int('--dispatch-sets'), 2_000)
+    .option('--dispatch-sets <n>', 'image sets in the dispatch run (ii)', int('--dispatch-sets'), 1_000)
     .option('--noop-slots <n>', 'CPFLOW_ANALYZE_SLOTS of the no-op worker in (ii)–(iv)', int('--noop-slots'), 32)
     .option('--dispatch-batch <n>', 'image sets per activity (dispatch batch size) in (ii)', int('--dispatch-batch'), 1)
     .option(
@@ -101,7 +106,14 @@ function parseArgs(argv: string[]): BenchOptions {
     .option('--window <n>', 'image sets in flight per experiment in (ii)–(iv) (default: the workflow default)', int('--window'))
     .option('--chunk-size <n>', 'image sets per chunk child in (ii)–(iv) (default: the workflow default)', int('--chunk-size'))
     .option('--cp-singles <n>', 'image sets run one per CellProfiler invocation in (v)', int('--cp-singles'), 3)
-    .option('--profiles-sets <n>', 'synthetic image sets (30 nuclei each) through the profiles step in (vi)', int('--profiles-sets'), 100_000)
+    .option('--profiles-sets <n>', 'synthetic image sets (30 nuclei each) through the profiles step in (viii)', int('--profiles-sets'), 100_000)
+    .option('--cp-sets <n>', 'ExampleHuman copies in the CellProfiler overhead ratio (vi)', int('--cp-sets'), 16)
+    .option('--side-sets <n>', 'image sets per run in the side-by-side with the Celery peer (vii)', int('--side-sets'), 1_000)
+    .option('--side-runs <n>', 'runs of each side in (vii), alternating', int('--side-runs'), 3)
+    .option('--peer-workers <n>', 'Celery worker processes of the peer in (vii)', int('--peer-workers'), 2)
+    .option('--peer-concurrency <n>', 'pool size of each Celery worker in (vii) (workers × concurrency = sets in flight)', int('--peer-concurrency'), 8)
+    .option('--peer-pool <pool>', "the peer's Celery pool in (vii): prefork (Celery's default) or threads", 'prefork')
+    .option('--drill-sets <n>', 'image sets in each kill -9 drill of (vii)', int('--drill-sets'), 1_000)
     .option('--private-stack', 'run on a second local stack of its own (~/.cache/cpflow-bench), safe from fault drills on the shared one', false)
     .option('--profile-workers <dir>', 'write V8 CPU profiles (.cpuprofile) of the worker processes into <dir>')
     .option('--out <dir>', 'where results JSON goes', path.join(REPO_ROOT, '.bench'))
@@ -122,99 +134,6 @@ interface Row {
   value: string;
   goal: string;
   met: boolean | undefined;
-}
-
-interface PoolReport {
-  pool: PoolName;
-  pid: number;
-  peakRssBytes: number | undefined;
-}
-
-/**
- * Workers, one process per pool, so each one's peak RSS is its own. A worker that dies mid-run (some
- * other session's drill may kill it) is restarted and the restart is reported; its output goes to
- * `<out>/logs/` for the post-mortem.
- */
-class WorkerSet {
-  /** Where worker CPU profiles go, when asked for (`--profile-workers`). */
-  static profileDir: string | undefined;
-  static logDir: string | undefined;
-
-  private stopping = false;
-  readonly restarts: string[] = [];
-  private readonly retiredPeaks = new Map<PoolName, number>();
-
-  private constructor(
-    private readonly processes: Array<{ pool: PoolName; p: BenchProcess }>,
-    private readonly env: Partial<Record<PoolName, NodeJS.ProcessEnv>>,
-  ) {
-    for (const entry of processes) this.watch(entry);
-  }
-
-  private static nodeArgsFor(pool: PoolName): string[] {
-    return WorkerSet.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${path.join(WorkerSet.profileDir, pool)}`] : [];
-  }
-
-  static async start(env: Partial<Record<PoolName, NodeJS.ProcessEnv>>): Promise<WorkerSet> {
-    const pools: PoolName[] = ['workflow', 'cellprofiler', 'reduce'];
-    const processes = await Promise.all(pools.map(async (pool) => ({ pool, p: await startPool(pool, env[pool] ?? {}, WorkerSet.nodeArgsFor(pool)) })));
-    return new WorkerSet(processes, env);
-  }
-
-  private watch(entry: { pool: PoolName; p: BenchProcess }): void {
-    void entry.p.exited.then(async (code) => {
-      this.saveLog(entry);
-      if (this.stopping) return;
-      const peak = entry.p.peakRssBytes();
-      if (peak !== undefined) this.retiredPeaks.set(entry.pool, Math.max(this.retiredPeaks.get(entry.pool) ?? 0, peak));
-      const what = `${entry.pool} worker (pid ${entry.p.pid}) exited with ${code ?? entry.p.child.signalCode} mid-run; restarted`;
-      log(`  warning: ${what}. Its last output:\n${entry.p.output().slice(-1500)}`);
-      this.restarts.push(what);
-      const p = await startPool(entry.pool, this.env[entry.pool] ?? {}, WorkerSet.nodeArgsFor(entry.pool));
-      entry.p = p;
-      this.watch(entry);
-    });
-  }
-
-  private saveLog(entry: { pool: PoolName; p: BenchProcess }): void {
-    if (!WorkerSet.logDir) return;
-    fs.mkdirSync(WorkerSet.logDir, { recursive: true });
-    fs.writeFileSync(path.join(WorkerSet.logDir, `${stamp()}-${entry.pool}-${entry.p.pid}.log`), entry.p.output());
-  }
-
-  pids(): Map<number, string> {
-    return new Map(this.processes.map(({ pool, p }) => [p.pid, `${pool} worker (node)`]));
-  }
-
-  async stop(): Promise<PoolReport[]> {
-    this.stopping = true;
-    const reports = this.processes.map(({ pool, p }) => {
-      const now = p.peakRssBytes();
-      const retired = this.retiredPeaks.get(pool);
-      return { pool, pid: p.pid, peakRssBytes: retired !== undefined && now !== undefined ? Math.max(now, retired) : now };
-    });
-    await Promise.all(this.processes.map(({ p }) => p.stop()));
-    return reports;
-  }
-}
-
-async function withWorkers<T>(
-  client: Client,
-  env: Partial<Record<PoolName, NodeJS.ProcessEnv>>,
-  work: () => Promise<T>,
-): Promise<{ result: T; pools: PoolReport[]; cpu: Array<{ name: string; cpuSeconds: number }>; foreign: string[]; restarts: string[] }> {
-  const workers = await WorkerSet.start(env);
-  try {
-    const foreign = await foreignPollers(client, new Set(workers.pids().keys()));
-    if (foreign.length > 0) log(`  warning: other workers poll cpflow's queues and may take tasks: ${foreign.join('; ')}`);
-    const before = cpuSnapshot();
-    const result = await work();
-    const cpu = cpuDelta(before, cpuSnapshot(), workers.pids());
-    return { result, pools: await workers.stop(), cpu, foreign, restarts: workers.restarts };
-  } catch (err) {
-    await workers.stop();
-    throw err;
-  }
 }
 
 const stamp = (): string => new Date().toISOString().replace(/[:.]/g, '-');
@@ -327,13 +246,37 @@ async function noopRun(client: Client, label: string, sets: number, batchSize: n
     batchSize,
     timing: t,
     setsPerSecond: sets / t.analysisSeconds,
-    endToEndSetsPerSecond: sets / t.wallSeconds,
+    endToEndSetsPerSecond: sets / t.endToEndSeconds,
     reduceRowsPerSecond: sets / t.reduceSeconds,
     pools: run.pools,
     cpu: run.cpu,
     foreignPollers: run.foreign,
     workerRestarts: run.restarts,
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// (iv) reduce alone, over seeded sets
+
+interface ReduceOnlyResult {
+  sets: number;
+  seedSeconds: number;
+  seconds: number;
+  rowsPerSecond: number;
+  peakRssBytes: number | undefined;
+  cpuSeconds: number;
+}
+
+async function reduceOnly(sets: number): Promise<ReduceOnlyResult> {
+  log(`(iv) seeding ${sets.toLocaleString('en')} analysed no-op sets (tables in S3, outcomes in MariaDB) …`);
+  const seeded = await seedAnalysedExperiment(`reduce-${sets}-${stamp()}`, sets, log);
+  log(`  seeded in ${secs(seeded.seconds)}; reducing in a process of its own …`);
+  const child = startTsProcess('reduce', 'test/bench/reduce-child.ts', [String(seeded.experimentId)], {});
+  const code = await child.exited;
+  if (code !== 0) throw new Error(`reduce exited ${code}:\n${child.output().slice(-2000)}`);
+  const line = child.output().slice(child.output().lastIndexOf('{"seconds"'));
+  const out = z.object({ seconds: z.number(), cpuSeconds: z.number() }).parse(JSON.parse(line.split('\n')[0] ?? ''));
+  return { sets, seedSeconds: seeded.seconds, seconds: out.seconds, rowsPerSecond: sets / out.seconds, peakRssBytes: child.peakRssBytes(), cpuSeconds: out.cpuSeconds };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -447,6 +390,8 @@ async function main(): Promise<void> {
   process.once('exit', unlock);
   log(`bringing the local stack up (${cacheDir()}) …`);
   const stack = await ensureStackUp({ quiet: true });
+  // Workers load the pre-built workflow bundle and refuse a stale one.
+  await ensureWorkflowBundle(log);
   // The stack we just ensured is the one we measure, whatever the calling shell had set.
   for (const [k, v] of Object.entries(stack)) if (typeof v === 'string' && !(k === 'CPFLOW_CELLPROFILER' && process.env[k])) process.env[k] = v;
   if (!process.env.CPFLOW_CELLPROFILER && fs.existsSync(sharedCellProfiler)) process.env.CPFLOW_CELLPROFILER = sharedCellProfiler;
@@ -507,12 +452,12 @@ async function main(): Promise<void> {
       rows.push(
         {
           section: 'ii',
-          metric: `no-op dispatch, ${r.sets} sets, batch ${r.batchSize}, window ${r.timing.tuning.window}`,
-          value: `${r.setsPerSecond.toFixed(1)} sets/s`,
+          metric: `no-op, ${r.sets} sets end to end (submit → summary.csv), batch ${r.batchSize}, window ${r.timing.tuning.window}`,
+          value: `${r.endToEndSetsPerSecond.toFixed(1)} sets/s`,
           goal: `≥ ${GOALS.setsPerSecond}`,
-          met: r.setsPerSecond >= GOALS.setsPerSecond,
+          met: r.endToEndSetsPerSecond >= GOALS.setsPerSecond,
         },
-        { section: 'ii', metric: 'no-op end to end (incl. reduce)', value: `${r.endToEndSetsPerSecond.toFixed(1)} sets/s`, goal: '', met: undefined },
+        { section: 'ii', metric: 'no-op analysis phase only (start → reduce scheduled)', value: `${r.setsPerSecond.toFixed(1)} sets/s`, goal: '', met: undefined },
         {
           section: 'ii',
           metric: `max history events (${r.timing.executions} executions)`,
@@ -530,7 +475,22 @@ async function main(): Promise<void> {
       }
       notes.push(`(ii) CPU during the dispatch run (${secs(r.timing.wallSeconds)} wall): ${topCpu(r.cpu, r.timing.wallSeconds)}`);
     });
-    if (only.has('iii') || only.has('iv')) await section(only.has('iii') ? 'iii' : 'iv', async () => {
+    if (only.has('iv') && !only.has('iii')) await section('iv', async () => {
+      const r = await reduceOnly(o.scale);
+      results.reduceOnly = r;
+      rows.push(
+        {
+          section: 'iv',
+          metric: `reduce alone, ${r.sets.toLocaleString('en')} seeded sets`,
+          value: `${secs(r.seconds)}, ${r.rowsPerSecond.toFixed(0)} rows/s`,
+          goal: `≥ ${GOALS.reduceRowsPerSecond}`,
+          met: r.rowsPerSecond >= GOALS.reduceRowsPerSecond,
+        },
+        { section: 'iv', metric: 'peak RSS, reduce process', value: mib(r.peakRssBytes), goal: `< ${mib(GOALS.reduceRssBytes)}`, met: r.peakRssBytes === undefined ? undefined : r.peakRssBytes < GOALS.reduceRssBytes },
+      );
+      notes.push(`(iv) seeding ${r.sets.toLocaleString('en')} analysed sets took ${secs(r.seedSeconds)}; the reduce used ${r.cpuSeconds.toFixed(1)} CPU-s (${((1000 * r.cpuSeconds) / r.sets).toFixed(2)} ms per set)`);
+    });
+    if (only.has('iii')) await section('iii', async () => {
       const r = await noopRun(client, 'scale', o.scale, o.scaleBatch, o);
       results.scale = r;
       const t = r.timing;
@@ -552,7 +512,13 @@ async function main(): Promise<void> {
       }
       if (only.has('iv')) {
         rows.push(
-          { section: 'iv', metric: `reduce, ${r.sets.toLocaleString('en')} sets`, value: `${secs(t.reduceSeconds)}, ${r.reduceRowsPerSecond.toFixed(0)} rows/s`, goal: '', met: undefined },
+          {
+            section: 'iv',
+            metric: `reduce, ${r.sets.toLocaleString('en')} sets`,
+            value: `${secs(t.reduceSeconds)}, ${r.reduceRowsPerSecond.toFixed(0)} rows/s`,
+            goal: `≥ ${GOALS.reduceRowsPerSecond}`,
+            met: r.reduceRowsPerSecond >= GOALS.reduceRowsPerSecond,
+          },
           ...rssRows('iv', r.pools.filter((p) => p.pool === 'reduce')),
         );
       }
@@ -569,14 +535,74 @@ async function main(): Promise<void> {
       }
     });
     if (only.has('vi')) await section('vi', async () => {
+      const r = await cellProfilerOverhead(client, { sets: o.cpSets, processes: o.jobs }, log);
+      results.cellProfilerOverhead = r;
+      if (r.skipped) rows.push({ section: 'vi', metric: 'CellProfiler overhead ratio', value: r.skipped, goal: '', met: undefined });
+      else {
+        rows.push(
+          { section: 'vi', metric: `CellProfiler directly, ${r.sets} ExampleHuman sets, ${r.processes} processes`, value: secs(r.directSeconds ?? 0), goal: '', met: undefined },
+          { section: 'vi', metric: `cpflow, same sets, ${r.processes} slots (submit → summary.csv)`, value: secs(r.cpflow?.endToEndSeconds ?? 0), goal: '', met: undefined },
+          { section: 'vi', metric: 'CellProfiler overhead ratio', value: (r.ratio ?? 0).toFixed(2), goal: `≤ ${GOALS.cellProfilerOverheadRatio}`, met: (r.ratio ?? Infinity) <= GOALS.cellProfilerOverheadRatio },
+        );
+      }
+    });
+    if (only.has('vii')) await section('vii', async () => {
+      const r = await sideBySide(
+        client,
+        {
+          sets: o.sideSets,
+          runs: o.sideRuns,
+          noopSlots: o.noopSlots,
+          window: o.window,
+          peerWorkers: o.peerWorkers,
+          peerConcurrency: o.peerConcurrency,
+          peerPool: o.peerPool,
+          drillSets: o.drillSets,
+          cacheDir: cacheDir(),
+          scratch: scratchDir('side'),
+        },
+        log,
+      );
+      results.sideBySide = r;
+      for (const run of r.runs) {
+        rows.push({
+          section: 'vii',
+          metric: `${run.side === 'cpflow' ? 'cpflow no-op' : 'Celery peer '} run ${run.run}, ${run.sets} sets (${run.done} done)`,
+          value: `${secs(run.seconds)}, ${run.setsPerSecond.toFixed(1)} sets/s`,
+          goal: '',
+          met: undefined,
+        });
+      }
+      const cpflowCpu = r.cpuPerSet.cpflow.total ?? 0;
+      const peerCpu = r.cpuPerSet.peer.total ?? 0;
+      rows.push(
+        { section: 'vii', metric: 'median, cpflow no-op (start → summary.csv)', value: `${r.medianCpflow.toFixed(1)} sets/s`, goal: `≥ ${GOALS.setsPerSecond}`, met: r.medianCpflow >= GOALS.setsPerSecond },
+        { section: 'vii', metric: 'median, Celery + RabbitMQ peer', value: `${r.medianPeer.toFixed(1)} sets/s`, goal: '', met: undefined },
+        { section: 'vii', metric: 'ratio cpflow / peer', value: r.ratio.toFixed(2), goal: `≥ ${GOALS.peerRatio}`, met: r.ratio >= GOALS.peerRatio },
+        { section: 'vii', metric: 'CPU-s per set, cpflow (workers + Temporal + MinIO + MariaDB)', value: (cpflowCpu).toFixed(4), goal: `≤ peer`, met: cpflowCpu <= peerCpu },
+        { section: 'vii', metric: 'CPU-s per set, peer (workers + RabbitMQ + MinIO + MariaDB)', value: (peerCpu).toFixed(4), goal: '', met: undefined },
+        { section: 'vii', metric: 'same summary.csv from both', value: r.summariesIdentical ? 'yes' : 'NO', goal: 'yes', met: r.summariesIdentical },
+        ...r.drills.map((d) => ({
+          section: 'vii',
+          metric: `kill -9 drill, ${d.side}, ${d.sets} sets (killed at ${d.killedAtDone})`,
+          value: `lost ${d.lost}, twice ${d.duplicated}${d.finished ? '' : ', hung'}`,
+          goal: 'lost 0',
+          met: d.lost === 0,
+        })),
+      );
+      const fmt = (m: Record<string, number>) => Object.entries(m).filter(([k]) => k !== 'total').map(([k, v]) => `${k} ${v.toFixed(4)}`).join(', ');
+      notes.push(`(vii) CPU-s per set by process (median of runs): cpflow: ${fmt(r.cpuPerSet.cpflow)}; peer: ${fmt(r.cpuPerSet.peer)}`);
+      for (const d of r.drills) notes.push(`(vii) drill ${d.side}: ${d.note}, ${secs(d.seconds)}`);
+    });
+    if (only.has('viii')) await section('viii', async () => {
       const r = await profilesBench(o.profilesSets, log);
       results.profiles = r;
-      if ('skipped' in r) rows.push({ section: 'vi', metric: 'profiles step', value: r.skipped, goal: '', met: undefined });
+      if ('skipped' in r) rows.push({ section: 'viii', metric: 'profiles step', value: r.skipped, goal: '', met: undefined });
       else {
         const peak = Math.max(r.gatherPeakRssBytes, r.pythonPeakRssBytes);
         rows.push(
-          { section: 'vi', metric: `profiles, ${r.sets.toLocaleString('en')} sets, ${r.cells.toLocaleString('en')} cells, ${r.wells.toLocaleString('en')} wells`, value: `${secs(r.gatherSeconds)} gather + ${secs(r.pythonSeconds)} CytoTable/pycytominer`, goal: '', met: undefined },
-          { section: 'vi', metric: 'profiles peak RSS (Node gather / Python)', value: `${mib(r.gatherPeakRssBytes)} / ${mib(r.pythonPeakRssBytes)}`, goal: `< ${mib(GOALS.profilesRssBytes)}`, met: peak < GOALS.profilesRssBytes },
+          { section: 'viii', metric: `profiles, ${r.sets.toLocaleString('en')} sets, ${r.cells.toLocaleString('en')} cells, ${r.wells.toLocaleString('en')} wells`, value: `${secs(r.gatherSeconds)} gather + ${secs(r.pythonSeconds)} CytoTable/pycytominer`, goal: '', met: undefined },
+          { section: 'viii', metric: 'profiles peak RSS (Node gather / Python)', value: `${mib(r.gatherPeakRssBytes)} / ${mib(r.pythonPeakRssBytes)}`, goal: `< ${mib(GOALS.profilesRssBytes)}`, met: peak < GOALS.profilesRssBytes },
         );
       }
     });

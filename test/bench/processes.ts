@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { readState, stackPaths } from '../../deploy/local/state';
 
 /**
  * Child processes for the benchmark. Each is started as `node --require tsx/cjs <entry>`, not through
@@ -171,4 +172,30 @@ export function lockStack(cacheDir: string): () => void {
       fs.rmSync(file, { force: true });
     }
   }
+}
+
+/**
+ * The service processes of the stack the benchmark runs on (from its state file), named so CPU
+ * accounting counts them and not the Temporal, MinIO or MariaDB of another stack on the same host.
+ */
+export function stackServicePids(): Map<number, string> {
+  const state = readState(stackPaths());
+  const named = new Map<number, string>();
+  if (!state) return named;
+  if (state.temporal.pid) named.set(state.temporal.pid, 'temporal');
+  if (state.minio.pid) named.set(state.minio.pid, 'minio');
+  if (state.mariadb.pid) named.set(state.mariadb.pid, 'mariadbd');
+  return named;
+}
+
+/**
+ * cpuDelta restricted to the named processes; everything else on the host is summed into one
+ * `other processes on this host` entry, so a figure never includes another session's services.
+ */
+export function ownCpu(before: CpuSnapshot, after: CpuSnapshot, named: Map<number, string>): Array<{ name: string; cpuSeconds: number }> {
+  const names = new Set(named.values());
+  const all = cpuDelta(before, after, named);
+  const own = all.filter((g) => names.has(g.name));
+  const other = all.filter((g) => !names.has(g.name)).reduce((sum, g) => sum + g.cpuSeconds, 0);
+  return other > 0 ? [...own, { name: 'other processes on this host', cpuSeconds: Math.round(other * 10) / 10 }] : own;
 }

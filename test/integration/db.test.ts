@@ -1,10 +1,13 @@
 import {
   applyImageSetOutcomes,
   createPool,
+  getExperiment,
   imageSetCounts,
   loadMigrations,
   migrate,
+  refreshExperimentCounts,
   registerExperiment,
+  resetFailedImageSets,
   upsertImageSets,
   upsertProject,
   type Db,
@@ -120,4 +123,46 @@ it('mirrors outcomes idempotently and never moves a finished set back', async ()
   ]);
   const results = await pool.query<Array<{ n: number }>>('SELECT COUNT(*) AS n FROM result_file WHERE experiment_id = ?', [id]);
   expect(results[0]!.n).toBe(1);
+});
+
+it('keeps the experiment counts incrementally, exact under replayed, overlapping and concurrent sync batches', async () => {
+  const projectId = await upsertProject(pool, 'p', 'bucket-p');
+  const id = await registerExperiment(pool, experiment(projectId, 'e-counts'), sets(300));
+  const ids = (await pool.query<Array<{ id: number }>>('SELECT id FROM image_set WHERE experiment_id = ? ORDER BY id', [id])).map((r) => r.id);
+  const stored = async () => {
+    const e = await getExperiment(pool, id);
+    return { total: e!.total_sets, done: e!.done_sets, failed: e!.failed_sets };
+  };
+  const recounted = async () => {
+    const c = await imageSetCounts(pool, id);
+    return { total: c.total, done: c.done, failed: c.failed };
+  };
+  const outcome = (setId: number, status: 'done' | 'failed' | 'running') => ({ imageSetId: setId, status, attempts: 1, ...(status === 'failed' ? { error: 'bad' } : {}) });
+  // Sets 0..99 done, 100..119 failed, in batches of 40 as the outcome mirror sends them.
+  const first = [...ids.slice(0, 100).map((s) => outcome(s, 'done')), ...ids.slice(100, 120).map((s) => outcome(s, 'failed'))];
+  for (let i = 0; i < first.length; i += 40) await applyImageSetOutcomes(pool, id, first.slice(i, i + 40));
+  expect(await stored()).toEqual({ total: 300, done: 100, failed: 20 });
+  // Every batch replayed (a sync activity retried after its commit): nothing moves.
+  for (let i = 0; i < first.length; i += 40) await applyImageSetOutcomes(pool, id, first.slice(i, i + 40));
+  expect(await stored()).toEqual({ total: 300, done: 100, failed: 20 });
+  // A batch naming a set twice, late "running" outcomes for finished sets, and a done set that fails on a rerun.
+  await applyImageSetOutcomes(pool, id, [outcome(ids[200]!, 'done'), outcome(ids[200]!, 'done'), outcome(ids[0]!, 'running'), outcome(ids[100]!, 'running'), outcome(ids[1]!, 'failed')]);
+  expect(await stored()).toEqual({ total: 300, done: 100, failed: 21 });
+  // Concurrent, overlapping batches from two chunk children, each also replayed.
+  const a = ids.slice(120, 220).map((s) => outcome(s, 'done'));
+  const b = ids.slice(180, 300).map((s, i) => outcome(s, i % 5 === 0 ? 'failed' : 'done'));
+  await Promise.all([a, b, a, b].map((batch) => applyImageSetOutcomes(pool, id, batch)));
+  expect(await stored()).toEqual(await recounted());
+  // Appends add to the total once; retry's reset takes the failed sets out of the failed count.
+  await upsertImageSets(pool, id, sets(5, 'N'));
+  await upsertImageSets(pool, id, sets(5, 'N'));
+  expect((await stored()).total).toBe(305);
+  const reset = await resetFailedImageSets(pool, id);
+  expect(reset).toBeGreaterThan(0);
+  expect(await stored()).toEqual(await recounted());
+  expect((await stored()).failed).toBe(0);
+  // The full recount (run on status changes) agrees with the increments.
+  const before = await stored();
+  await refreshExperimentCounts(pool, id);
+  expect(await stored()).toEqual(before);
 });

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import { parse } from 'csv-parse/sync';
 import { mergeImageSetTables, type ImageSetResult } from '../../activities/reduce/summary';
+import { ExtraColumnPlan, measureImageSet, summaryOf } from '../../activities/reduce/measure-set';
 import { EXAMPLEHUMAN_OUTPUT, csvText, fileTables, memoryTable, syntheticPlateSets, toAsyncIterable, wellGrid } from './reduce-fixtures';
 
 /** Collects everything written to summary.csv and parses it back into header-keyed rows. */
@@ -131,7 +132,11 @@ describe('mergeImageSetTables on synthetic sets with known values', () => {
 
     expect(stats).toMatchObject({ rows: 5, setsDone: 4, setsFailed: 1, setsWithTableProblems: 1, objectsTotal: 6, objectTotals: { Nuclei: 6 } });
     expect(stats.failures).toEqual([{ key: 'S0', error: 'pipeline error: "IdentifyPrimaryObjects", no objects' }]);
-    expect(stats.perSet.find((s) => s.key === 'S1')).toEqual({ key: 'S1', status: 'done', well: 'A02', site: '4', plate: undefined, counts: { Nuclei: 3 } });
+    // The report's bounded per-set data: one bar per done set (few sets), count sums per well.
+    expect(stats.firstDoneKey).toBe('S1');
+    expect(stats.countBars.map((b) => b.first)).toEqual(['S1', 'S2', 'S3', 'S4']);
+    expect(stats.countBars[0]).toEqual({ first: 'S1', last: 'S1', sets: 1, counts: { Nuclei: { sum: 3, n: 1 } } });
+    expect(stats.wells.find((w) => w.well === 'A02')).toEqual({ plate: '', well: 'A02', counts: { Nuclei: { sum: 3, n: 1 } } });
     // GFP appears only in a later set: not a summary column, but it does feed the distributions.
     const gfp = stats.distributions.find((d) => d.channel === 'GFP');
     expect(gfp).toMatchObject({ object: 'Nuclei', count: 2, min: 0.5, max: 0.7 });
@@ -172,6 +177,57 @@ describe('mergeImageSetTables on synthetic sets with known values', () => {
     const failing: ImageSetResult = { key: 'X', status: 'done', metadata: {}, tables: [{ name: 'Image.csv', open: async () => { throw new Error('S3 503 SlowDown'); } }] };
     await expect(mergeImageSetTables([sets[1], failing], { out, metadataKeys: [] })).rejects.toThrow('S3 503 SlowDown');
     expect(out.destroyed).toBe(true);
+  });
+});
+
+describe('mergeImageSetTables from summaries recorded at analysis time (issue 10)', () => {
+  /** Every output of a merge that does not depend on sampling, plus summary.csv's exact bytes. */
+  async function mergeOutput(sets: ImageSetResult[], concurrency: number) {
+    const out = new PassThrough();
+    const chunks: Buffer[] = [];
+    out.on('data', (chunk: Buffer) => chunks.push(chunk));
+    const stats = await mergeImageSetTables(sets, { out, metadataKeys: ['Plate', 'Well', 'Site'], concurrency, sampleSize: 200, sampleSets: 6 });
+    return { csv: Buffer.concat(chunks).toString('utf8'), stats };
+  }
+
+  it('writes the same summary.csv and exact statistics as reading every table, reading only the sampled sets', async () => {
+    const { sets } = syntheticPlateSets({
+      plates: [{ name: 'P1', wells: wellGrid('ABC', 1, 8) }, { name: 'P2', wells: wellGrid('A', 1, 4) }],
+      sitesPerWell: 2,
+      failedKeys: ['P1-B03-f01', 'P2-A02-f00'],
+    });
+    // One done set with a malformed object table: its problem note must survive the summary too.
+    const broken = sets.findIndex((s) => s.status === 'done' && s.key.startsWith('P1-C'));
+    sets[broken] = { ...sets[broken], tables: [...sets[broken].tables.filter((t) => t.name !== 'Cells.csv'), memoryTable('Cells.csv', 'ImageNumber,ObjectNumber,AreaShape_Area\n1,1,"unterminated\n')] };
+
+    // What the analysis activity records: the same measurement code over the same tables.
+    const plan = new ExtraColumnPlan([]);
+    let sampledReads = 0;
+    const summarised: ImageSetResult[] = await Promise.all(
+      sets.map(async (set) => {
+        if (set.status !== 'done') return set;
+        const summary = summaryOf(await measureImageSet(set, plan, undefined));
+        const refuse = set.tables.map((t) => ({ name: t.name, open: async (): Promise<NodeJS.ReadableStream> => { throw new Error(`${set.key}/${t.name} was read although summarised`); } }));
+        return { ...set, tables: refuse, summary: JSON.parse(JSON.stringify(summary)), sampleTables: async () => { sampledReads += 1; return set.tables; } };
+      }),
+    );
+
+    const fromTables = await mergeOutput(sets, 1);
+    const fromSummaries = await mergeOutput(summarised, 32);
+    expect(fromSummaries.csv).toBe(fromTables.csv);
+    expect(fromSummaries.csv.split('\n').length).toBeGreaterThan(sets.length);
+    const comparable = (stats: typeof fromTables.stats) => ({ ...stats, distributions: stats.distributions.map(({ sample, mean, ...exact }) => exact) });
+    expect(comparable(fromSummaries.stats)).toEqual(comparable(fromTables.stats));
+    fromSummaries.stats.distributions.forEach((d, i) => {
+      expect(d.mean).toBeCloseTo(fromTables.stats.distributions[i].mean ?? NaN, 9);
+      // The histogram sample comes from the objects of the 6 sampled sets, within the series' range.
+      expect(d.sample.length).toBeGreaterThan(0);
+      for (const v of d.sample) expect(v >= (d.min ?? 0) && v <= (d.max ?? 0)).toBe(true);
+    });
+    expect(sampledReads).toBe(6);
+    // Reproducible: the same inputs give the same sample.
+    const again = await mergeOutput(summarised, 8);
+    expect(again.stats.distributions.map((d) => d.sample)).toEqual(fromSummaries.stats.distributions.map((d) => d.sample));
   });
 });
 

@@ -1,8 +1,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
-import { mergeImageSetTables, type ReduceStats } from '../../activities/reduce/summary';
+import { PassThrough, Readable, Writable } from 'node:stream';
+import { mergeImageSetTables, type ImageSetResult, type ReduceStats } from '../../activities/reduce/summary';
 import { MAX_BARS, buildFigures, escapeHtml, flattenProvenance, jsonForScript, renderReport, type ReportInfo } from '../../activities/reduce/report';
 import { findChromium, launchChromium, screenshotReport } from '../../activities/reduce/screenshot';
 import { parseWell, inferPlateFormat } from '../../activities/reduce/wells';
@@ -75,22 +75,34 @@ describe('report building blocks', () => {
     expect(plates.map((f) => f.title)).toEqual(['Plate P1: mean Nuclei per well (96-well layout)', 'Plate P2: mean Nuclei per well (384-well layout)']);
     // P1-C03's f01 failed: its cell is the Nuclei count of the one done site (row C = 2, column 3).
     const p1 = plates[0].data[0] as { z: (number | null)[][] };
-    const c03 = stats.perSet.filter((s) => s.well === 'C03' && s.plate === 'P1' && s.status === 'done').map((s) => s.counts.Nuclei);
-    expect(c03).toHaveLength(1);
-    expect(p1.z[2][2]).toBe(c03[0]);
+    const c03 = stats.wells.filter((w) => w.well === 'C03' && w.plate === 'P1').map((w) => w.counts.Nuclei);
+    expect(c03).toEqual([{ sum: expect.any(Number), n: 1 }]);
+    expect(p1.z[2][2]).toBe(c03[0]!.sum);
     expect(p1.z[0][0]).toBeNull(); // A01 has no image set
   });
 
-  it('caps the per-set bar chart at MAX_BARS by grouping consecutive sets', () => {
-    const perSet = Array.from({ length: MAX_BARS * 2 + 10 }, (_, i) => ({ key: `S${String(i).padStart(6, '0')}`, status: 'done' as const, counts: { Nuclei: i % 7 } }));
-    const stats: ReduceStats = {
-      rows: perSet.length, setsDone: perSet.length, setsFailed: 0, setsWithTableProblems: 0,
-      objectTotals: { Nuclei: 1 }, objectsTotal: 1, columns: [], perSet, failures: [], failuresNotListed: 0, distributions: [],
-    };
+  it('caps the per-set bar chart at maxBars (MAX_BARS by default) by grouping consecutive sets, in bounded memory', async () => {
+    expect(MAX_BARS).toBe(5_000);
+    const maxBars = 100;
+    const n = maxBars * 2 + 10;
+    const sets: ImageSetResult[] = Array.from({ length: n }, (_, i) => ({
+      key: `S${String(i).padStart(6, '0')}`,
+      status: 'done',
+      metadata: {},
+      tables: [{ name: 'Image.csv', open: async () => Readable.from([`ImageNumber,Count_Nuclei\n1,${i % 7}\n`]) }],
+    }));
+    const stats = await mergeImageSetTables(sets, { out: new PassThrough().resume(), metadataKeys: [], maxBars });
+    expect(stats.countBars.length).toBeLessThanOrEqual(maxBars);
+    expect(stats.setsPerBar).toBe(4);
+    expect(stats.countBars.reduce((sum, b) => sum + b.sets, 0)).toBe(n);
     const counts = buildFigures(stats).find((f) => f.id === 'plot-counts');
     const x = counts?.data[0].x as string[];
-    expect(x.length).toBeLessThanOrEqual(MAX_BARS);
-    expect(x[0]).toBe('S000000 … S000002');
+    const y = counts?.data[0].y as number[];
+    expect(x.length).toBe(stats.countBars.length);
+    expect(x[0]).toBe('S000000 … S000003');
+    expect(y[0]).toBe((0 + 1 + 2 + 3) / 4);
+    // Every set is in exactly one bar, in order: the last bar ends with the last set.
+    expect(x[x.length - 1]).toMatch(new RegExp(`S${String(n - 1).padStart(6, '0')}$`));
   });
 });
 

@@ -5,3 +5,4 @@ export { segmentNuclei, DEFAULT_SEGMENTATION_OPTIONS, type Segmentation, type Se
 export { measureObjects, type MeasurementRow, type ChannelIntensity } from './measure';
 export { builtinOptionsFromPipeline, type PipelineDerivedOptions } from './pipeline-options';
 export { gaussianBlur, labelComponents, fillLabelledHoles, findSeeds, seededWatershed } from './imageops';
+export { setBuiltinThreads, closeBuiltinThreadPool } from './thread-pool';
