@@ -1,10 +1,8 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import path from 'node:path';
 import { Readable } from 'node:stream';
 import { SingleBar, Presets } from 'cli-progress';
 import { configuredCellProfiler } from '../core/cellprofiler';
-import { imageLimitsConfig } from '../core/config';
 import {
   abandonExperiment,
   appendImageSets,
@@ -22,16 +20,11 @@ import {
   type NewImageSet,
 } from '../core/db';
 import { DEFAULTS, dispatchOptionsSchema, SINGLE_STAGE, type DispatchOptions, type EngineName, type GroupingRule, type StageSpec } from '../core/model';
-import { checkChannelMapKeys, groupFiles, metadataKeysOf } from '../core/grouping';
-import { parseLoadDataCsv } from '../core/load-data';
-import { imageLimitProblem, sizeProblem } from '../core/image-limits';
 import {
   bucketForProject,
   canonicalName,
-  CHANNEL_MAX,
   foldName,
   INPUT_URI_MAX,
-  SET_KEY_MAX,
   validateBucketName,
   validateExperimentName,
   validateProjectName,
@@ -41,7 +34,9 @@ import { firstFew } from './local-files';
 import { checkAppendedWells, describePlatemap, preparePlatemap, storePlatemap, type PlatemapRequest } from './platemap';
 import { checkWithCellProfiler } from './submit-check';
 import { SubmitError } from './submit-error';
-import { listSources, resolveLoadDataFiles, type Source, type SourceSet } from './submit-sources';
+import { listSources, type Source, type SourceSet } from './submit-sources';
+import { checkColumnLimits, checkImageLimits, unrecordedSaveWarnings } from './submit-limits';
+import { loadDataSets, ruleSets } from './submit-sets';
 import { checkGrouping, checkStageInputs, planStages, requiredImageChannels, stageSets, StagePlanError, type StagedSet } from './submit-stages';
 
 /**
@@ -349,35 +344,6 @@ async function refuseProjectCollisions(pool: Db, project: string, bucket: string
   if (owner && owner.name !== project) throw new SubmitError(`--bucket ${bucket}: belongs to project ${owner.name}; projects never share a bucket`);
 }
 
-/** Set keys and channel names must fit their columns ("Data too long" is no message for a person). */
-function checkColumnLimits(sets: SourceSet[]): void {
-  const longKey = sets.find((s) => [...s.key].length > SET_KEY_MAX);
-  if (longKey) throw new SubmitError(`image set key ${longKey.key.slice(0, 40)}… is ${[...longKey.key].length} characters; at most ${SET_KEY_MAX} are allowed`);
-  for (const s of sets) {
-    const longChannel = s.files.find((f) => [...f.channel].length > CHANNEL_MAX);
-    if (longChannel) throw new SubmitError(`channel name ${longChannel.channel.slice(0, 40)}… (${longChannel.source.name}) is longer than ${CHANNEL_MAX} characters`);
-  }
-}
-
-/**
- * The per-image limits: file size for every file, declared pixels from the headers of local files
- * (S3 objects are checked by the worker before it decodes them). Over-limit images refuse the submit.
- */
-async function checkImageLimits(files: Source[], concurrency: number): Promise<void> {
-  const limits = imageLimitsConfig();
-  const problems = (
-    await Readable.from(files)
-      .map(async (f: Source) => {
-        const problem = f.local ? await imageLimitProblem(f.local, limits) : sizeProblem(f.size, limits);
-        return problem ? `${f.name} ${problem}` : undefined;
-      }, { concurrency })
-      .toArray()
-  ).filter((p): p is string => p !== undefined);
-  if (problems.length > 0) {
-    throw new SubmitError(`${problems.length} ${problems.length === 1 ? 'image exceeds' : 'images exceed'} the per-image limits: ${firstFew(problems, 3)}`);
-  }
-}
-
 /**
  * Upload a folder's files under `prefix` (S3 sources are registered where they are; a file several
  * stages share is uploaded once) and describe the rows, one per stage and image set.
@@ -414,66 +380,4 @@ async function uploadAndDescribe(staged: Array<StagedSet<SourceSet['files'][numb
       return { channel: f.channel, ...s };
     }),
   }));
-}
-
-/** The warning for batches whose SaveImages files cannot be told apart (they rerun set by set). */
-function unrecordedSaveWarnings(stages: ReturnType<typeof planStages>, batchSize: number): string[] {
-  const warnings: string[] = [];
-  for (const stage of stages) {
-    const unrecorded = stage.info?.unrecordedSaves ?? [];
-    if (batchSize > 1 && stage.groupBy.length === 0 && unrecorded.length > 0) {
-      // Said now: such batches cost one wasted invocation before their sets run one by one.
-      warnings.push(
-        `${stage.label}: SaveImages (module ${unrecorded.join(', ')}) does not record its files in the Image table, so in a batch cpflow cannot tell ` +
-          `which set wrote which file: batches whose sets save such files run again set by set (set "Record the file and path information to the saved image?" to Yes, or --batch-size 1)`,
-      );
-    }
-  }
-  return warnings;
-}
-
-interface ExperimentSets {
-  sets: SourceSet[];
-  unmatched: string[];
-  incomplete: Array<{ key: string; missing: string[] }>;
-  channels: string[];
-  metadataKeys: string[];
-  groupingRule: GroupingRule;
-}
-
-/** Image sets from file names and the grouping rule, in the files' own order (as CellProfiler orders a folder). */
-function ruleSets(sources: Source[], required: string[], opts: SubmitOptions, where: string | undefined): ExperimentSets {
-  const rule = opts.grouping as GroupingRule;
-  const result = groupFiles(sources, (s) => s.name, rule, required.length > 0 ? required : undefined, { skipIncomplete: opts.skipIncomplete });
-  checkChannelMapKeys(opts.userChannelMap ?? {}, result);
-  if (result.sets.length === 0) {
-    throw new SubmitError(
-      result.incomplete.length > 0
-        ? `no complete image set in ${where}: ${firstFew(result.incomplete.map((i) => `${i.key} lacks ${i.missing.join(', ')}`))}`
-        : `the grouping rule matched none of the ${sources.length} files in ${where} (first: ${sources[0]?.name})`,
-    );
-  }
-  // Registration order is the order a group's sets reach CellProfiler: the files' own order, not the keys'.
-  const location = (s: (typeof result.sets)[number]): string => s.files.map((f) => f.file.name).join('\n');
-  const sets = [...result.sets]
-    .sort((a, b) => (location(a) < location(b) ? -1 : location(a) > location(b) ? 1 : 0))
-    .map((s) => ({ key: s.key, metadata: s.metadata, files: s.files.map((f) => ({ channel: f.channel, source: f.file })) }));
-  return { sets, unmatched: result.unmatched, incomplete: result.incomplete, channels: result.channels, metadataKeys: metadataKeysOf(rule), groupingRule: rule };
-}
-
-/** Image sets from a LoadData CSV: one per row, files by relative path or s3:// URL. */
-async function loadDataSets(csv: string, sources: Source[], required: string[], opts: SubmitOptions, where: string): Promise<ExperimentSets> {
-  const table = parseLoadDataCsv(fs.readFileSync(csv, 'utf8'), csv, { folderRoot: opts.folder });
-  const missing = required.filter((c) => !table.channels.includes(c));
-  if (missing.length > 0) {
-    throw new SubmitError(`--load-data ${csv}: no column FileName_${missing[0]} for channel ${missing.join(', ')} the pipeline needs (channels in the CSV: ${table.channels.join(', ')})`);
-  }
-  return {
-    sets: await resolveLoadDataFiles(table.sets, sources, csv, where),
-    unmatched: [],
-    incomplete: [],
-    channels: table.channels,
-    metadataKeys: table.metadataKeys,
-    groupingRule: { pattern: `loaddata:${path.basename(csv)}`, channelGroup: 'Channel', channelMap: {}, preset: 'loaddata' },
-  };
 }

@@ -3,6 +3,7 @@ export * from './pool';
 export * from './rows';
 export * from './experiments';
 export * from './image-sets';
+export * from './stage-sets';
 export * from './results';
 export * from './registration';
 export * from './profiles';
