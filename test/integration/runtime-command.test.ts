@@ -160,7 +160,13 @@ it('runs every role with the image command as PID 1; SIGTERM lets a running anal
   for (let i = 0; i < 1200 && (await markers()) < 1; i++) await new Promise((r) => setTimeout(r, 100));
   expect(await markers()).toBeGreaterThanOrEqual(1);
 
-  const metrics = (await get(ports.analysisMetrics, '/metrics')).body;
+  // The set counter moves when its activity completes, just after its marker is written.
+  const setsCounted = /cpflow_image_sets_total\{[^}]*engine="builtin"[^}]*\} [1-9]/;
+  let metrics = '';
+  for (let i = 0; i < 100 && !setsCounted.test(metrics); i++) {
+    metrics = (await get(ports.analysisMetrics, '/metrics')).body;
+    if (!setsCounted.test(metrics)) await new Promise((r) => setTimeout(r, 100));
+  }
   expect(metrics).toMatch(/cpflow_image_sets_total\{[^}]*engine="builtin"[^}]*\} [1-9]/);
   expect(metrics).toMatch(/cpflow_engine_seconds_bucket\{[^}]*engine="builtin"/);
   expect(metrics).toMatch(/cpflow_bytes_total\{[^}]*direction="download"[^}]*\} [1-9]/);
