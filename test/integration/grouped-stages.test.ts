@@ -15,7 +15,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { db, findExperimentByName, resubmitExperiment } from '../../core/db';
-import { getBytes, layout, listObjects } from '../../core/s3';
+import { getBytes, layout, listObjects, parseS3Uri, putBytes } from '../../core/s3';
 import { generateIlluminationPlates, type IlluminationSet } from '../fixtures/illumination-plates';
 import { expectSameObjects, expectSameRow, runCellProfilerDirectly, type Row } from '../support/cellprofiler-direct';
 import {
@@ -140,10 +140,20 @@ maybe('runs a pooled illumination pipeline per plate with --group-by, equal to C
   const [p1Before, p2Before] = await Promise.all([provenanceOf(e.bucket, p1Key), provenanceOf(e.bucket, p2Key)]);
   expect((p1Before.sets as unknown[]).length).toBe(4);
   const pool = await db();
+  // A new acquisition replaces one of P2's images (other, valid bytes) and is registered again with its
+  // checksum, as a lab system would: the analysis verifies inputs against what is registered.
+  const dnaOf = async (key: string): Promise<string> =>
+    (await pool.query<Array<{ uri: string }>>(
+      `SELECT f.uri FROM image_file f JOIN image_set s ON s.id = f.image_set_id WHERE s.experiment_id = ? AND s.set_key = ? AND f.channel = 'DNA'`,
+      [id, key],
+    ))[0]!.uri;
+  const replaced = parseS3Uri(await dnaOf('P2-A01-s2'));
+  const donor = parseS3Uri(await dnaOf('P2-A02-s1'));
+  const stored = await putBytes(replaced.bucket, replaced.key, await getBytes(donor.bucket, donor.key), 'image/tiff');
   await pool.query(
-    `UPDATE image_file f JOIN image_set s ON s.id = f.image_set_id SET f.checksum = 'sha256:changed-upstream'
-     WHERE s.experiment_id = ? AND s.set_key = ?`,
-    [id, 'P2-A01-s2'],
+    `UPDATE image_file f JOIN image_set s ON s.id = f.image_set_id SET f.checksum = ?, f.size = ?
+     WHERE s.experiment_id = ? AND s.set_key = ? AND f.channel = 'DNA'`,
+    [stored.checksum, stored.size, id, 'P2-A01-s2'],
   );
   await pool.query(`UPDATE image_set SET status = 'pending' WHERE experiment_id = ?`, [id]);
   await resubmitExperiment(pool, id);

@@ -112,8 +112,9 @@ maybe('ExampleHuman through --load-data equals the NamesAndTypes run, column for
   for (const t of tables.slice(1)) expectSameObjects(ld[t] as Row[], nt[t] as Row[], t);
   expect(Number(ntImage.Count_Nuclei)).toBeGreaterThan(280);
   // Path columns name the inputs' S3 locations, not the worker's deleted scratch folders.
-  expect(ldImage.PathName_DNA).toBe(`s3://${b.bucket}/inputs/load-data/images`);
-  expect(ntImage.URL_DNA).toBe(`s3://${a.bucket}/inputs/names-and-types/AS_09125_050116030001_D03f00d0.tif`);
+  // (Uploaded folders live under inputs/<experiment id>/: one prefix per experiment.)
+  expect(ldImage.PathName_DNA).toBe(`s3://${b.bucket}/${layout.experimentInputs(b.id)}images`);
+  expect(ntImage.URL_DNA).toBe(`s3://${a.bucket}/${layout.experimentInputs(a.id)}AS_09125_050116030001_D03f00d0.tif`);
 });
 
 maybe('runs a pipeline with a plugin module from CPFLOW_CELLPROFILER_PLUGINS and records the plugin in provenance', async () => {
