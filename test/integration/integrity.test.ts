@@ -275,7 +275,7 @@ describe('what a submitted folder holds is registered or named', () => {
     const refused = await runCli(args);
     expect({ code: refused.code, stderr: refused.stderr.trim() }).toEqual({
       code: 2,
-      stderr: 'cpflow: image set P1-A02-s1 lacks channel Actin; --skip-incomplete registers the complete sets only',
+      stderr: 'cpflow: image set P1-A02-s1 lacks channel Actin (channels found in the file names: Actin, DNA; needed: Actin, DNA); --skip-incomplete registers the complete sets only',
     });
     const skipped = await runCli([...args, '--skip-incomplete']);
     expect(skipped.code).toBe(0);

@@ -8,7 +8,7 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import { createAnalysisActivities, type AnalysisDeps } from '../../activities/analyze';
 import type { ChunkManifest } from '../../activities/manifest';
 import type { Engine, EngineRunInput } from '../../activities/engines';
-import { defaultDispatch, type ImageSetOutcome } from '../../core/model';
+import { DEFAULTS, defaultDispatch, type ImageSetOutcome } from '../../core/model';
 import type { ObjectStore, StoredObject } from '../../core/s3';
 import { declaredSizeTiff } from '../fixtures/big-images';
 
@@ -134,7 +134,7 @@ describe('the analysis activity checks its inputs before the engine sees them', 
     const failure = (await run(deps, [0]).catch((err: unknown) => err)) as ApplicationFailure;
     expect(failure.nonRetryable).toBe(true);
     expect(failure.message).toBe(
-      'image set BIG: image s3://b/inputs/1/BIG.tif (channel DNA) is 23170×23170 pixels (536.8 Mpx), above the limit of 8.4 Mpx per image (CPFLOW_MAX_IMAGE_PIXELS)',
+      `image set BIG: image s3://b/inputs/1/BIG.tif (channel DNA) is 23170×23170 pixels (536.8 Mpx), above the limit of ${(DEFAULTS.MAX_IMAGE_PIXELS / 1e6).toFixed(1)} Mpx per image (CPFLOW_MAX_IMAGE_PIXELS)`,
     );
     expect(ran).toEqual([]);
   });

@@ -88,7 +88,7 @@ describe('--skip-incomplete', () => {
 
   it('without it, refuses naming each incomplete set and pointing at the option', () => {
     expect(() => groupFiles(files, (f) => f, rule, ['DNA', 'Actin'])).toThrow(
-      'image set P1-A02-s1 lacks channel Actin; image set P1-A03-s1 lacks channel DNA; --skip-incomplete registers the complete sets only',
+      'image set P1-A02-s1 lacks channel Actin; image set P1-A03-s1 lacks channel DNA (channels found in the file names: Actin, DNA; needed: DNA, Actin); --skip-incomplete registers the complete sets only',
     );
   });
 
