@@ -208,3 +208,22 @@ export const TRANSFER_CONCURRENCY = 8;
  * come from every set's summary). Unit: image sets.
  */
 export const REPORT_SAMPLE_SETS = 250;
+
+// ---------------------------------------------------------------------------------------------
+// A warm CellProfiler (issue 10, second part; activities/engines/cellprofiler/warm.ts).
+
+/**
+ * Run CellProfiler in long-lived processes, one per engine slot, that pay its start-up (imports,
+ * module discovery: ~2 s) once, instead of starting the CLI for every engine invocation. Both run
+ * CellProfiler's own headless entry point with the same arguments and give the same tables.
+ * `CPFLOW_CELLPROFILER_WARM=0` falls back to the CLI. Unit: on/off.
+ */
+export const CELLPROFILER_WARM = true;
+/**
+ * A warm CellProfiler whose resident memory is above this after a run is replaced before its next
+ * run (a CLI run returns everything at exit; this bounds what caches or leaks can hold across runs).
+ * Unit: MiB. `CPFLOW_CELLPROFILER_WARM_MAX_RSS_MIB`.
+ */
+export const CELLPROFILER_WARM_MAX_RSS_MIB = 2048;
+/** An idle warm CellProfiler is stopped after this long without a run (it holds a few hundred MiB). Unit: seconds. */
+export const CELLPROFILER_WARM_IDLE_SECONDS = 600;
