@@ -85,6 +85,7 @@ export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<Ima
     lastDetail = 'waiting for an analysis slot';
     const release = deps.engineSlots ? await deps.engineSlots().acquire(ctx.cancellationSignal) : () => undefined;
     let result: EngineRunResult;
+    const engineStarted = Date.now();
     try {
       lastDetail = `running ${identity.name} on ${group ? `group ${group.key} (${sets.length} image sets)` : sets.map((s) => s.key).join(', ')}`;
       result = await engine.run({
@@ -104,6 +105,8 @@ export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<Ima
     } finally {
       release();
     }
+    // What adaptive batching measures: the invocation's wall time, shared by its sets.
+    const engineSeconds = (Date.now() - engineStarted) / 1000 / sets.length;
     if (!group && sets.length > 1 && (result.shared?.length ?? 0) > 0) throw new UnattributedOutputsError(result.shared ?? []);
 
     lastDetail = 'uploading outputs';
@@ -115,6 +118,7 @@ export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<Ima
         inputs: inputsBySet.get(set.id) ?? [],
         startedAt,
         warnings: result.warnings ?? [],
+        engineSeconds,
       }),
     );
     const outcomes = uploaded.map((u) => u.outcome);
@@ -187,7 +191,7 @@ async function uploadSet(
   set: ManifestSet,
   localDir: string,
   produced: string[],
-  record: { inputs: SetProvenance['inputs']; startedAt: string; warnings: string[] },
+  record: { inputs: SetProvenance['inputs']; startedAt: string; warnings: string[]; engineSeconds: number },
 ): Promise<{ set: ManifestSet; outcome: ImageSetOutcome; record: GroupProvenance['sets'][number] }> {
   const { manifest, identity, attempt, group } = batch;
   const prefix = layout.setPrefix(manifest.experimentId, set.key, manifest.stage);
@@ -228,6 +232,7 @@ async function uploadSet(
     ],
     ...(record.warnings.length > 0 ? { warnings: record.warnings } : {}),
     summary,
+    engineSeconds: record.engineSeconds,
   };
   return {
     set,

@@ -4,7 +4,7 @@ import { workerConfig } from '../core/config';
 import { isInfrastructureError } from '../core/errors';
 import type { AnalysisActivities, AnalyzeInput, ImageSetOutcome } from '../core/model';
 import { layout, s3Store, s3Uri, type ObjectStore } from '../core/s3';
-import { runBatch, kindOf, UnattributedOutputsError } from './analyze-batch';
+import { runBatch, kindOf } from './analyze-batch';
 import { engineSlots, type EngineSlots } from './engine-slots';
 import { engineFor, EngineUnavailableError, ImageSetInputError, type Engine, type EngineIdentity, type EngineSelection } from './engines';
 import { createManifestReader, type ChunkManifest, type ManifestReader, type ManifestSet } from './manifest';
@@ -39,7 +39,14 @@ export function defaultAnalysisDeps(store: ObjectStore = s3Store): AnalysisDeps 
 export function createAnalysisActivities(deps: AnalysisDeps = defaultAnalysisDeps()): AnalysisActivities {
   // Engine time, bytes moved and set outcomes for Prometheus (metrics.ts).
   const measured = instrumentedDeps(deps);
-  return { analyzeImageSets: (input) => countedAnalysis(measured, input, () => analyzeImageSets(measured, input)) };
+  return {
+    analyzeImageSets: (input) =>
+      countedAnalysis(measured, input, async () => {
+        const outcomes = await analyzeImageSets(measured, input);
+        // The batch each outcome came from: `cpflow status` shows the sizes adaptive batching chose.
+        return outcomes.map((o) => ({ ...o, batchSize: input.indices.length }));
+      }),
+  };
 }
 
 async function analyzeImageSets(deps: AnalysisDeps, input: AnalyzeInput): Promise<ImageSetOutcome[]> {
@@ -73,32 +80,47 @@ async function analyzeImageSets(deps: AnalysisDeps, input: AnalyzeInput): Promis
   if (toRun.length === 0) return outcomes;
 
   const run = (batch: ManifestSet[]): Promise<ImageSetOutcome[]> => runBatch(deps, { manifest, sets: batch, engine, identity, attempt });
+  const lastAttempt = attempt >= manifest.dispatch.maxEngineAttempts;
+  /** Whether a failure is final for its set(s): an input error, or an engine failure on the last attempt. */
+  const final = (err: unknown): boolean => err instanceof ImageSetInputError || lastAttempt;
+  const asError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));
   try {
     outcomes.push(...(await run(toRun)));
   } catch (err) {
-    if ((err instanceof ImageSetInputError || err instanceof UnattributedOutputsError) && toRun.length > 1) {
+    // Outages retry without an attempt limit (S3 or the database away fails nothing); a cancelled
+    // activity stops.
+    if (isInfrastructureError(err) || Context.current().cancellationSignal.aborted) throw err;
+    if (toRun.length > 1) {
       // One bad set must not fail its batch neighbours: rerun them one by one to find it. Outputs no
-      // single set's row names are attributed the same way: alone, every file is the set's own.
+      // single set's row names are attributed the same way: alone, every file is the set's own. An
+      // engine failure (a crash, a time-out) is narrowed down the same way, so only the sets that
+      // fail alone are retried (the next attempt skips the ones done now by their provenance) or,
+      // on the last attempt, failed.
+      let retry: unknown;
       for (const set of toRun) {
         try {
           outcomes.push(...(await run([set])));
         } catch (single) {
-          if (single instanceof ImageSetInputError) outcomes.push(failedOutcome(manifest, set, attempt, single));
-          else throw single;
+          if (isInfrastructureError(single) || Context.current().cancellationSignal.aborted) throw single;
+          if (final(single)) outcomes.push(failedOutcome(manifest, set, attempt, asError(single)));
+          else retry ??= single;
         }
       }
+      if (retry !== undefined) throw retry;
+    } else if (!final(err)) {
+      // The engine failed (crash, time-out, an error it did not classify): Temporal retries.
+      throw err;
+    } else if (outcomes.length > 0) {
+      // The others of this activity were done before (skipped): only this set fails.
+      outcomes.push(failedOutcome(manifest, toRun[0] as ManifestSet, attempt, asError(err)));
     } else if (err instanceof ImageSetInputError) {
       // Input errors are final for the set: non-retryable, so Temporal does not retry a file that will
       // never decode; the workflow records the reason on the image set and carries on with the others.
       throw ApplicationFailure.nonRetryable(err.message, 'ImageSetInputError', { setKey: toRun[0]?.key, attempt });
-    } else if (!isInfrastructureError(err) && attempt >= manifest.dispatch.maxEngineAttempts) {
-      // The engine itself keeps failing on these sets (crash, timeout, pipeline error it did not
-      // classify): give up on them after a few attempts. Infrastructure errors are not counted: they
-      // retry (with backoff) for as long as S3 or the database is away, so an outage fails nothing.
-      const message = err instanceof Error ? err.message : String(err);
-      throw ApplicationFailure.nonRetryable(message, 'EngineFailure', { setKey: toRun.map((s) => s.key).join(', '), attempt });
     } else {
-      throw err;
+      // The engine kept failing on this set through maxEngineAttempts attempts: give up on it.
+      // Infrastructure errors never get here: they are not counted against the cap.
+      throw ApplicationFailure.nonRetryable(asError(err).message, 'EngineFailure', { setKey: toRun.map((s) => s.key).join(', '), attempt });
     }
   }
   return outcomes;

@@ -75,6 +75,10 @@ const workerSchema = z.object({
       .refine((dir) => fs.existsSync(dir) && fs.statSync(dir).isDirectory(), 'no such directory')
       .optional(),
   ),
+  /** Run CellProfiler in warm processes, one per engine slot (0: start the CLI for every engine invocation). */
+  CPFLOW_CELLPROFILER_WARM: bool(DEFAULTS.CELLPROFILER_WARM),
+  /** A warm CellProfiler above this resident memory after a run is replaced. */
+  CPFLOW_CELLPROFILER_WARM_MAX_RSS_MIB: positiveInt(DEFAULTS.CELLPROFILER_WARM_MAX_RSS_MIB),
   /** Python of the profiling venv (CytoTable + pycytominer) on a reduce-pool worker; unset means no profiles here. */
   CPFLOW_PROFILES_PYTHON: z.string().min(1).optional(),
   CPFLOW_WORK_DIR: z.string().min(1).default(os.tmpdir()),

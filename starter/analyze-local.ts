@@ -6,6 +6,7 @@ import type { GroupingRule } from '../core/model';
 import { groupFiles, metadataKeysOf } from '../core/grouping';
 import { engineFor, ImageSetInputError } from '../activities/engines';
 import { builtinOptionsFromPipeline, setBuiltinThreads } from '../activities/engines/builtin';
+import { setCellProfilerWarmProcesses } from '../activities/engines/cellprofiler';
 import { parseCppipe } from '../core/pipeline/cppipe';
 import { validatePipelineForCpflow } from '../core/pipeline/validate';
 import { describePooling } from '../core/pipeline/pooling';
@@ -56,6 +57,8 @@ export async function analyzeLocal(o: AnalyzeLocalOptions): Promise<AnalyzeLocal
   const grouped = groupFiles(files, (f) => f, o.grouping, required);
   // The builtin engine's worker threads: one per job, as the cellprofiler pool has one per slot.
   if (o.engine === 'builtin') setBuiltinThreads(o.jobs);
+  // Warm CellProfilers: one per job, as the cellprofiler pool has one per slot.
+  else setCellProfilerWarmProcesses(o.jobs);
   const engine = engineFor({ engine: o.engine, ...pipelineOptions });
   const setsDir = path.join(o.outDir, 'sets');
   fs.mkdirSync(setsDir, { recursive: true });

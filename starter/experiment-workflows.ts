@@ -1,6 +1,6 @@
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { ExperimentRow } from '../core/db';
-import { SEARCH_ATTRIBUTE_KEYS, TASK_QUEUES, workflowIdFor } from '../core/model';
+import { adaptiveBatching, SEARCH_ATTRIBUTE_KEYS, TASK_QUEUES, workflowIdFor } from '../core/model';
 import type { ExperimentWorkflow, ExperimentWorkflowInput } from '../workflows/experiment';
 
 /** The starter's use of Temporal: starting an experiment's workflow and reading its state. */
@@ -14,6 +14,7 @@ export async function startExperimentWorkflow(client: Client, e: ExperimentRow):
   const workflowId = workflowIdFor(e.id);
   const input: ExperimentWorkflowInput = { experimentId: e.id };
   const batch = e.dispatch_options.batchSize;
+  const batching = adaptiveBatching(e.dispatch_options) ? ' (image sets per invocation chosen from the measured time per set)' : batch > 1 ? ` (${batch} sets per invocation)` : '';
   // By name: the client process never loads workflow code.
   const handle = await client.workflow.start<typeof ExperimentWorkflow>('ExperimentWorkflow', {
     workflowId,
@@ -24,7 +25,7 @@ export async function startExperimentWorkflow(client: Client, e: ExperimentRow):
     staticSummary: `${e.project_name} / ${e.name} (experiment ${e.id})`,
     staticDetails: [
       `**Experiment** ${e.id} — ${e.project_name} / ${e.name}`,
-      `**Engine** ${e.engine}${batch > 1 ? ` (${batch} sets per invocation)` : ''}`,
+      `**Engine** ${e.engine}${batching}`,
       `**Pipeline** ${e.pipeline_uri ?? '(none: builtin defaults)'}`,
       ...(e.stages
         ? [`**Stages** ${e.stages.map((s) => `${s.name || 'experiment'}${s.groupBy.length > 0 ? ` (one run per ${s.groupBy.join(',')})` : ''}`).join(' → ')}`]

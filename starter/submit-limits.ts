@@ -1,6 +1,7 @@
 import { Readable } from 'node:stream';
 import { imageLimitsConfig } from '../core/config';
 import { imageLimitProblem, sizeProblem } from '../core/image-limits';
+import { adaptiveBatching, type DispatchOptions } from '../core/model';
 import { CHANNEL_MAX, SET_KEY_MAX } from '../core/naming';
 import { firstFew } from './local-files';
 import { SubmitError } from './submit-error';
@@ -39,11 +40,12 @@ export async function checkImageLimits(files: Source[], concurrency: number): Pr
 }
 
 /** The warning for batches whose SaveImages files cannot be told apart (they rerun set by set). */
-export function unrecordedSaveWarnings(stages: PlannedStage[], batchSize: number): string[] {
+export function unrecordedSaveWarnings(stages: PlannedStage[], dispatch: Pick<DispatchOptions, 'batchSize' | 'batchSizeExplicit'>): string[] {
   const warnings: string[] = [];
+  const batches = adaptiveBatching(dispatch) || dispatch.batchSize > 1;
   for (const stage of stages) {
     const unrecorded = stage.info?.unrecordedSaves ?? [];
-    if (batchSize > 1 && stage.groupBy.length === 0 && unrecorded.length > 0) {
+    if (batches && stage.groupBy.length === 0 && unrecorded.length > 0) {
       // Said now: such batches cost one wasted invocation before their sets run one by one.
       warnings.push(
         `${stage.label}: SaveImages (module ${unrecorded.join(', ')}) does not record its files in the Image table, so in a batch cpflow cannot tell ` +

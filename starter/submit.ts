@@ -172,7 +172,9 @@ async function submitChecked(opts: SubmitOptions): Promise<SubmitResult> {
   const engine = resolveEngine(opts.engine, stages.some((s) => s.pipelineText !== undefined));
   if (engine === 'cellprofiler' && stages.some((s) => !s.pipelineText)) throw new SubmitError('--engine cellprofiler needs --pipeline <file.cppipe>');
   if (engine === 'builtin' && stages.length > 1) throw new SubmitError('--experiment: stages run CellProfiler pipelines; use --engine cellprofiler (CPFLOW_CELLPROFILER)');
-  const warnings = unrecordedSaveWarnings(stages, opts.dispatch?.batchSize ?? DEFAULTS.BATCH_SIZE);
+  // Without --batch-size the batch size adapts to the measured cost per set (adaptive batching).
+  const dispatch = dispatchOptionsSchema.parse({ ...opts.dispatch, batchSizeExplicit: opts.dispatch?.batchSizeExplicit ?? opts.dispatch?.batchSize !== undefined });
+  const warnings = unrecordedSaveWarnings(stages, dispatch);
 
   // 2. Files → image sets (every set must have every channel the pipelines need, or be skipped and listed).
   const { sources, hidden } = await listSources({ folder: opts.folder, s3: s3Source });
@@ -288,7 +290,7 @@ async function submitChecked(opts: SubmitOptions): Promise<SubmitResult> {
       pipelineSha256: finalStage?.pipelineSha256 ?? null,
       engine,
       engineOptions: {},
-      dispatch: dispatchOptionsSchema.parse(opts.dispatch ?? {}),
+      dispatch,
       stages: plain ? null : stageSpecs,
       groupingRule,
       sealed: !opts.open,

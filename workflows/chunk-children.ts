@@ -1,5 +1,5 @@
 import { ParentClosePolicy, isCancellation, startChild, workflowInfo } from '@temporalio/workflow';
-import { TASK_QUEUES, type ChunkRef, type ExperimentPlan, type GroupFinished, type PartitionCursor } from '../core/model';
+import { adaptiveBatching, TASK_QUEUES, type ChunkRef, type ExperimentPlan, type GroupFinished, type PartitionCursor } from '../core/model';
 import { control } from './activities-proxy';
 import { ImageSetChunkWorkflow } from './chunk';
 import { partitionId, type ExperimentRun } from './experiment-run';
@@ -172,6 +172,10 @@ export class ChunkChildren {
     const childId = `${workflowInfo().workflowId}-chunk-${chunk.firstSetId}`;
     this.children.set(childId, chunk.count);
     const notifyParent = (stage?.dependents.length ?? 0) > 0;
+    const grouped = stage?.grouped ?? false;
+    // Adaptive batching starts each chunk from what the chunks before it measured.
+    const secondsPerSet = this.run.carried.batching?.secondsPerSet;
+    const adaptive = adaptiveBatching(dispatch) && !grouped ? { adaptive: secondsPerSet === undefined ? {} : { secondsPerSet } } : {};
     if (notifyParent && chunk.groups) this.unreported.set(childId, { stage: chunk.stage, groups: new Set(chunk.groups) });
     void startChild(ImageSetChunkWorkflow, {
       workflowId: childId,
@@ -185,8 +189,9 @@ export class ChunkChildren {
           dispatch,
           engine: this.plan.engine,
           stage: chunk.stage,
-          grouped: stage?.grouped ?? false,
+          grouped,
           notifyParent,
+          ...adaptive,
         },
       ],
       parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,

@@ -5,9 +5,21 @@ import {
   getExternalWorkflowHandle,
   isCancellation,
   log,
+  setCurrentDetails,
   workflowInfo,
 } from '@temporalio/workflow';
-import { DEFAULTS, type ChunkIndexEntry, type ChunkResult, type DispatchOptions, type EngineName, type ImageSetOutcome } from '../core/model';
+import {
+  adaptiveBatchSize,
+  DEFAULTS,
+  engineTime,
+  updatedSecondsPerSet,
+  type BatchingState,
+  type ChunkIndexEntry,
+  type ChunkResult,
+  type DispatchOptions,
+  type EngineName,
+  type ImageSetOutcome,
+} from '../core/model';
 import { analysis, analysisOptions, control } from './activities-proxy';
 import { OutcomeMirror } from './outcome-mirror';
 import { groupFinishedSignal } from './progress';
@@ -27,6 +39,13 @@ export interface ChunkWorkflowInput {
   grouped?: boolean;
   /** Later stages wait for this stage's groups: signal the parent as each group ends. */
   notifyParent?: boolean;
+  /**
+   * Adaptive batching (an experiment submitted without --batch-size; never for groups): each next
+   * batch's size follows the engine seconds per set the finished activities reported
+   * (core/model/batching.ts), starting from the estimate of earlier chunks when there is one.
+   * Absent: every batch has `dispatch.batchSize` sets (also in chunks started before adaptive batching).
+   */
+  adaptive?: { secondsPerSet?: number };
 }
 
 /**
@@ -74,14 +93,33 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
     );
   };
 
+  // Adaptive batching: the estimate so far and the size chosen last (shown in the Web UI, returned).
+  const batching: BatchingState | undefined = input.adaptive && !input.grouped ? { secondsPerSet: input.adaptive.secondsPerSet, batchSize: 0 } : undefined;
+  const bounds = { window: Math.max(1, input.window), engineTimeoutSeconds: input.dispatch.engineTimeoutSeconds };
+  const nextBatchSize = (): number => {
+    if (!batching) return input.dispatch.batchSize;
+    const size = adaptiveBatchSize(batching.secondsPerSet, bounds);
+    if (size !== batching.batchSize) {
+      batching.batchSize = size;
+      const perSet = batching.secondsPerSet === undefined ? 'not measured yet' : `${engineTime(batching.secondsPerSet)} of engine time per set`;
+      setCurrentDetails(`Image sets per analysis activity: **${size}** (adaptive: ${perSet})`);
+    }
+    return size;
+  };
+
   const runUnit = async (indices: number[]): Promise<void> => {
     const keys = indices.map(keyOf);
     try {
       // The summary names the image set(s), so the Web UI shows which set an attempt belongs to.
-      const what = input.grouped ? `group ${sets[indices[0] ?? 0]?.group ?? '?'} (${keys.length} image sets)` : keys.join(', ');
+      const what = input.grouped
+        ? `group ${sets[indices[0] ?? 0]?.group ?? '?'} (${keys.length} image sets)`
+        : keys.length > 3
+          ? `${keys[0]} … ${keys[keys.length - 1]} (${keys.length} image sets)`
+          : keys.join(', ');
       const outcomes = await analyzeImageSets.executeWithOptions({ ...options, summary: `analyze ${stage ? `${stage} ` : ''}${what}` }, [
         { bucket: input.bucket, manifestKey: input.manifestKey, indices },
       ]);
+      if (batching) batching.secondsPerSet = updatedSecondsPerSet(batching.secondsPerSet, outcomes);
       for (const o of outcomes) record(o, keys[indices.findIndex((i) => sets[i]?.id === o.imageSetId)] ?? String(o.imageSetId));
       reportGroup(indices, outcomes);
     } catch (err) {
@@ -108,16 +146,48 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
   };
 
   try {
-    const units = input.grouped ? groupsOf(sets) : batchesOf(sets.length, input.dispatch.batchSize);
-    // A group is one engine invocation: the window counts groups then, as it counts batches otherwise.
-    const limit = input.grouped ? Math.max(1, input.window) : Math.max(1, Math.ceil(input.window / input.dispatch.batchSize));
-    await runWindowed(units, limit, runUnit);
+    if (batching) {
+      // The window counts image sets in flight; each next batch takes the size measured so far.
+      await runAdaptive(sets.length, bounds.window, nextBatchSize, runUnit);
+    } else {
+      const units = input.grouped ? groupsOf(sets) : batchesOf(sets.length, input.dispatch.batchSize);
+      // A group is one engine invocation: the window counts groups then, as it counts batches otherwise.
+      const limit = input.grouped ? Math.max(1, input.window) : Math.max(1, Math.ceil(input.window / input.dispatch.batchSize));
+      await runWindowed(units, limit, runUnit);
+    }
     await Promise.all(reports);
   } finally {
     // Outcomes gathered so far reach MariaDB even when the chunk is cancelled.
     await CancellationScope.nonCancellable(() => mirror.drain());
   }
-  return result;
+  return batching ? { ...result, batching: { ...batching } } : result;
+}
+
+/**
+ * Positions 0…count-1 in consecutive batches whose size `nextSize` decides as each one starts, with
+ * at most `window` positions in flight (a batch bigger than what is free waits for room; one batch
+ * always runs). Workflow-side: promises, no I/O.
+ */
+async function runAdaptive(count: number, window: number, nextSize: () => number, work: (indices: number[]) => Promise<void>): Promise<void> {
+  const running = new Set<Promise<void>>();
+  let next = 0;
+  let inFlight = 0;
+  while (next < count) {
+    let size = Math.min(nextSize(), count - next);
+    while (running.size > 0 && inFlight + size > window) {
+      await Promise.race(running);
+      size = Math.min(nextSize(), count - next);
+    }
+    const indices = Array.from({ length: size }, (_, j) => next + j);
+    next += size;
+    inFlight += size;
+    const p: Promise<void> = work(indices).finally(() => {
+      inFlight -= indices.length;
+      running.delete(p);
+    });
+    running.add(p);
+  }
+  await Promise.all(running);
 }
 
 /** Positions 0…count-1 cut into consecutive batches of `size`. */

@@ -1,7 +1,10 @@
 import { setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
 import {
+  adaptiveBatching,
   DEFAULTS,
+  engineTime,
   SEARCH_ATTRIBUTE_KEYS,
+  type BatchingState,
   type ChunkResult,
   type ExperimentPhase,
   type ExperimentPlan,
@@ -34,6 +37,8 @@ export interface CarriedState {
   runs: number;
   chunksStarted: number;
   recentFailures: ExperimentProgress['recentFailures'];
+  /** Adaptive batching: what the chunks measured and chose last, handed to the next chunks. */
+  batching?: BatchingState;
 }
 
 export const freshCarriedState = (): CarriedState => ({
@@ -118,7 +123,14 @@ export class ExperimentRun {
       runsSoFar: c.runs,
       recentFailures: c.recentFailures,
       ...(stages ? { stages } : {}),
+      ...(this.plan ? { batching: this.batching(this.plan) } : {}),
     };
+  }
+
+  /** Image sets per analysis activity: the stored --batch-size, or what the chunks chose from their measurements. */
+  private batching(plan: ExperimentPlan): NonNullable<ExperimentProgress['batching']> {
+    if (!adaptiveBatching(plan.dispatch)) return { adaptive: false, batchSize: plan.dispatch.batchSize };
+    return { adaptive: true, batchSize: this.carried.batching?.batchSize ?? 1, ...(this.carried.batching?.secondsPerSet !== undefined ? { secondsPerSet: this.carried.batching.secondsPerSet } : {}) };
   }
 
   enter(phase: ExperimentPhase): void {
@@ -153,6 +165,7 @@ export class ExperimentRun {
     }
     if (count === 0) c.total += r.failed;
     this.running -= count;
+    if (r.batching) c.batching = { ...r.batching };
     c.recentFailures = [...r.failures, ...c.recentFailures].slice(0, DEFAULTS.RECENT_FAILURES_SHOWN);
     this.show();
   }
@@ -167,7 +180,11 @@ export class ExperimentRun {
     const failures = p.recentFailures.length
       ? `\n\nRecent failures:\n${p.recentFailures.map((f) => `- ${f.stage ? `${f.stage}/` : ''}${f.key} (${f.attempts} attempts): ${f.error}`).join('\n')}`
       : '';
-    setCurrentDetails(`${title} — ${p.phase}: ${p.done} done, ${p.failed} failed, ${p.running} running of ${p.total}${stages}${failures}`);
+    const b = p.batching;
+    const batching = b
+      ? `\n\nImage sets per analysis activity: **${b.batchSize}** (${b.adaptive ? `adaptive${b.secondsPerSet !== undefined ? `: ${engineTime(b.secondsPerSet)} of engine time per set` : ''}` : '--batch-size'})`
+      : '';
+    setCurrentDetails(`${title} — ${p.phase}: ${p.done} done, ${p.failed} failed, ${p.running} running of ${p.total}${batching}${stages}${failures}`);
   }
 
   /** Search attributes for the Web UI's list and filters. */

@@ -218,7 +218,8 @@ export async function applyImageSetOutcomes(pool: Db, experimentId: number, outc
          warnings = COALESCE(?, warnings),
          started_at = COALESCE(started_at, NOW(3)),
          finished_at = IF(? IN ('done','failed','cancelled'), NOW(3), finished_at),
-         summary = COALESCE(?, summary)
+         summary = COALESCE(?, summary),
+         engine_seconds = COALESCE(?, engine_seconds), batch_size = COALESCE(?, batch_size)
        WHERE id = ? AND experiment_id = ?`,
       outcomes.map((o) => [
         o.status,
@@ -231,6 +232,8 @@ export async function applyImageSetOutcomes(pool: Db, experimentId: number, outc
         o.warnings && o.warnings.length > 0 ? JSON.stringify(o.warnings.slice(0, DEFAULTS.MAX_WARNINGS_PER_SET)) : null,
         o.status,
         o.summary ? JSON.stringify(o.summary) : null,
+        o.engineSeconds ?? null,
+        o.batchSize ?? null,
         o.imageSetId,
         experimentId,
       ]),

@@ -115,3 +115,19 @@ export async function setsWithWarnings(
   };
 }
 
+
+/**
+ * How the latest analysed sets were batched: the size of the newest analysis activity and the mean
+ * engine seconds per set over the newest `recent` analysed sets (null columns: before adaptive batching).
+ */
+export async function recentBatching(pool: Db, experimentId: number, recent: number): Promise<{ batchSize: number; secondsPerSet: number; sets: number } | undefined> {
+  const rows = await pool.query<Array<{ batch_size: number | null; engine_seconds: number | null }>>(
+    `SELECT batch_size, engine_seconds FROM image_set
+     WHERE experiment_id = ? AND status = 'done' AND skipped = 0 AND batch_size IS NOT NULL AND engine_seconds IS NOT NULL
+     ORDER BY finished_at DESC, id DESC LIMIT ?`,
+    [experimentId, recent],
+  );
+  if (rows.length === 0) return undefined;
+  const secondsPerSet = rows.reduce((sum, r) => sum + Number(r.engine_seconds ?? 0), 0) / rows.length;
+  return { batchSize: Number(rows[0]?.batch_size ?? 1), secondsPerSet, sets: rows.length };
+}

@@ -9,10 +9,37 @@
 // Dispatch: how one experiment's image sets are handed to the analysis pool (per experiment,
 // chosen at `cpflow submit`, stored with the experiment).
 
-/** Image sets per engine invocation (analysis activity). Unit: image sets. `--batch-size`. */
+/**
+ * Image sets per engine invocation (analysis activity) when `--batch-size` is given without a value
+ * that changes it. Without `--batch-size` the size adapts to the measured cost per set (below). Unit:
+ * image sets. `--batch-size`.
+ */
 export const BATCH_SIZE = 1;
-/** Largest batch a submit may ask for. Unit: image sets. */
+/** Largest batch a submit may ask for, and the largest adaptive batching chooses. Unit: image sets. */
 export const MAX_BATCH_SIZE = 64;
+/**
+ * Adaptive batching: what one analysis activity costs beyond its work (Temporal schedules it, a
+ * worker polls and starts it, it completes, and a workflow task reacts), measured on the 2-core
+ * development machine under load (README: 161 ms scheduled → started, ~200 ms per workflow task).
+ * Unit: seconds.
+ */
+export const ACTIVITY_OVERHEAD_SECONDS = 0.2;
+/**
+ * Adaptive batching keeps ACTIVITY_OVERHEAD_SECONDS under this fraction of an activity's engine
+ * time: batch size = ⌈overhead / (fraction × engine seconds per set)⌉, so a 5 ms no-op set runs in
+ * the largest batches and a 60 s CellProfiler set alone. Unit: 0–1.
+ */
+export const ACTIVITY_OVERHEAD_FRACTION = 0.05;
+/**
+ * Adaptive batching keeps at least this many batches of a chunk in flight (batch size ≤ window / this),
+ * so one batch's transfers and round trip overlap another's engine run. Unit: batches.
+ */
+export const ADAPTIVE_MIN_BATCHES_IN_FLIGHT = 2;
+/**
+ * Adaptive batching keeps a batch's expected engine time under this fraction of the engine time-out,
+ * so a batch of sets never times out where its sets alone would not. Unit: 0–1.
+ */
+export const ADAPTIVE_MAX_TIMEOUT_FRACTION = 0.25;
 /** Image sets in flight at once across one experiment. Unit: image sets. `--window`. */
 export const WINDOW = 16;
 /** Image sets per chunk child workflow: keeps each child far below Temporal's 10,240-event limit. Unit: image sets. */
@@ -208,3 +235,22 @@ export const TRANSFER_CONCURRENCY = 8;
  * come from every set's summary). Unit: image sets.
  */
 export const REPORT_SAMPLE_SETS = 250;
+
+// ---------------------------------------------------------------------------------------------
+// A warm CellProfiler (issue 10, second part; activities/engines/cellprofiler/warm.ts).
+
+/**
+ * Run CellProfiler in long-lived processes, one per engine slot, that pay its start-up (imports,
+ * module discovery: ~2 s) once, instead of starting the CLI for every engine invocation. Both run
+ * CellProfiler's own headless entry point with the same arguments and give the same tables.
+ * `CPFLOW_CELLPROFILER_WARM=0` falls back to the CLI. Unit: on/off.
+ */
+export const CELLPROFILER_WARM = true;
+/**
+ * A warm CellProfiler whose resident memory is above this after a run is replaced before its next
+ * run (a CLI run returns everything at exit; this bounds what caches or leaks can hold across runs).
+ * Unit: MiB. `CPFLOW_CELLPROFILER_WARM_MAX_RSS_MIB`.
+ */
+export const CELLPROFILER_WARM_MAX_RSS_MIB = 2048;
+/** An idle warm CellProfiler is stopped after this long without a run (it holds a few hundred MiB). Unit: seconds. */
+export const CELLPROFILER_WARM_IDLE_SECONDS = 600;

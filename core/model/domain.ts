@@ -43,9 +43,17 @@ export const dispatchOptionsSchema = z.object({
   concurrentChunks: z.number().int().min(1).default(DEFAULTS.CONCURRENT_CHUNKS),
   maxEngineAttempts: z.number().int().min(1).default(DEFAULTS.MAX_ENGINE_ATTEMPTS),
   engineTimeoutSeconds: z.number().int().min(1).default(DEFAULTS.ENGINE_TIMEOUT_SECONDS),
+  /**
+   * Whether `batchSize` was asked for (`--batch-size`). false: the chunk workflows choose the batch
+   * size from the measured cost per set (adaptiveBatchSize in batching.ts), `batchSize` unused.
+   * Absent (experiments submitted before adaptive batching): explicit, as they always ran.
+   */
+  batchSizeExplicit: z.boolean().optional(),
 });
 export type DispatchOptions = z.infer<typeof dispatchOptionsSchema>;
 export const defaultDispatch = (): DispatchOptions => dispatchOptionsSchema.parse({});
+/** The batch size adapts to the measured cost per set (nothing asked for it explicitly). */
+export const adaptiveBatching = (d: Pick<DispatchOptions, 'batchSizeExplicit'>): boolean => d.batchSizeExplicit === false;
 
 /** The analysis activity's start-to-close time-out: the engine's own limit plus time to move files. */
 export const analysisTimeoutSeconds = (d: Pick<DispatchOptions, 'engineTimeoutSeconds'>): number =>
@@ -92,6 +100,13 @@ export interface ImageSetOutcome {
   warnings?: string[];
   /** A done set's contribution to the experiment summary, measured from its tables by the analysis activity. */
   summary?: SetSummary;
+  /**
+   * Wall seconds of the engine invocation that analysed this set, divided among its sets (a batch's or a
+   * group's); absent for skipped and failed sets. What adaptive batching measures.
+   */
+  engineSeconds?: number;
+  /** Image sets in the analysis activity that reported this outcome. */
+  batchSize?: number;
 }
 
 /**
@@ -199,6 +214,8 @@ export interface ExperimentProgress {
   recentFailures: SetFailure[];
   /** Per stage, for experiments with more than one stage. */
   stages?: StageProgress[];
+  /** Image sets per analysis activity: fixed (`--batch-size`) or chosen from the measured cost per set. */
+  batching?: BatchingState & { adaptive: boolean };
 }
 
 /** Progress of one chunk child, returned to its parent. */
@@ -208,4 +225,14 @@ export interface ChunkResult {
   failed: number;
   skipped: number;
   failures: SetFailure[];
+  /** Adaptive batching: the chunk's estimate of engine seconds per set and the last batch size it chose. */
+  batching?: BatchingState;
+}
+
+/** What adaptive batching has measured and chosen so far (workflow-side; progress and the Web UI show it). */
+export interface BatchingState {
+  /** Smoothed engine seconds per image set, from the outcomes so far; absent until one set ran. */
+  secondsPerSet?: number;
+  /** Image sets per analysis activity chosen last. */
+  batchSize: number;
 }

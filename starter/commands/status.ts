@@ -9,6 +9,7 @@ import {
   failedImageSets,
   imageSetCounts,
   listExperiments,
+  recentBatching,
   setResultFiles,
   setsWithWarnings,
   stageCounts,
@@ -17,7 +18,7 @@ import {
 } from '../../core/db';
 import { UsageError } from '../../core/errors';
 import { canonicalName } from '../../core/naming';
-import { DEFAULTS, EXPERIMENT_STATUSES, isTerminal, workflowIdFor, type ExperimentProgress } from '../../core/model';
+import { adaptiveBatching, DEFAULTS, engineTime, EXPERIMENT_STATUSES, isTerminal, workflowIdFor, type ExperimentProgress } from '../../core/model';
 import { downloadToFile, parseS3Uri } from '../../core/s3';
 import { withClient } from '../../core/temporal';
 import { progressQuery } from '../../workflows/progress';
@@ -44,6 +45,14 @@ async function snapshot(ref: string, details = true) {
   const stages = specs.length > 1 || specs.some((s) => s.groupBy.length > 0) ? await stageCounts(pool, e.id, specs.map((s) => s.name)) : undefined;
   const failures = details && counts.failed + counts.cancelled > 0 ? await failedImageSets(pool, e.id, DEFAULTS.STATUS_FAILURES_SHOWN) : undefined;
   const warned = details ? await setsWithWarnings(pool, e.id, 3) : undefined;
+  const measured = details ? await recentBatching(pool, e.id, BATCHING_SAMPLE_SETS) : undefined;
+  const adaptive = adaptiveBatching(e.dispatch_options);
+  const batching = {
+    adaptive,
+    // The newest activity's size (adaptive batching changes it as it measures), else the stored one.
+    batchSize: adaptive ? (measured?.batchSize ?? progress?.batching?.batchSize) : e.dispatch_options.batchSize,
+    ...(measured ? { secondsPerSet: measured.secondsPerSet, measuredSets: measured.sets } : {}),
+  };
   return {
     experiment: e,
     counts,
@@ -53,8 +62,19 @@ async function snapshot(ref: string, details = true) {
     failures,
     warnings: e.warnings,
     setWarnings: warned,
+    batching,
     webUi: webUiLink(workflowId),
   };
+}
+
+/** Analysed sets whose engine time `status` averages. */
+const BATCHING_SAMPLE_SETS = 50;
+
+function batchingLine(b: Snapshot['batching']): string {
+  const size = b.batchSize === undefined ? 'not chosen yet' : `${b.batchSize}`;
+  const cost = b.secondsPerSet !== undefined ? `${engineTime(b.secondsPerSet)} of engine time per set over the last ${b.measuredSets ?? 0} analysed` : '';
+  const how = b.adaptive ? `adaptive${cost ? `: ${cost}` : ''}` : `--batch-size${cost ? `; ${cost}` : ''}`;
+  return `\n  image sets per analysis activity: ${size} (${how})`;
 }
 type Snapshot = Awaited<ReturnType<typeof snapshot>>;
 
@@ -87,6 +107,7 @@ function statusLine(x: Snapshot): string {
     `experiment ${x.experiment.id} ${x.experiment.project_name}/${x.experiment.name}: ${x.experiment.status}` +
     `${x.progress ? ` (${x.progress.phase})` : ''} — ${done} done, ${failed} failed, ` +
     `${running} running${pending ? `, ${pending} pending` : ''} of ${total}` +
+    (stagesOf(x.experiment).every((st) => st.groupBy.length > 0) ? '\n  analysis activities: one group each' : batchingLine(x.batching)) +
     stageLines.join('') +
     (x.experiment.error ? `\n  error: ${x.experiment.error}` : '') +
     failureLines.join('') +

@@ -22,7 +22,7 @@ interface SubmitFlags extends PlatemapFlags {
   cellprofilerCheck: boolean;
   channelMap?: string;
   engine: 'auto' | 'builtin' | 'cellprofiler';
-  batchSize: number;
+  batchSize?: number;
   window: number;
   engineTimeout: number;
   bucket?: string;
@@ -69,7 +69,7 @@ export function registerSubmit(program: Command): void {
     .option('--no-cellprofiler-check', 'do not ask CellProfiler (when installed here) whether the pipeline makes the expected image sets')
     .option('--channel-map <map>', 'raw channel → pipeline name, e.g. d0=DNA,d1=PH3')
     .addOption(new Option('--engine <engine>', 'analysis engine').choices(['auto', 'builtin', 'cellprofiler']).default('auto'))
-    .option('--batch-size <n>', 'image sets per engine invocation', intArg('--batch-size'), DEFAULTS.BATCH_SIZE)
+    .option('--batch-size <n>', 'image sets per engine invocation (default: chosen from the measured time per set)', intArg('--batch-size'))
     .option('--window <n>', 'image sets in flight at once for this experiment', intArg('--window'), DEFAULTS.WINDOW)
     .option('--engine-timeout <seconds>', 'longest one engine invocation may run', intArg('--engine-timeout'), DEFAULTS.ENGINE_TIMEOUT_SECONDS)
     .option('--bucket <bucket>', 'bucket for a new project (default cpflow-<project>)')

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { z } from 'zod';
 import type { Client } from '@temporalio/client';
-import { closeDb } from '../../core/db';
+import { closeDb, db, recentBatching } from '../../core/db';
 import { GROUPING_PRESETS } from '../../core/grouping';
 import { gitCommit } from '../../core/version';
 import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
@@ -68,8 +68,8 @@ const optionsSchema = z.object({
   size: z.number().int().min(64).max(2048),
   dispatchSets: z.number().int().positive(),
   noopSlots: z.number().int().positive(),
-  dispatchBatch: z.number().int().min(1).max(64),
-  scaleBatch: z.number().int().min(1).max(64),
+  dispatchBatch: z.number().int().min(1).max(64).optional(),
+  scaleBatch: z.number().int().min(1).max(64).optional(),
   window: z.number().int().positive().optional(),
   chunkSize: z.number().int().positive().optional(),
   cpSingles: z.number().int().positive(),
@@ -96,13 +96,8 @@ function parseArgs(argv: string[]): BenchOptions {
     .option('--size <px>', 'synthetic image width/height in (i)', int('--size'), 512)
     .option('--dispatch-sets <n>', 'image sets in the dispatch run (ii)', int('--dispatch-sets'), 1_000)
     .option('--noop-slots <n>', 'CPFLOW_ANALYZE_SLOTS of the no-op worker in (ii)–(iv)', int('--noop-slots'), 32)
-    .option('--dispatch-batch <n>', 'image sets per activity (dispatch batch size) in (ii)', int('--dispatch-batch'), 1)
-    .option(
-      '--scale-batch <n>',
-      'image sets per activity in (iii)/(iv); 8 keeps the default run short (per-chunk history at batch 1 is measured in ii)',
-      int('--scale-batch'),
-      8,
-    )
+    .option('--dispatch-batch <n>', 'image sets per activity in (ii) (default: adaptive, as `cpflow submit` without --batch-size)', int('--dispatch-batch'))
+    .option('--scale-batch <n>', 'image sets per activity in (iii)/(iv) (default: adaptive)', int('--scale-batch'))
     .option('--window <n>', 'image sets in flight per experiment in (ii)–(iv) (default: the workflow default)', int('--window'))
     .option('--chunk-size <n>', 'image sets per chunk child in (ii)–(iv) (default: the workflow default)', int('--chunk-size'))
     .option('--cp-singles <n>', 'image sets run one per CellProfiler invocation in (v)', int('--cp-singles'), 3)
@@ -213,7 +208,10 @@ interface NoopRunResult {
   sets: number;
   registerSeconds: number;
   noopSlots: number;
-  batchSize: number;
+  /** `--dispatch-batch`/`--scale-batch`, or undefined: adaptive. */
+  batchSize: number | undefined;
+  /** What the run used last (MariaDB's batch_size of the newest analysed sets) and the engine time it measured. */
+  chosen?: { batchSize: number; secondsPerSet: number };
   timing: ExperimentTiming;
   setsPerSecond: number;
   endToEndSetsPerSecond: number;
@@ -224,7 +222,7 @@ interface NoopRunResult {
   workerRestarts: string[];
 }
 
-async function noopRun(client: Client, label: string, sets: number, batchSize: number, o: BenchOptions): Promise<NoopRunResult> {
+async function noopRun(client: Client, label: string, sets: number, batchSize: number | undefined, o: BenchOptions): Promise<NoopRunResult> {
   log(`${label}: registering ${sets.toLocaleString('en')} image sets for the no-op engine …`);
   const registered = await registerNoopExperiment(`${label.replace(/[^a-z0-9]+/gi, '-')}-${sets}-${stamp()}`, sets, {
     batchSize,
@@ -238,10 +236,13 @@ async function noopRun(client: Client, label: string, sets: number, batchSize: n
     () => runExperiment(client, registered.experimentId, { timeoutMs: Math.max(1_800_000, sets * 200), label, log }),
   );
   const t = run.result;
-  log(`  ${label}: ${t.status}, ${secs(t.wallSeconds)} (analysis ${secs(t.analysisSeconds)}, reduce ${secs(t.reduceSeconds)}), max history ${t.maxHistoryLength}`);
+  const chosen = await recentBatching(await db(), registered.experimentId, 50);
+  const chosenNote = chosen ? `; last batches of ${chosen.batchSize} sets, ${(chosen.secondsPerSet * 1000).toFixed(1)} ms engine time per set` : '';
+  log(`  ${label}: ${t.status}, ${secs(t.wallSeconds)} (analysis ${secs(t.analysisSeconds)}, reduce ${secs(t.reduceSeconds)}), max history ${t.maxHistoryLength}${chosenNote}`);
   return {
     sets,
     registerSeconds: registered.seconds,
+    ...(chosen ? { chosen: { batchSize: chosen.batchSize, secondsPerSet: chosen.secondsPerSet } } : {}),
     noopSlots: o.noopSlots,
     batchSize,
     timing: t,
@@ -253,6 +254,12 @@ async function noopRun(client: Client, label: string, sets: number, batchSize: n
     foreignPollers: run.foreign,
     workerRestarts: run.restarts,
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+/** `adaptive (last 8)` or the explicit size. */
+function batchLabel(r: Pick<NoopRunResult, 'batchSize' | 'chosen'>): string {
+  return r.batchSize !== undefined ? String(r.batchSize) : `adaptive${r.chosen ? ` (last ${r.chosen.batchSize})` : ''}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -452,7 +459,7 @@ async function main(): Promise<void> {
       rows.push(
         {
           section: 'ii',
-          metric: `no-op, ${r.sets} sets end to end (submit → summary.csv), batch ${r.batchSize}, window ${r.timing.tuning.window}`,
+          metric: `no-op, ${r.sets} sets end to end (submit → summary.csv), batch ${batchLabel(r)}, window ${r.timing.tuning.window}`,
           value: `${r.endToEndSetsPerSecond.toFixed(1)} sets/s`,
           goal: `≥ ${GOALS.setsPerSecond}`,
           met: r.endToEndSetsPerSecond >= GOALS.setsPerSecond,
@@ -496,7 +503,7 @@ async function main(): Promise<void> {
       const t = r.timing;
       if (only.has('iii')) {
         rows.push(
-          { section: 'iii', metric: `scale run, ${r.sets.toLocaleString('en')} sets, batch ${r.batchSize} (${t.status})`, value: secs(t.wallSeconds), goal: '', met: undefined },
+          { section: 'iii', metric: `scale run, ${r.sets.toLocaleString('en')} sets, batch ${batchLabel(r)} (${t.status})`, value: secs(t.wallSeconds), goal: '', met: undefined },
           { section: 'iii', metric: 'analysis phase throughput', value: `${r.setsPerSecond.toFixed(1)} sets/s`, goal: `≥ ${GOALS.setsPerSecond}`, met: r.setsPerSecond >= GOALS.setsPerSecond },
           {
             section: 'iii',

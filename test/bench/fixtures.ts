@@ -98,7 +98,8 @@ export async function registerNoopExperiment(
       // The row says builtin; the benchmark's cellprofiler worker runs with CPFLOW_ENGINE_OVERRIDE=noop.
       engine: 'builtin',
       engineOptions: {},
-      dispatch: dispatchOptionsSchema.parse(dispatch),
+      // As `cpflow submit`: without a batch size the batch size adapts to the measured cost per set.
+      dispatch: dispatchOptionsSchema.parse({ ...dispatch, batchSizeExplicit: dispatch.batchSizeExplicit ?? dispatch.batchSize !== undefined }),
       inputPrefix: s3Uri(bucket, 'inputs/noop/'),
       groupingRule: SYNTHETIC_RULE,
       sealed: true,

@@ -1,5 +1,5 @@
 /**
- * The cellprofiler engine against the real CellProfiler CLI on the ExampleHuman example
+ * The cellprofiler engine's CLI path against the real CellProfiler CLI on the ExampleHuman example
  * (test/fixtures/examplehuman: pipeline, 3 images, reference output of CellProfiler 4.0.6).
  *
  * Tolerance: the reference says 289 nuclei and 22 PH3 objects. The pinned build 5.0.0.dev784 finds
@@ -73,9 +73,10 @@ function exampleCopy(key: string, folder: string, well = 'D03'): EngineImageSet 
   return { key, metadata: { Well: well }, files };
 }
 
+/** The CLI path (CPFLOW_CELLPROFILER_WARM=0): the warm path is compared with it in cellprofiler-warm.test.ts. */
 function engine() {
   if (!exe) throw new Error('unreachable: test runs only with an executable');
-  return createCellProfilerEngine({ executable: exe });
+  return createCellProfilerEngine({ executable: exe, warm: false });
 }
 
 function expectCountsNearReference(image: Row): void {

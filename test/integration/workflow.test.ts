@@ -75,6 +75,46 @@ describe('on the time-skipping test server', () => {
     expect(lab.sets.filter((s) => s.status === 'failed').map((s) => s.id)).toEqual([7, 512, 999]);
   });
 
+  it('adapts the batch size to the measured engine time per set, within the window; --batch-size wins', async () => {
+    const run = async (id: number, lab: FakeLab) =>
+      (await withWorkers(env, lab, () =>
+        env.client.workflow.execute('ExperimentWorkflow', { taskQueue: TASK_QUEUES.workflow, workflowId: `exp-tsk-batch-${id}`, args: [{ experimentId: id, searchAttributes: false }] }),
+      )) as ExperimentProgress;
+    const sizesOf = (lab: FakeLab, manifestKey: string) => lab.batches.filter((b) => b.manifestKey === manifestKey).map((b) => b.size);
+
+    // 5 ms a set (the no-op engine): after the first measurements, batches as large as the chunk's
+    // window allows (32 / 2 chunks = 16 sets in flight, at least 2 batches: 8 sets).
+    const fast = new FakeLab(600, new Set(), 0, { window: 32, chunkSize: 200, concurrentChunks: 2, batchSizeExplicit: false });
+    fast.engineSecondsPerSet = 0.005;
+    const result = await run(11, fast);
+    expect(result).toMatchObject({ done: 600, failed: 0, phase: 'finished', batching: { adaptive: true, batchSize: 8 } });
+    expect(result.batching?.secondsPerSet).toBeCloseTo(0.005, 6);
+    expect(fast.analyzed.size).toBe(600);
+    expect([...fast.analyzed.values()].every((n) => n === 1)).toBe(true);
+    expect(fast.maxSetsInFlight).toBeLessThanOrEqual(32);
+    const first = sizesOf(fast, 'chunk-1');
+    expect(first[0]).toBe(1); // nothing measured yet: one set measures
+    expect(Math.max(...first)).toBe(8);
+    expect(first.reduce((a, b) => a + b, 0)).toBe(200);
+    // The third chunk starts from what the first ones measured.
+    expect(sizesOf(fast, 'chunk-401')[0]).toBe(8);
+    expect(fast.batches.length).toBeLessThan(600 / 4);
+
+    // A minute a set (CellProfiler on a big image): one set per activity.
+    const slow = new FakeLab(40, new Set(), 0, { window: 16, batchSizeExplicit: false });
+    slow.engineSecondsPerSet = 60;
+    const slowResult = await run(12, slow);
+    expect(slow.batches.every((b) => b.size === 1)).toBe(true);
+    expect(slowResult.batching).toMatchObject({ adaptive: true, batchSize: 1, secondsPerSet: 60 });
+
+    // An explicit --batch-size wins over any measurement.
+    const fixed = new FakeLab(40, new Set(), 0, { window: 16, batchSize: 3, batchSizeExplicit: true });
+    fixed.engineSecondsPerSet = 0.005;
+    const fixedResult = await run(13, fixed);
+    expect(fixed.batches.map((b) => b.size)).toEqual([...Array(13).fill(3), 1]);
+    expect(fixedResult.batching).toEqual({ adaptive: false, batchSize: 3 });
+  });
+
   it('ends failed when more than the allowed fraction of sets fail', async () => {
     const lab = new FakeLab(10, new Set([1, 2, 3, 4, 5, 6]));
     const result = await withWorkers(env, lab, () =>

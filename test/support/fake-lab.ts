@@ -38,6 +38,13 @@ export class FakeLab {
   analyzed = new Map<number, number>();
   inFlight = 0;
   maxInFlight = 0;
+  /** Image sets (not activities) in analysis at once, and the largest number seen. */
+  setsInFlight = 0;
+  maxSetsInFlight = 0;
+  /** Engine seconds each analysed set reports (adaptive batching measures them); unset: not reported. */
+  engineSecondsPerSet: number | undefined;
+  /** Every analysis activity's manifest and number of sets, in the order they started. */
+  batches: Array<{ manifestKey: string; size: number }> = [];
   statuses: string[] = [];
   reduced = 0;
   cancelledActivities = 0;
@@ -163,6 +170,9 @@ export class FakeLab {
         const start = Date.now();
         lab.inFlight++;
         lab.maxInFlight = Math.max(lab.maxInFlight, lab.inFlight);
+        lab.setsInFlight += ids.length;
+        lab.maxSetsInFlight = Math.max(lab.maxSetsInFlight, lab.setsInFlight);
+        lab.batches.push({ manifestKey, size: ids.length });
         let ok = false;
         try {
           const delay = lab.staged?.delayFor?.(first.stage, first.group || first.partition) ?? lab.delayMs;
@@ -180,9 +190,11 @@ export class FakeLab {
             throw ApplicationFailure.nonRetryable(`image set ${first.key}: undecodable image`, 'ImageSetInputError');
           }
           ok = true;
-          return ids.map((id): ImageSetOutcome => ({ imageSetId: id, status: 'done', attempts: 1 }));
+          const seconds = lab.engineSecondsPerSet;
+          return ids.map((id): ImageSetOutcome => ({ imageSetId: id, status: 'done', attempts: 1, ...(seconds !== undefined ? { engineSeconds: seconds } : {}) }));
         } finally {
           lab.inFlight--;
+          lab.setsInFlight -= ids.length;
           lab.timeline.push({ stage: first.stage, unit: first.group || first.key, start, end: Date.now(), ok });
         }
       },

@@ -15,7 +15,8 @@ import { layout, s3Uri, type ObjectStore, type StoredObject } from '../../core/s
  * The analysis activity's riskiest logic, in Temporal's MockActivityEnvironment with an in-memory
  * object store and a scripted engine: a bad set in a batch is found by rerunning the batch one set
  * at a time; a set whose provenance.json matches is skipped without running the engine (and rerun
- * when an input changed); engine failures are capped at maxEngineAttempts while outages are not.
+ * when an input changed); engine failures are capped at maxEngineAttempts while outages are not, and
+ * narrowed down to the set that fails in a batch.
  */
 
 const BUCKET = 'unit';
@@ -58,12 +59,15 @@ class MemoryStore implements ObjectStore {
 class ScriptedEngine implements Engine {
   runs: string[][] = [];
   failWith: Error | undefined;
+  /** A set that crashes the engine (exit 139) whenever it is in the run. */
+  crashOn: string | undefined;
   async identity() {
     return { name: 'scripted', version: '1' };
   }
   async run(input: EngineRunInput) {
     this.runs.push(input.imageSets.map((s) => s.key));
     if (this.failWith) throw this.failWith;
+    if (input.imageSets.some((s) => s.key === this.crashOn)) throw new Error('CellProfiler failed (exit 139, no done file)');
     for (const set of input.imageSets) {
       for (const f of set.files) {
         if ((await fs.promises.readFile(f.path, 'utf8')) === 'BAD') throw new ImageSetInputError(`image set ${set.key}: cannot decode ${path.basename(f.path)}`, set.key);
@@ -161,8 +165,8 @@ describe('analyzeImageSets in MockActivityEnvironment', () => {
     expect(third.find((o) => o.imageSetId === 102)).toMatchObject({ skipped: false, status: 'done' });
   });
 
-  it('retries an engine crash until maxEngineAttempts, then fails the batch non-retryably', async () => {
-    const { engine, analyze } = setup(['ok-1', 'ok-2'], 3);
+  it('retries an engine crash until maxEngineAttempts, then fails the set non-retryably', async () => {
+    const { engine, analyze } = setup(['ok-1'], 3);
     engine.failWith = new Error('CellProfiler failed (exit 139, no done file)');
     for (const attempt of [1, 2]) {
       const err = await analyze(attempt).catch((e: unknown) => e);
@@ -172,7 +176,43 @@ describe('analyzeImageSets in MockActivityEnvironment', () => {
     const last = await analyze(3).catch((e: unknown) => e);
     expect(last).toBeInstanceOf(ApplicationFailure);
     expect(last).toMatchObject({ type: 'EngineFailure', nonRetryable: true });
-    expect((last as ApplicationFailure).details?.[0]).toMatchObject({ setKey: 'S1, S2', attempt: 3 });
+    expect((last as ApplicationFailure).details?.[0]).toMatchObject({ setKey: 'S1', attempt: 3 });
+  });
+
+  it('narrows an engine crash in a batch down to the set that crashes: only it is retried, then failed', async () => {
+    const { engine, analyze, marker } = setup(['ok-1', 'ok-2', 'ok-3'], 3);
+    engine.crashOn = 'S2';
+    // Attempt 1: the batch crashes, the sets run alone; S1 and S3 are done, S2's crash is retried.
+    const first = await analyze(1).catch((e: unknown) => e);
+    expect(first).not.toBeInstanceOf(ApplicationFailure);
+    expect((first as Error).message).toMatch(/exit 139/);
+    expect(engine.runs).toEqual([['S1', 'S2', 'S3'], ['S1'], ['S2'], ['S3']]);
+    expect([marker('S1'), marker('S2'), marker('S3')].map((m) => m !== undefined)).toEqual([true, false, true]);
+    // Attempt 2 runs S2 alone (the others are skipped by their provenance) and crashes again.
+    await expect(analyze(2)).rejects.toThrow(/exit 139/);
+    expect(engine.runs.slice(4)).toEqual([['S2']]);
+    // The last attempt fails S2 alone; the others stay done.
+    const last = await analyze(3);
+    expect(engine.runs.slice(5)).toEqual([['S2']]);
+    expect(last.map((o) => [o.imageSetId, o.status, o.skipped ?? false, o.attempts])).toEqual([
+      [101, 'done', true, 3],
+      [103, 'done', true, 3],
+      [102, 'failed', false, 3],
+    ]);
+    expect(last.find((o) => o.imageSetId === 102)?.error).toMatch(/exit 139/);
+  });
+
+  it('reports engine seconds per analysed set and the batch size on every outcome', async () => {
+    const { analyze } = setup(['ok-1', 'ok-2']);
+    const outcomes = await analyze();
+    for (const o of outcomes) {
+      expect(o.batchSize).toBe(2);
+      expect(o.engineSeconds).toBeGreaterThanOrEqual(0);
+      expect(o.engineSeconds).toBeLessThan(5);
+    }
+    const skipped = await analyze(2, [0]);
+    expect(skipped[0]).toMatchObject({ skipped: true, batchSize: 1 });
+    expect(skipped[0]?.engineSeconds).toBeUndefined();
   });
 
   it('never counts an outage against the attempt cap', async () => {

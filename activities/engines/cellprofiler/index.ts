@@ -25,6 +25,11 @@
  * group. Outputs no single set's row names (an illumination function saved once, at the last cycle)
  * are the group's, returned as `shared`.
  *
+ * Warm (the default, CPFLOW_CELLPROFILER_WARM): the same arguments go to a long-lived CellProfiler of
+ * this worker (warm.ts) instead of a new CLI process, which saves CellProfiler's start-up per
+ * invocation; everything else here (inputs, done file, classification, splitting) is shared. Without
+ * the venv's python beside the executable (a wrapper script), the CLI runs.
+ *
  * Plugins: `pluginsDir` is passed as `--plugins-directory`; the identity lists every plugin file with
  * its sha256, so results are redone when a plugin changes.
  *
@@ -52,15 +57,18 @@
  *   locations (`sourceUri`, the sets' and group's `outputUri`) instead of this attempt's scratch folders.
  * - ExportToSpreadsheet's optional file-name prefix is removed (`MyExpt_Image.csv` → `Image.csv`).
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { pluginFiles, probeCellProfilerVersion } from '../../../core/cellprofiler';
+import { pluginFiles, probeCellProfilerVersion, pythonBeside } from '../../../core/cellprofiler';
+import { workerConfig } from '../../../core/config';
 import { DEFAULTS } from '../../../core/model';
 import { parseCppipe, PipelineError, type Pipeline } from '../../../core/pipeline/cppipe';
 import { validatePipelineForCpflow } from '../../../core/pipeline/validate';
 import { ImageSetInputError, SHARED_OUTPUTS_DIR, type Engine, type EngineIdentity, type EngineImageSet, type EngineRunInput, type EngineRunResult } from '../types';
 import { cellProfilerEnvironment } from './environment';
 import { classifyFailure, invoke, pipelineLoadFailure } from './invoke';
+import { invokeWarm, WarmPool } from './warm';
 import { writeLoadDataCsv } from './load-data';
 import { setFolderName, splitOutputs, type AttemptPaths } from './split-outputs';
 
@@ -71,6 +79,41 @@ export interface CellProfilerEngineOptions {
   readers?: string[];
   /** CellProfiler plugins directory (CPFLOW_CELLPROFILER_PLUGINS). */
   pluginsDir?: string;
+  /**
+   * Warm processes instead of the CLI: true for this worker's shared pool, a pool of the caller's own
+   * (tests), false for the CLI. Default: CPFLOW_CELLPROFILER_WARM.
+   */
+  warm?: boolean | WarmPool;
+}
+
+/** Warm pools of this process, one per (python, plugins directory), one process per engine slot. */
+const sharedPools = new Map<string, WarmPool>();
+let warmCapacity: number | undefined;
+
+/** Warm CellProfilers kept per pool (default CPFLOW_ANALYZE_SLOTS; analyze-local sets its job count). */
+export function setCellProfilerWarmProcesses(count: number): void {
+  if (!Number.isInteger(count) || count < 1) throw new RangeError(`warm CellProfiler processes must be a positive integer, got ${count}`);
+  warmCapacity = count;
+  for (const pool of sharedPools.values()) pool.capacity = count;
+}
+
+/** The pool a run uses, or undefined for the CLI. */
+function warmPoolFor(opts: CellProfilerEngineOptions): WarmPool | undefined {
+  if (opts.warm instanceof WarmPool) return opts.warm;
+  const config = workerConfig();
+  if (!(opts.warm ?? config.CPFLOW_CELLPROFILER_WARM)) return undefined;
+  const python = pythonBeside(opts.executable);
+  if (!python) return undefined;
+  const key = JSON.stringify([python, opts.pluginsDir ?? '']);
+  let pool = sharedPools.get(key);
+  if (!pool) {
+    pool = new WarmPool(
+      { python, pluginsDir: opts.pluginsDir, maxRssBytes: config.CPFLOW_CELLPROFILER_WARM_MAX_RSS_MIB * 1024 * 1024 },
+      warmCapacity ?? config.CPFLOW_ANALYZE_SLOTS,
+    );
+    sharedPools.set(key, pool);
+  }
+  return pool;
 }
 
 export function createCellProfilerEngine(opts: CellProfilerEngineOptions): Engine {
@@ -112,8 +155,9 @@ async function runCellProfiler(
 
   let pipeline: Pipeline;
   let loadData: boolean;
+  const pipelineText = await fs.promises.readFile(input.pipelinePath, 'utf8');
   try {
-    pipeline = parseCppipe(await fs.promises.readFile(input.pipelinePath, 'utf8'), path.basename(input.pipelinePath));
+    pipeline = parseCppipe(pipelineText, path.basename(input.pipelinePath));
     loadData = validatePipelineForCpflow(pipeline).input === 'loaddata';
   } catch (err) {
     // The pipeline is the same for every attempt: unreadable is final, not transient.
@@ -160,7 +204,12 @@ async function runCellProfiler(
     ...(opts.readers ?? ['imageio_reader']),
   ];
   const timeoutMs = input.timeoutMs ?? DEFAULTS.ENGINE_TIMEOUT_SECONDS * 1000;
-  const run = await invoke(opts.executable, args, imageSets.length, timeoutMs, input);
+  const pool = warmPoolFor(opts);
+  // A warm process serves one pipeline with one set of plugin files (by content).
+  const warmKey = crypto.createHash('sha256').update(pipelineText).update(JSON.stringify(engine.plugins ?? [])).digest('hex');
+  const run = pool
+    ? await invokeWarm(pool, warmKey, input.pipelinePath, args, imageSets.length, timeoutMs, input)
+    : await invoke(opts.executable, args, imageSets.length, timeoutMs, input);
 
   const done = await fs.promises.readFile(paths.doneFile, 'utf8').catch(() => undefined);
   // Checked before the done file: this build says `Complete` after running only the modules it loaded.

@@ -70,6 +70,67 @@ const RESOURCE_EXHAUSTION = /MemoryError|Killed|No space left on device|Errno 28
 const TRANSIENT_EXCEPTION =
   /^(BlockingIOError|ConnectionError|ConnectionResetError|ConnectionRefusedError|TimeoutError|BrokenPipeError|InterruptedError|KeyboardInterrupt)\b|\[Errno (5|11|12|24|28|110|111)\]/;
 
+/**
+ * Reads CellProfiler's log, line by line, into an InvocationResult: progress, the module that
+ * failed and its exception, load failures, warnings. The CLI path and the warm process (warm.ts)
+ * feed it the same lines, so both classify a run the same way.
+ */
+export class CellProfilerLog {
+  readonly result: InvocationResult = { exitCode: undefined, stderrTail: [], ranAnImageSet: false, noImageSets: false, warnings: [] };
+  private lastImageNumber: number | undefined;
+  private awaitingException = false;
+  private awaitingLoadException = false;
+
+  constructor(
+    private readonly setCount: number,
+    private readonly onProgress?: (detail: string) => void,
+  ) {}
+
+  line(line: string): void {
+    const result = this.result;
+    result.stderrTail.push(line);
+    if (result.stderrTail.length > STDERR_TAIL_LINES) result.stderrTail.shift();
+    if (NO_IMAGE_SETS.test(line)) result.noImageSets = true;
+    const warning = WARNING_LINE.exec(line)?.[1]?.trim();
+    if (warning && !WARNING_NOISE.some((isNoise) => isNoise(warning)) && !result.warnings.includes(warning)) {
+      if (result.warnings.length < DEFAULTS.MAX_WARNINGS_PER_SET) result.warnings.push(warning);
+    }
+    if (PIPELINE_LOAD_ERROR.test(line) && result.pipelineLoadError === undefined) {
+      result.pipelineLoadError = 'CellProfiler could not load the pipeline';
+      this.awaitingLoadException = true;
+    } else if (this.awaitingLoadException && EXCEPTION_LINE.test(line.trim())) {
+      result.pipelineLoadError = `CellProfiler could not load the pipeline: ${line.trim()}`;
+      this.awaitingLoadException = false;
+    }
+    const anyException = EXCEPTION_LINE.exec(line.trim());
+    if (anyException && !/^ModuleNotFoundError: No module named 'MySQLdb'/.test(line.trim())) {
+      // (MySQLdb: CellProfiler logs its guarded, expected import failure at every start.)
+      result.lastException = line.trim();
+    }
+    const progress = MODULE_PROGRESS.exec(line);
+    if (progress) {
+      result.ranAnImageSet = true;
+      this.lastImageNumber = Number(progress[1]);
+      this.onProgress?.(`CellProfiler image set ${progress[1]}/${this.setCount}: ${progress[2]} (module ${progress[3]})`);
+      return;
+    }
+    const moduleError = MODULE_ERROR.exec(line);
+    if (moduleError && result.errorModule === undefined) {
+      result.errorModule = moduleError[1];
+      result.errorImageNumber = this.lastImageNumber;
+      this.awaitingException = true;
+      return;
+    }
+    if (this.awaitingException) {
+      const exception = EXCEPTION_LINE.exec(line);
+      if (exception) {
+        result.errorException = line;
+        this.awaitingException = false;
+      }
+    }
+  }
+}
+
 export async function invoke(
   executable: string,
   args: string[],
@@ -95,56 +156,13 @@ export async function invoke(
     }
   };
 
-  const result: InvocationResult = { exitCode: undefined, stderrTail: [], ranAnImageSet: false, noImageSets: false, warnings: [] };
-  let lastImageNumber: number | undefined;
-  let awaitingException = false;
-  let awaitingLoadException = false;
+  const log = new CellProfilerLog(setCount, input.onProgress);
+  const result = log.result;
   const consume = (stream: NodeJS.ReadableStream | null) => {
     if (!stream) return Promise.resolve();
     const lines = readline.createInterface({ input: stream, crlfDelay: Infinity });
-    lines.on('line', (line) => {
-      // CellProfiler logs to stderr; stdout lines (rare) are kept too, in arrival order.
-      result.stderrTail.push(line);
-      if (result.stderrTail.length > STDERR_TAIL_LINES) result.stderrTail.shift();
-      if (NO_IMAGE_SETS.test(line)) result.noImageSets = true;
-      const warning = WARNING_LINE.exec(line)?.[1]?.trim();
-      if (warning && !WARNING_NOISE.some((isNoise) => isNoise(warning)) && !result.warnings.includes(warning)) {
-        if (result.warnings.length < DEFAULTS.MAX_WARNINGS_PER_SET) result.warnings.push(warning);
-      }
-      if (PIPELINE_LOAD_ERROR.test(line) && result.pipelineLoadError === undefined) {
-        result.pipelineLoadError = 'CellProfiler could not load the pipeline';
-        awaitingLoadException = true;
-      } else if (awaitingLoadException && EXCEPTION_LINE.test(line.trim())) {
-        result.pipelineLoadError = `CellProfiler could not load the pipeline: ${line.trim()}`;
-        awaitingLoadException = false;
-      }
-      const anyException = EXCEPTION_LINE.exec(line.trim());
-      if (anyException && !/^ModuleNotFoundError: No module named 'MySQLdb'/.test(line.trim())) {
-        // (MySQLdb: CellProfiler logs its guarded, expected import failure at every start.)
-        result.lastException = line.trim();
-      }
-      const progress = MODULE_PROGRESS.exec(line);
-      if (progress) {
-        result.ranAnImageSet = true;
-        lastImageNumber = Number(progress[1]);
-        input.onProgress?.(`CellProfiler image set ${progress[1]}/${setCount}: ${progress[2]} (module ${progress[3]})`);
-        return;
-      }
-      const moduleError = MODULE_ERROR.exec(line);
-      if (moduleError && result.errorModule === undefined) {
-        result.errorModule = moduleError[1];
-        result.errorImageNumber = lastImageNumber;
-        awaitingException = true;
-        return;
-      }
-      if (awaitingException) {
-        const exception = EXCEPTION_LINE.exec(line);
-        if (exception) {
-          result.errorException = line;
-          awaitingException = false;
-        }
-      }
-    });
+    // CellProfiler logs to stderr; stdout lines (rare) are kept too, in arrival order.
+    lines.on('line', (line) => log.line(line));
     return once(lines, 'close');
   };
 
@@ -176,7 +194,7 @@ export async function invoke(
   return result;
 }
 
-function abortError(signal: AbortSignal | undefined): Error {
+export function abortError(signal: AbortSignal | undefined): Error {
   const reason: unknown = signal?.reason;
   if (reason instanceof Error) return reason;
   const err = new Error('CellProfiler run cancelled');
