@@ -7,8 +7,9 @@
  *    every measurement equals CellProfiler run on each plate's files; re-running skips unchanged
  *    groups and redoes a group whole when one of its inputs changed;
  * 2. a two-stage experiment (illumination per plate → analysis per site loading its plate's
- *    function as a NamesAndTypes channel) over 3 plates × 2 sites: equals the two pipelines run by
- *    hand, and a plate's analysis starts before the last plate's illumination ends.
+ *    function as a NamesAndTypes channel) over 2 light plates × 2 sites and a heavy plate of 80
+ *    sites: equals the two pipelines run by hand, and a light plate's analysis starts before the heavy
+ *    plate's illumination ends.
  *
  * Images are synthetic with a known illumination field per plate (test/fixtures/illumination-plates.ts).
  */
@@ -79,6 +80,8 @@ async function expectSetsEqualDirect(
   sets: IlluminationSet[],
   direct: { table: (n: string) => Row[] },
   ignore: RegExp[] = [],
+  /** Nuclei the segmentation may miss against the generator's count: two touching nuclei merge. */
+  truthTolerance = 0,
 ): Promise<void> {
   const directImages = direct.table('Image');
   const directNuclei = direct.table('Nuclei');
@@ -90,7 +93,7 @@ async function expectSetsEqualDirect(
     expectSameRow(image, expected, `${stage || 'experiment'} ${set.key} Image`, ignore);
     const nuclei = await readCsvFromS3(`${prefix}Nuclei.csv`);
     expectSameObjects(nuclei, directNuclei.filter((r) => r.ImageNumber === expected.ImageNumber), `${set.key} Nuclei`);
-    expect(Number(image.Count_Nuclei)).toBe(set.nuclei);
+    expect(Math.abs(Number(image.Count_Nuclei) - set.nuclei)).toBeLessThanOrEqual(truthTolerance);
   }
 }
 
@@ -168,7 +171,13 @@ maybe('runs a pooled illumination pipeline per plate with --group-by, equal to C
 
 maybe('runs illumination per plate then analysis per site, equal to the two pipelines by hand, with no barrier across plates', async () => {
   const images = path.join(work, 'staged');
-  const sets = await generateIlluminationPlates({ outDir: images, plates: ['P1', 'P2', 'P3'], wells: ['A01'], sites: 2, seed: 11 });
+  // P3 is the heavy plate (80 sites against 2): its illumination outlasts the others' by seconds
+  // even with a warm CellProfiler, so a barrier across plates would show as every analysis starting
+  // after it ends.
+  const sets = [
+    ...(await generateIlluminationPlates({ outDir: images, plates: ['P1', 'P2'], wells: ['A01'], sites: 2, seed: 11 })),
+    ...(await generateIlluminationPlates({ outDir: images, plates: ['P3'], wells: ['A01', 'A02', 'A03', 'A04'], sites: 20, seed: 12 })),
+  ];
   const experimentFile = path.join(work, 'stages.yaml');
   fs.writeFileSync(
     experimentFile,
@@ -192,15 +201,19 @@ maybe('runs illumination per plate then analysis per site, equal to the two pipe
   const e = await waitForExperiment(id, undefined, 600_000);
   expect(e.error).toBeNull();
   expect(e.status).toBe('done');
-  expect(e.total_sets).toBe(12);
+  expect(e.total_sets).toBe(2 * sets.length);
 
   const status = await runCli(['status', String(id)]);
-  expect(status.stdout).toMatch(/stage illum \(groups by Plate\): 6 done, 0 failed/);
-  expect(status.stdout).toMatch(/stage analysis: 6 done, 0 failed/);
+  expect(status.stdout).toMatch(new RegExp(`stage illum \\(groups by Plate\\): ${sets.length} done, 0 failed`));
+  expect(status.stdout).toMatch(new RegExp(`stage analysis: ${sets.length} done, 0 failed`));
 
   // No barrier: some plate's analysis started before the last plate's illumination ended (worker timestamps).
   const illumEnds: string[] = [];
-  for (const plate of ['P1', 'P2', 'P3']) illumEnds.push((await provenanceOf(e.bucket, `${layout.groupPrefix(id, plate, 'illum')}provenance.json`)).finishedAt);
+  for (const plate of ['P1', 'P2', 'P3']) {
+    const p = await provenanceOf(e.bucket, `${layout.groupPrefix(id, plate, 'illum')}provenance.json`);
+    console.log(`illumination of ${plate}: ${p.startedAt} → ${p.finishedAt}`);
+    illumEnds.push(p.finishedAt);
+  }
   const analysisStarts: string[] = [];
   for (const s of sets) analysisStarts.push((await provenanceOf(e.bucket, `${layout.setPrefix(id, s.key, 'analysis')}provenance.json`)).startedAt);
   const firstAnalysis = analysisStarts.sort()[0] as string;
@@ -233,11 +246,13 @@ maybe('runs illumination per plate then analysis per site, equal to the two pipe
     pipeline: path.join(PIPELINES, 'analysis-with-illum.cppipe'),
     files: handFiles.sort(),
   });
-  await expectSetsEqualDirect(e.bucket, id, 'analysis', sets, analysis, [/^Group_(Number|Index|Length)$/]);
+  // Equal to CellProfiler run directly, value for value; against the generator's own nucleus counts
+  // a set may be one short where two random nuclei touch (the heavy plate has 80 sets).
+  await expectSetsEqualDirect(e.bucket, id, 'analysis', sets, analysis, [/^Group_(Number|Index|Length)$/], 1);
 
   // Reduce: the final stage's tables make summary.csv; the illumination stage wrote none.
   const summary = await readCsvFromS3(e.summary_uri as string);
-  expect(summary).toHaveLength(6);
+  expect(summary).toHaveLength(sets.length);
   const results = await runCli(['results', String(id)]);
   expect(results.stdout.match(/group-file:npy/g)).toHaveLength(3);
   const stageSummaries: string[] = [];

@@ -98,7 +98,10 @@ drill('finishes on the remaining host when one is cut off mid-run, every set rec
   const plate = path.join(root, 'plate');
   await generateSyntheticPlate({ outDir: plate, rows: 3, cols: 4, sites: 2, size: 512, seed: 7 });
   fs.rmSync(path.join(plate, 'ground-truth.json'));
-  const { experimentId, bucket } = await submit({ project: uniqueName('multihost'), name: 'two-hosts', folder: plate, grouping: GROUPING_PRESETS.synthetic!.rule, engine: 'builtin' });
+  const { experimentId, bucket } = await submit({ project: uniqueName('multihost'), name: 'two-hosts', folder: plate, grouping: GROUPING_PRESETS.synthetic!.rule, engine: 'builtin',
+    // One set per activity, so both hosts take sets from the start and the cut host has finished
+    // some and holds others (adaptive batching would hand a 24-set plate out in a few large batches).
+    dispatch: { batchSize: 1 } });
   const total = 24;
   const pool = await db();
   // Done as S3 sees it, set by set (MariaDB's mirror is written in batches, so it can jump to all 24 at once).
