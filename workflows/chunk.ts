@@ -28,7 +28,7 @@ export interface ChunkWorkflowInput {
   experimentId: number;
   bucket: string;
   manifestKey: string;
-  /** Image sets (or, in a grouped stage, groups) in flight at once within this chunk (its share of the experiment's window). */
+  /** What may be in flight at once within this chunk (its share of the experiment's window): image sets, groups in a grouped stage, activities with adaptive batching. */
   window: number;
   dispatch: DispatchOptions;
   /** Routes the analysis activities to the engine's own task queue (absent in chunks started before routing: CellProfiler's queue). */
@@ -95,7 +95,7 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
 
   // Adaptive batching: the estimate so far and the size chosen last (shown in the Web UI, returned).
   const batching: BatchingState | undefined = input.adaptive && !input.grouped ? { secondsPerSet: input.adaptive.secondsPerSet, batchSize: 0 } : undefined;
-  const bounds = { window: Math.max(1, input.window), engineTimeoutSeconds: input.dispatch.engineTimeoutSeconds };
+  const bounds = { engineTimeoutSeconds: input.dispatch.engineTimeoutSeconds };
   const nextBatchSize = (): number => {
     if (!batching) return input.dispatch.batchSize;
     const size = adaptiveBatchSize(batching.secondsPerSet, bounds);
@@ -147,8 +147,8 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
 
   try {
     if (batching) {
-      // The window counts image sets in flight; each next batch takes the size measured so far.
-      await runAdaptive(sets.length, bounds.window, nextBatchSize, runUnit);
+      // The window counts activities in flight; each next batch takes the size measured so far.
+      await runAdaptive(sets.length, Math.max(1, input.window), nextBatchSize, runUnit);
     } else {
       const units = input.grouped ? groupsOf(sets) : batchesOf(sets.length, input.dispatch.batchSize);
       // A group is one engine invocation: the window counts groups then, as it counts batches otherwise.
@@ -165,26 +165,17 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
 
 /**
  * Positions 0…count-1 in consecutive batches whose size `nextSize` decides as each one starts, with
- * at most `window` positions in flight (a batch bigger than what is free waits for room; one batch
- * always runs). Workflow-side: promises, no I/O.
+ * at most `window` batches in flight. Workflow-side: promises, no I/O.
  */
 async function runAdaptive(count: number, window: number, nextSize: () => number, work: (indices: number[]) => Promise<void>): Promise<void> {
   const running = new Set<Promise<void>>();
   let next = 0;
-  let inFlight = 0;
   while (next < count) {
-    let size = Math.min(nextSize(), count - next);
-    while (running.size > 0 && inFlight + size > window) {
-      await Promise.race(running);
-      size = Math.min(nextSize(), count - next);
-    }
+    if (running.size >= window) await Promise.race(running);
+    const size = Math.min(nextSize(), count - next);
     const indices = Array.from({ length: size }, (_, j) => next + j);
     next += size;
-    inFlight += size;
-    const p: Promise<void> = work(indices).finally(() => {
-      inFlight -= indices.length;
-      running.delete(p);
-    });
+    const p: Promise<void> = work(indices).finally(() => running.delete(p));
     running.add(p);
   }
   await Promise.all(running);

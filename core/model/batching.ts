@@ -9,24 +9,21 @@ import type { ImageSetOutcome } from './domain';
  */
 
 export interface BatchBounds {
-  /** Image sets the chunk may have in flight. */
-  window: number;
   engineTimeoutSeconds: number;
 }
 
 /**
  * The batch size for the next activity. Before anything was measured: 1 (the first sets measure).
- * Then ⌈overhead / (fraction × seconds per set)⌉, at most MAX_BATCH_SIZE, window /
- * ADAPTIVE_MIN_BATCHES_IN_FLIGHT, and what fits in ADAPTIVE_MAX_TIMEOUT_FRACTION of the engine
- * time-out; at least 1.
+ * Then ⌈overhead / (fraction × seconds per set)⌉, at most MAX_BATCH_SIZE and what fits in
+ * ADAPTIVE_MAX_TIMEOUT_FRACTION of the engine time-out; at least 1. The window does not bound it:
+ * with adaptive batching the window counts activities in flight, each one batch (chunk.ts).
  */
 export function adaptiveBatchSize(secondsPerSet: number | undefined, bounds: BatchBounds): number {
   if (secondsPerSet === undefined || !Number.isFinite(secondsPerSet)) return 1;
   const perSet = Math.max(secondsPerSet, 1e-6);
   const wanted = Math.ceil(DEFAULTS.ACTIVITY_OVERHEAD_SECONDS / (DEFAULTS.ACTIVITY_OVERHEAD_FRACTION * perSet));
-  const byWindow = Math.floor(bounds.window / DEFAULTS.ADAPTIVE_MIN_BATCHES_IN_FLIGHT);
   const byTimeout = Math.floor((bounds.engineTimeoutSeconds * DEFAULTS.ADAPTIVE_MAX_TIMEOUT_FRACTION) / perSet);
-  return Math.max(1, Math.min(wanted, DEFAULTS.MAX_BATCH_SIZE, byWindow, byTimeout));
+  return Math.max(1, Math.min(wanted, DEFAULTS.MAX_BATCH_SIZE, byTimeout));
 }
 
 /**

@@ -31,16 +31,17 @@ export const ACTIVITY_OVERHEAD_SECONDS = 0.2;
  */
 export const ACTIVITY_OVERHEAD_FRACTION = 0.05;
 /**
- * Adaptive batching keeps at least this many batches of a chunk in flight (batch size ≤ window / this),
- * so one batch's transfers and round trip overlap another's engine run. Unit: batches.
- */
-export const ADAPTIVE_MIN_BATCHES_IN_FLIGHT = 2;
-/**
  * Adaptive batching keeps a batch's expected engine time under this fraction of the engine time-out,
  * so a batch of sets never times out where its sets alone would not. Unit: 0–1.
  */
 export const ADAPTIVE_MAX_TIMEOUT_FRACTION = 0.25;
-/** Image sets in flight at once across one experiment. Unit: image sets. `--window`. */
+/**
+ * What one experiment may have in flight at once: image sets with `--batch-size` (batches of that
+ * size, ⌈window / size⌉ of them), groups for a grouped stage, and analysis activities with adaptive
+ * batching (each one batch of the measured size, so a 5 ms set and a 60 s set both keep `window`
+ * invocations' worth of work queued). Shared among the chunks running at once. Unit: image sets,
+ * groups or activities as said. `--window`.
+ */
 export const WINDOW = 16;
 /** Image sets per chunk child workflow: keeps each child far below Temporal's 10,240-event limit. Unit: image sets. */
 export const CHUNK_SIZE = 400;

@@ -70,7 +70,7 @@ export function registerSubmit(program: Command): void {
     .option('--channel-map <map>', 'raw channel → pipeline name, e.g. d0=DNA,d1=PH3')
     .addOption(new Option('--engine <engine>', 'analysis engine').choices(['auto', 'builtin', 'cellprofiler']).default('auto'))
     .option('--batch-size <n>', 'image sets per engine invocation (default: chosen from the measured time per set)', intArg('--batch-size'))
-    .option('--window <n>', 'image sets in flight at once for this experiment', intArg('--window'), DEFAULTS.WINDOW)
+    .option('--window <n>', 'what this experiment may have in flight at once: analysis activities (image sets with --batch-size, groups with --group-by)', intArg('--window'), DEFAULTS.WINDOW)
     .option('--engine-timeout <seconds>', 'longest one engine invocation may run', intArg('--engine-timeout'), DEFAULTS.ENGINE_TIMEOUT_SECONDS)
     .option('--bucket <bucket>', 'bucket for a new project (default cpflow-<project>)')
     .option('--open', 'accept more image sets later (seal with `cpflow seal`)', false)

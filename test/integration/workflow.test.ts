@@ -1,7 +1,7 @@
 import { WorkflowFailedError } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, DefaultLogger, Runtime, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import { ANALYSIS_QUEUES, SEARCH_ATTRIBUTE_KEYS, TASK_QUEUES, type ExperimentProgress } from '../../core/model';
+import { ANALYSIS_QUEUES, DEFAULTS, SEARCH_ATTRIBUTE_KEYS, TASK_QUEUES, type ExperimentProgress } from '../../core/model';
 import type { ExperimentWorkflowInput } from '../../workflows/experiment';
 import { imageSetsAddedSignal, progressQuery, sealedSignal } from '../../workflows/progress';
 import { FakeLab } from '../support/fake-lab';
@@ -82,23 +82,31 @@ describe('on the time-skipping test server', () => {
       )) as ExperimentProgress;
     const sizesOf = (lab: FakeLab, manifestKey: string) => lab.batches.filter((b) => b.manifestKey === manifestKey).map((b) => b.size);
 
-    // 5 ms a set (the no-op engine): after the first measurements, batches as large as the chunk's
-    // window allows (32 / 2 chunks = 16 sets in flight, at least 2 batches: 8 sets).
-    const fast = new FakeLab(600, new Set(), 0, { window: 32, chunkSize: 200, concurrentChunks: 2, batchSizeExplicit: false });
+    // 5 ms a set (the no-op engine): after the first measurements, the largest batches (0.2 s of
+    // overhead ≤ 5% of 64 × 5 ms is out of reach, so MAX_BATCH_SIZE), with at most the window's
+    // share of activities in flight (8 / 2 chunks = 4 per chunk, 8 in all).
+    const fast = new FakeLab(600, new Set(), 0, { window: 8, chunkSize: 200, concurrentChunks: 2, batchSizeExplicit: false });
     fast.engineSecondsPerSet = 0.005;
     const result = await run(11, fast);
-    expect(result).toMatchObject({ done: 600, failed: 0, phase: 'finished', batching: { adaptive: true, batchSize: 8 } });
+    expect(result).toMatchObject({ done: 600, failed: 0, phase: 'finished', batching: { adaptive: true, batchSize: DEFAULTS.MAX_BATCH_SIZE } });
     expect(result.batching?.secondsPerSet).toBeCloseTo(0.005, 6);
     expect(fast.analyzed.size).toBe(600);
     expect([...fast.analyzed.values()].every((n) => n === 1)).toBe(true);
-    expect(fast.maxSetsInFlight).toBeLessThanOrEqual(32);
+    expect(fast.maxInFlight).toBeLessThanOrEqual(8);
     const first = sizesOf(fast, 'chunk-1');
-    expect(first[0]).toBe(1); // nothing measured yet: one set measures
-    expect(Math.max(...first)).toBe(8);
+    expect(first.slice(0, 4)).toEqual([1, 1, 1, 1]); // nothing measured yet: single sets measure
+    expect(Math.max(...first)).toBe(DEFAULTS.MAX_BATCH_SIZE);
     expect(first.reduce((a, b) => a + b, 0)).toBe(200);
     // The third chunk starts from what the first ones measured.
-    expect(sizesOf(fast, 'chunk-401')[0]).toBe(8);
-    expect(fast.batches.length).toBeLessThan(600 / 4);
+    expect(sizesOf(fast, 'chunk-401')[0]).toBe(DEFAULTS.MAX_BATCH_SIZE);
+    expect(fast.batches.length).toBeLessThan(600 / 16);
+
+    // 0.5 s a set (a small CellProfiler pipeline): 0.2 s ≤ 5% of 8 × 0.5 s, so batches of 8.
+    const medium = new FakeLab(100, new Set(), 0, { window: 4, batchSizeExplicit: false });
+    medium.engineSecondsPerSet = 0.5;
+    const mediumResult = await run(14, medium);
+    expect(mediumResult.batching).toMatchObject({ adaptive: true, batchSize: 8, secondsPerSet: 0.5 });
+    expect(medium.maxInFlight).toBeLessThanOrEqual(4);
 
     // A minute a set (CellProfiler on a big image): one set per activity.
     const slow = new FakeLab(40, new Set(), 0, { window: 16, batchSizeExplicit: false });
