@@ -4,6 +4,7 @@ import path from 'node:path';
 import execa from 'execa';
 import { findFreePort, isPortAnswering } from '../../deploy/local/processes';
 import { installPinnedVenv, pipInstall, runLogged, type Log } from '../../deploy/local/venv';
+import { stackAdminEnv } from '../../deploy/local/services';
 import { REPO_ROOT, type BenchProcess } from './processes';
 
 /**
@@ -133,11 +134,24 @@ export interface PeerEnv {
   brokerUrl: string;
   acksLate: boolean;
   runLog?: string;
+  /** The MariaDB account the peer connects with (its own tables need DDL: see peerDbAccount). */
+  db: { CPFLOW_DB_USER: string; CPFLOW_DB_PASSWORD: string };
+}
+
+/**
+ * The peer creates its result tables itself (Celery's database backend runs CREATE TABLE and
+ * CREATE SEQUENCE on first use), which cpflow's runtime account may not do: it connects with the
+ * local stack's migration account, as a lab's Celery app would own its tables.
+ */
+export async function peerDbAccount(): Promise<PeerEnv['db']> {
+  const admin = await stackAdminEnv();
+  return { CPFLOW_DB_USER: admin.CPFLOW_DB_MIGRATE_USER ?? '', CPFLOW_DB_PASSWORD: admin.CPFLOW_DB_MIGRATE_PASSWORD ?? '' };
 }
 
 function peerProcessEnv(e: PeerEnv): NodeJS.ProcessEnv {
   return {
     ...process.env,
+    ...e.db,
     PEER_BROKER_URL: e.brokerUrl,
     PEER_ACKS_LATE: e.acksLate ? '1' : '0',
     ...(e.runLog ? { PEER_RUN_LOG: e.runLog } : {}),

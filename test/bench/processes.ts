@@ -135,8 +135,9 @@ export function cpuSnapshot(): CpuSnapshot {
 /**
  * CPU seconds spent between two snapshots, grouped: our own processes by the name we gave them,
  * everything else by command name (temporal, mariadbd, minio, …). Busiest first.
+ * Groups under `minSeconds` are left out and the rest rounded to 0.1 s (for display); 0 keeps every group, unrounded (for totals).
  */
-export function cpuDelta(before: CpuSnapshot, after: CpuSnapshot, named: Map<number, string>): Array<{ name: string; cpuSeconds: number }> {
+export function cpuDelta(before: CpuSnapshot, after: CpuSnapshot, named: Map<number, string>, minSeconds = 0.5): Array<{ name: string; cpuSeconds: number }> {
   const groups = new Map<string, number>();
   for (const [pid, a] of after) {
     const b = before.get(pid);
@@ -146,8 +147,8 @@ export function cpuDelta(before: CpuSnapshot, after: CpuSnapshot, named: Map<num
     groups.set(name, (groups.get(name) ?? 0) + spent);
   }
   return [...groups.entries()]
-    .map(([name, cpuSeconds]) => ({ name, cpuSeconds: Math.round(cpuSeconds * 10) / 10 }))
-    .filter((g) => g.cpuSeconds >= 0.5)
+    .map(([name, cpuSeconds]) => ({ name, cpuSeconds: minSeconds > 0 ? Math.round(cpuSeconds * 10) / 10 : cpuSeconds }))
+    .filter((g) => g.cpuSeconds >= minSeconds && g.cpuSeconds > 0)
     .sort((x, y) => y.cpuSeconds - x.cpuSeconds);
 }
 

@@ -5,7 +5,7 @@ import { db, getExperiment, imageSetCounts } from '../../core/db';
 import { getBytes, layout } from '../../core/s3';
 import { runExperiment } from './experiment-run';
 import { registerNoopExperiment } from './fixtures';
-import { descendants, ensureRabbitMqInstalled, groupPids, installPeerVenv, killGroup, peerCommand, startPeerWorker, startRabbitMq, type PeerEnv, type PeerPool, type RabbitMq } from './peer';
+import { descendants, ensureRabbitMqInstalled, groupPids, installPeerVenv, killGroup, peerCommand, peerDbAccount, startPeerWorker, startRabbitMq, type PeerEnv, type PeerPool, type RabbitMq } from './peer';
 import { cpuDelta, cpuSnapshot, stackServicePids, type BenchProcess, type CpuSnapshot } from './processes';
 import { WorkerSet } from './workers';
 
@@ -85,7 +85,9 @@ function sideCpu(before: CpuSnapshot, after: CpuSnapshot, named: Map<number, str
   const uses = side === 'cpflow' ? ['temporal', 'minio', 'mariadbd'] : ['minio', 'mariadbd'];
   const all = new Map([...named, ...[...services].filter(([, name]) => uses.includes(name))]);
   const names = new Set(all.values());
-  return cpuDelta(before, after, all).filter((g) => names.has(g.name));
+  // Every process of the side counts, however little it spent (the display threshold would drop a
+  // worker's or MariaDB's half second per run and flatter the side with more small processes).
+  return cpuDelta(before, after, all, 0).filter((g) => names.has(g.name));
 }
 
 async function doneCount(experimentId: number): Promise<number> {
@@ -151,7 +153,7 @@ export async function sideBySide(client: Client, o: SideBySideOptions, log: (lin
   const drills: DrillResult[] = [];
   let summariesIdentical = false;
   try {
-    const peerEnv: PeerEnv = { brokerUrl: rabbit.url, acksLate: false };
+    const peerEnv: PeerEnv = { brokerUrl: rabbit.url, acksLate: false, db: await peerDbAccount() };
     await peerCommand(python, ['purge'], peerEnv);
     const cpflowWorkers = await WorkerSet.start({ cellprofiler: { CPFLOW_ANALYZE_SLOTS: String(o.noopSlots), CPFLOW_ENGINE_OVERRIDE: 'noop' } });
     const peerWorkers = await startPeerWorkers(celery, o, peerEnv, 'w');
@@ -271,7 +273,7 @@ async function peerDrill(
   log: (line: string) => void,
 ): Promise<DrillResult> {
   const runLog = path.join(o.scratch, `peer-drill-${acksLate ? 'ackslate' : 'defaults'}-${Date.now()}.log`);
-  const env: PeerEnv = { brokerUrl: rabbit.url, acksLate, runLog };
+  const env: PeerEnv = { brokerUrl: rabbit.url, acksLate, runLog, db: await peerDbAccount() };
   await peerCommand(python, ['purge'], env);
   const workers = await startPeerWorkers(celery, o, env, acksLate ? 'late' : 'dflt');
   const label = `peer (${o.peerPool} pool, ${acksLate ? 'acks_late' : "Celery's defaults"})`;
