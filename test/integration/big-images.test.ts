@@ -27,6 +27,12 @@ jest.setTimeout(600_000);
 const { EventType } = temporal.api.enums.v1;
 /** A large real image, well under the default limit (big-image.test.ts analyses one of 10240²). */
 const LARGEST = 2896;
+/**
+ * Both experiments run one set per activity, so the history shows each set's runs (the large one
+ * exactly once) and the flowing experiment completes its sets one by one, one at a time (adaptive
+ * batching would finish its 48 small sets in two or three batches, before the large set ends).
+ */
+const PER_SET_ONE_AT_A_TIME = { batchSize: 1, window: 1 };
 /** DEFAULTS.ANALYSIS_HEARTBEAT_TIMEOUT ('20 seconds'), in milliseconds. */
 const HEARTBEAT_TIMEOUT_MS = Number(/^(\d+) seconds$/.exec(DEFAULTS.ANALYSIS_HEARTBEAT_TIMEOUT)?.[1] ?? NaN) * 1000;
 let workers: ManagedProcess | undefined;
@@ -112,14 +118,14 @@ it('refuses a 2 GB-decoded image from its header and analyses the largest allowe
 
   // The other experiment first, one set at a time (window 1), so it is still going when the big one
   // arrives and its sets queue behind no backlog of their own.
-  const flowId = (await submit({ project, name: 'flow', folder: flowDir, grouping: GROUPING_PRESETS.synthetic!.rule, engine: 'builtin', dispatch: { window: 1 } })).experimentId;
+  const flowId = (await submit({ project, name: 'flow', folder: flowDir, grouping: GROUPING_PRESETS.synthetic!.rule, engine: 'builtin', dispatch: PER_SET_ONE_AT_A_TIME })).experimentId;
   await waitForExperiment(flowId, (e) => e.done_sets >= 3, 120_000);
 
   // A submitter configured with a higher limit than the workers' registers the huge image; the workers refuse it.
   process.env.CPFLOW_MAX_IMAGE_PIXELS = String(1_000_000_000);
   let bigId: number;
   try {
-    bigId = (await submit({ project, name: 'big', folder: bigDir, grouping: GROUPING_PRESETS.synthetic!.rule, engine: 'builtin' })).experimentId;
+    bigId = (await submit({ project, name: 'big', folder: bigDir, grouping: GROUPING_PRESETS.synthetic!.rule, engine: 'builtin', dispatch: { batchSize: 1 } })).experimentId;
   } finally {
     delete process.env.CPFLOW_MAX_IMAGE_PIXELS;
   }

@@ -118,7 +118,7 @@ async function outage(
 describe('fault drills', () => {
   it('(a) kill -9 of the cellprofiler worker mid-run: in-flight sets retry on the restarted worker', async () => {
     await timed('a-kill-worker', async () => {
-      const e = await submitDrill(project, 'kill-worker', plate);
+      const e = await submitDrill(project, 'kill-worker', plate, 'adaptive');
       await waitForSetsInS3(e, MID_RUN);
       // Kill while the worker holds started activities (sets move in waves: a kill timed only by a
       // count of finished sets tends to land between two waves, when the worker holds nothing).

@@ -119,14 +119,19 @@ export async function makeDrillPlate(rows: number, cols: number, sites: number):
  * Register a new experiment over the plate. The first one uploads the files; later ones point at the
  * same objects (`--s3-prefix`), so a drill spends its time on the drill, not on uploads.
  */
-export async function submitDrill(project: string, name: string, plate: DrillPlate): Promise<ExperimentRow> {
+/**
+ * `batching`: 'adaptive' (cpflow's default) or 'per-set' (--batch-size 1). Outage drills use per-set:
+ * sets then finish one by one, so "mid-run" is a moment that exists (adaptive batches of 64 small sets
+ * finish the plate in a few waves); the kill drill runs adaptive, so batches are drilled too.
+ */
+export async function submitDrill(project: string, name: string, plate: DrillPlate, batching: 'adaptive' | 'per-set' = 'per-set'): Promise<ExperimentRow> {
   const res = await submit({
     project,
     name,
     ...(plate.inputsPrefix ? { s3Prefix: plate.inputsPrefix } : { folder: plate.dir }),
     grouping: GROUPING_PRESETS.synthetic!.rule,
     engine: 'builtin',
-    dispatch: { window: DRILL_WINDOW },
+    dispatch: { window: DRILL_WINDOW, ...(batching === 'per-set' ? { batchSize: 1 } : {}) },
   });
   const e = await getExperiment(await db(), res.experimentId);
   if (!e) throw new Error(`experiment ${res.experimentId} vanished after submit`);
