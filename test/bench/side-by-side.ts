@@ -7,7 +7,7 @@ import { runExperiment } from './experiment-run';
 import { registerNoopExperiment } from './fixtures';
 import { descendants, ensureRabbitMqInstalled, groupPids, installPeerVenv, killGroup, peerCommand, peerDbAccount, startPeerWorker, startRabbitMq, type PeerEnv, type PeerPool, type RabbitMq } from './peer';
 import { cpuDelta, cpuSnapshot, stackServicePids, type BenchProcess, type CpuSnapshot } from './processes';
-import { WorkerSet } from './workers';
+import { refuseForeignPollers, WorkerSet } from './workers';
 
 /**
  * (vii) cpflow's no-op path against the classic Celery + RabbitMQ design (test/bench/peer/), on the
@@ -156,7 +156,15 @@ export async function sideBySide(client: Client, o: SideBySideOptions, log: (lin
     const peerEnv: PeerEnv = { brokerUrl: rabbit.url, acksLate: false, db: await peerDbAccount() };
     await peerCommand(python, ['purge'], peerEnv);
     const cpflowWorkers = await WorkerSet.start({ cellprofiler: { CPFLOW_ANALYZE_SLOTS: String(o.noopSlots), CPFLOW_ENGINE_OVERRIDE: 'noop' } });
-    const peerWorkers = await startPeerWorkers(celery, o, peerEnv, 'w');
+    let peerWorkers: BenchProcess[];
+    try {
+      await refuseForeignPollers(client, cpflowWorkers);
+      peerWorkers = await startPeerWorkers(celery, o, peerEnv, 'w');
+    } catch (err) {
+      // Nothing of this section may outlive it: a no-op worker left polling would serve later runs.
+      await cpflowWorkers.stop();
+      throw err;
+    }
     try {
       const comparedSummaries: { cpflow?: number; peer?: number } = {};
       for (let run = 1; run <= o.runs; run++) {

@@ -93,6 +93,22 @@ export class WorkerSet {
   }
 }
 
+/**
+ * Other live workers on the benchmark's queues would take some of its tasks (maybe with another
+ * engine) and their CPU would go uncounted: the figures would be wrong, so the run stops, naming them.
+ * (A benchmark killed before it stopped its workers leaves such orphans.) Returns [] when none.
+ */
+export async function refuseForeignPollers(client: Client, workers: WorkerSet): Promise<string[]> {
+  const foreign = await foreignPollers(client, new Set(workers.pids().keys()));
+  if (foreign.length > 0) {
+    throw new Error(
+      `other workers poll the benchmark's task queues and would take its tasks: ${foreign.join('; ')}. ` +
+        'Stop them (the number before @ is the pid on that host), or run with --private-stack.',
+    );
+  }
+  return foreign;
+}
+
 export async function withWorkers<T>(
   client: Client,
   env: Partial<Record<PoolName, NodeJS.ProcessEnv>>,
@@ -100,8 +116,7 @@ export async function withWorkers<T>(
 ): Promise<{ result: T; pools: PoolReport[]; cpu: Array<{ name: string; cpuSeconds: number }>; foreign: string[]; restarts: string[] }> {
   const workers = await WorkerSet.start(env);
   try {
-    const foreign = await foreignPollers(client, new Set(workers.pids().keys()));
-    if (foreign.length > 0) log(`  warning: other workers poll cpflow's queues and may take tasks: ${foreign.join('; ')}`);
+    const foreign = await refuseForeignPollers(client, workers);
     const before = cpuSnapshot();
     const result = await work();
     const cpu = ownCpu(before, cpuSnapshot(), new Map([...workers.pids(), ...stackServicePids()]));
