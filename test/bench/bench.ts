@@ -147,7 +147,6 @@ interface OverheadResult {
   pools: PoolReport[];
   cpu: Array<{ name: string; cpuSeconds: number }>;
   localCpu: Array<{ name: string; cpuSeconds: number }>;
-  foreignPollers: string[];
   workerRestarts: string[];
 }
 
@@ -196,7 +195,6 @@ async function overhead(client: Client, o: BenchOptions): Promise<OverheadResult
     pools: run.pools,
     cpu: run.cpu,
     localCpu,
-    foreignPollers: run.foreign,
     workerRestarts: run.restarts,
   };
 }
@@ -218,7 +216,6 @@ interface NoopRunResult {
   reduceRowsPerSecond: number;
   pools: PoolReport[];
   cpu: Array<{ name: string; cpuSeconds: number }>;
-  foreignPollers: string[];
   workerRestarts: string[];
 }
 
@@ -251,7 +248,6 @@ async function noopRun(client: Client, label: string, sets: number, batchSize: n
     reduceRowsPerSecond: sets / t.reduceSeconds,
     pools: run.pools,
     cpu: run.cpu,
-    foreignPollers: run.foreign,
     workerRestarts: run.restarts,
   };
 }

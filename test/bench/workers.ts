@@ -96,9 +96,9 @@ export class WorkerSet {
 /**
  * Other live workers on the benchmark's queues would take some of its tasks (maybe with another
  * engine) and their CPU would go uncounted: the figures would be wrong, so the run stops, naming them.
- * (A benchmark killed before it stopped its workers leaves such orphans.) Returns [] when none.
+ * (A benchmark killed before it stopped its workers leaves such orphans.)
  */
-export async function refuseForeignPollers(client: Client, workers: WorkerSet): Promise<string[]> {
+export async function refuseForeignPollers(client: Client, workers: WorkerSet): Promise<void> {
   const foreign = await foreignPollers(client, new Set(workers.pids().keys()));
   if (foreign.length > 0) {
     throw new Error(
@@ -106,21 +106,20 @@ export async function refuseForeignPollers(client: Client, workers: WorkerSet): 
         'Stop them (the number before @ is the pid on that host), or run with --private-stack.',
     );
   }
-  return foreign;
 }
 
 export async function withWorkers<T>(
   client: Client,
   env: Partial<Record<PoolName, NodeJS.ProcessEnv>>,
   work: () => Promise<T>,
-): Promise<{ result: T; pools: PoolReport[]; cpu: Array<{ name: string; cpuSeconds: number }>; foreign: string[]; restarts: string[] }> {
+): Promise<{ result: T; pools: PoolReport[]; cpu: Array<{ name: string; cpuSeconds: number }>; restarts: string[] }> {
   const workers = await WorkerSet.start(env);
   try {
-    const foreign = await refuseForeignPollers(client, workers);
+    await refuseForeignPollers(client, workers);
     const before = cpuSnapshot();
     const result = await work();
     const cpu = ownCpu(before, cpuSnapshot(), new Map([...workers.pids(), ...stackServicePids()]));
-    return { result, pools: await workers.stop(), cpu, foreign, restarts: workers.restarts };
+    return { result, pools: await workers.stop(), cpu, restarts: workers.restarts };
   } catch (err) {
     await workers.stop();
     throw err;

@@ -8,6 +8,7 @@ import { getBytes, layout } from '../../core/s3';
 import { submit } from '../../starter/submit';
 import { readCsvFromS3, requireStack, startWatcher, startWorkers, teardown, uniqueName, waitForExperiment, type ManagedProcess } from '../support/harness';
 import { EXAMPLE_HUMAN } from '../support/fixtures';
+import { cellProfilerForSuite } from '../support/cellprofiler-direct';
 
 /**
  * ExampleHuman through cpflow with the real CellProfiler: submit → watcher → workflow → CellProfiler
@@ -19,12 +20,7 @@ import { EXAMPLE_HUMAN } from '../support/fixtures';
 jest.setTimeout(900_000);
 
 const DATA = EXAMPLE_HUMAN;
-const executable = process.env.CPFLOW_CELLPROFILER;
-const skipReason = !executable
-    ? `CellProfiler is not installed (${process.env.CPFLOW_CELLPROFILER_UNAVAILABLE ?? 'CPFLOW_CELLPROFILER unset; npm test installs it unless CPFLOW_SKIP_CELLPROFILER=1'})`
-    : undefined;
-if (skipReason) console.warn(`SKIPPED ExampleHuman through cpflow with CellProfiler: ${skipReason}`);
-const maybe = skipReason ? it.skip : it;
+const { executable, maybe } = cellProfilerForSuite('ExampleHuman through cpflow with CellProfiler');
 
 let workers: ManagedProcess | undefined;
 let watcher: ManagedProcess | undefined;

@@ -18,7 +18,7 @@ import path from 'node:path';
 import { db, findExperimentByName, resubmitExperiment } from '../../core/db';
 import { getBytes, layout, listObjects, parseS3Uri, putBytes } from '../../core/s3';
 import { generateIlluminationPlates, type IlluminationSet } from '../fixtures/illumination-plates';
-import { expectSameObjects, expectSameRow, runCellProfilerDirectly, type Row } from '../support/cellprofiler-direct';
+import { expectSameObjects, expectSameRow, cellProfilerForSuite, runCellProfilerDirectly, type Row } from '../support/cellprofiler-direct';
 import {
   readCsvFromS3,
   requireStack,
@@ -35,12 +35,7 @@ import {
 jest.setTimeout(900_000);
 
 const PIPELINES = path.join(__dirname, '..', 'fixtures', 'pipelines');
-const executable = process.env.CPFLOW_CELLPROFILER;
-const skipReason = !executable
-  ? `CellProfiler is not installed (${process.env.CPFLOW_CELLPROFILER_UNAVAILABLE ?? 'CPFLOW_CELLPROFILER unset; npm test installs it unless CPFLOW_SKIP_CELLPROFILER=1'})`
-  : undefined;
-if (skipReason) console.warn(`SKIPPED grouped and staged CellProfiler runs: ${skipReason}`);
-const maybe = skipReason ? it.skip : it;
+const { executable, skipReason, maybe } = cellProfilerForSuite('grouped and staged CellProfiler runs');
 
 let workers: ManagedProcess | undefined;
 let watcher: ManagedProcess | undefined;

@@ -17,7 +17,7 @@ import { db, findExperimentByName } from '../../core/db';
 import { getBytes, layout } from '../../core/s3';
 import { EXAMPLE_HUMAN as EXAMPLEHUMAN_DIR } from '../support/fixtures';
 import { generateIlluminationPlates } from '../fixtures/illumination-plates';
-import { compared, expectSameObjects, runCellProfilerDirectly, type Row } from '../support/cellprofiler-direct';
+import { compared, expectSameObjects, cellProfilerForSuite, runCellProfilerDirectly, type Row } from '../support/cellprofiler-direct';
 import {
   readCsvFromS3,
   requireStack,
@@ -35,12 +35,7 @@ jest.setTimeout(900_000);
 
 const FIXTURES = path.join(__dirname, '..', 'fixtures');
 const PLUGINS = path.join(FIXTURES, 'plugins');
-const executable = process.env.CPFLOW_CELLPROFILER;
-const skipReason = !executable
-  ? `CellProfiler is not installed (${process.env.CPFLOW_CELLPROFILER_UNAVAILABLE ?? 'CPFLOW_CELLPROFILER unset; npm test installs it unless CPFLOW_SKIP_CELLPROFILER=1'})`
-  : undefined;
-if (skipReason) console.warn(`SKIPPED LoadData and plugin runs: ${skipReason}`);
-const maybe = skipReason ? it.skip : it;
+const { executable, skipReason, maybe } = cellProfilerForSuite('LoadData and plugin runs');
 
 let workers: ManagedProcess | undefined;
 let watcher: ManagedProcess | undefined;

@@ -37,15 +37,11 @@ import {
   waitForExperiment,
   type ManagedProcess,
 } from '../support/harness';
+import { cellProfilerForSuite } from '../support/cellprofiler-direct';
 
 jest.setTimeout(900_000);
 
-const executable = process.env.CPFLOW_CELLPROFILER;
-const skipReason = !executable
-  ? `CellProfiler is not installed (${process.env.CPFLOW_CELLPROFILER_UNAVAILABLE ?? 'CPFLOW_CELLPROFILER unset; npm test installs it unless CPFLOW_SKIP_CELLPROFILER=1'})`
-  : undefined;
-if (skipReason) console.warn(`SKIPPED module-coverage tests: ${skipReason}`);
-const maybe = skipReason ? it.skip : it;
+const { executable, maybe } = cellProfilerForSuite('module-coverage tests');
 
 type Row = Record<string, string>;
 const readCsv = (text: string | Buffer): Row[] => parse(text, { columns: true, skip_empty_lines: true }) as Row[];

@@ -30,16 +30,12 @@ import {
   waitForExperiment,
   type ManagedProcess,
 } from '../support/harness';
+import { cellProfilerForSuite } from '../support/cellprofiler-direct';
 
 jest.setTimeout(900_000);
 
 const PIPELINES = path.join(__dirname, '..', 'fixtures', 'pipelines');
-const executable = process.env.CPFLOW_CELLPROFILER;
-const skipReason = !executable
-  ? `CellProfiler is not installed (${process.env.CPFLOW_CELLPROFILER_UNAVAILABLE ?? 'CPFLOW_CELLPROFILER unset; npm test installs it unless CPFLOW_SKIP_CELLPROFILER=1'})`
-  : undefined;
-if (skipReason) console.warn(`SKIPPED engine routing and batch tests: ${skipReason}`);
-const maybe = skipReason ? it.skip : it;
+const { executable, skipReason, maybe } = cellProfilerForSuite('engine routing and batch tests');
 
 let withoutCellProfiler: ManagedProcess | undefined;
 let withCellProfiler: ManagedProcess | undefined;

@@ -65,3 +65,17 @@ export function expectSameObjects(actual: Row[], expected: Row[], what: string):
   expect({ what, rows: actual.length }).toEqual({ what, rows: expected.length });
   actual.forEach((row, i) => expectSameRow(row, expected[i] as Row, `${what} row ${i + 1}`));
 }
+
+/**
+ * The CellProfiler a suite runs (`npm test` installs it and sets CPFLOW_CELLPROFILER), or why the
+ * suite skips: warned once under the suite's name, with `maybe` as `it.skip` then, so a machine
+ * without CellProfiler reports the suite skipped with its reason instead of passing it.
+ */
+export function cellProfilerForSuite(suite: string): { executable: string | undefined; skipReason: string | undefined; maybe: jest.It } {
+  const executable = process.env.CPFLOW_CELLPROFILER;
+  const skipReason = !executable
+    ? `CellProfiler is not installed (${process.env.CPFLOW_CELLPROFILER_UNAVAILABLE ?? 'CPFLOW_CELLPROFILER unset; npm test installs it unless CPFLOW_SKIP_CELLPROFILER=1'})`
+    : undefined;
+  if (skipReason) console.warn(`SKIPPED ${suite}: ${skipReason}`);
+  return { executable, skipReason, maybe: skipReason ? it.skip : it };
+}
