@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { closeDb, db } from '../../core/db';
 import { GROUPING_PRESETS } from '../../core/grouping';
-import { layout, listObjects } from '../../core/s3';
+import { getBytes, layout, listObjects, parseS3Uri } from '../../core/s3';
 import { submit } from '../../starter/submit';
 import { generateSyntheticPlate } from '../fixtures/synthetic-plate';
 import { manageProcess, readCsvFromS3, REPO_ROOT, startProcess, tempDir, uniqueName, waitForExperiment, type ManagedProcess } from '../support/harness';
@@ -104,15 +104,22 @@ drill('finishes on the remaining host when one is cut off mid-run, every set rec
     dispatch: { batchSize: 1 } });
   const total = 24;
   const pool = await db();
-  // Done as S3 sees it, set by set (MariaDB's mirror is written in batches, so it can jump to all 24 at once).
+  // Done as S3 sees it, set by set (MariaDB's mirror is written in batches, so it can jump to all 24
+  // at once), with the host each provenance.json names.
+  const hostOf = new Map<string, string>();
   const doneCount = async (): Promise<number> => {
     let n = 0;
-    for await (const o of listObjects(bucket, `${layout.experimentRoot(experimentId)}sets/`)) if (o.key.endsWith('/provenance.json')) n++;
+    for await (const o of listObjects(bucket, `${layout.experimentRoot(experimentId)}sets/`)) {
+      if (!o.key.endsWith('/provenance.json')) continue;
+      n++;
+      if (!hostOf.has(o.key)) hostOf.set(o.key, (JSON.parse((await getBytes(bucket, o.key)).toString('utf8')) as { worker: { host: string } }).worker.host);
+    }
     return n;
   };
 
-  // Both hosts take work; cut host 1 while it still has image sets in hand.
-  for (let i = 0; i < 1200 && (await doneCount()) < 4; i++) await new Promise((r) => setTimeout(r, 100));
+  // Both hosts take work: cut host 1 once each host has finished a set (a count of finished sets alone
+  // can be reached by host 2 before host 1's first set is done), while host 1 still has sets in hand.
+  for (let i = 0; i < 1200 && (await doneCount()) < total && new Set(hostOf.values()).size < 2; i++) await new Promise((r) => setTimeout(r, 100));
   const [cut, survivor] = workers;
   process.kill(cut!.managed.child.pid!, 'SIGKILL');
   dropLink(cut!.host.hostVeth);
@@ -136,7 +143,6 @@ drill('finishes on the remaining host when one is cut off mid-run, every set rec
   expect(new Set(summary.map((r) => r.ImageSet_Key)).size).toBe(total);
 
   // Who did the work: provenance.json names each set's worker host.
-  const { getBytes, parseS3Uri } = await import('../../core/s3');
   const hosts = new Map<string, number>();
   for (const row of await pool.query<Array<{ uri: string }>>("SELECT uri FROM result_file WHERE kind = 'provenance' AND image_set_id IN (?)", [sets.map((s) => s.id)])) {
     const { bucket, key } = parseS3Uri(row.uri);
