@@ -160,18 +160,20 @@ it('runs every role with the image command as PID 1; SIGTERM lets a running anal
   for (let i = 0; i < 1200 && (await markers()) < 1; i++) await new Promise((r) => setTimeout(r, 100));
   expect(await markers()).toBeGreaterThanOrEqual(1);
 
-  // The set counter moves when its activity completes, just after its marker is written.
+  // The set counter moves when its activity completes, just after its marker is written; the SDK
+  // records its activity latency a moment later, when the core reports the completion to the server.
   const setsCounted = /cpflow_image_sets_total\{[^}]*engine="builtin"[^}]*\} [1-9]/;
+  const latencyRecorded = /temporal_activity_execution_latency/;
+  const scraped = (text: string): boolean => setsCounted.test(text) && latencyRecorded.test(text);
   let metrics = '';
-  for (let i = 0; i < 100 && !setsCounted.test(metrics); i++) {
+  for (let i = 0; i < 100 && !scraped(metrics); i++) {
     metrics = (await get(ports.analysisMetrics, '/metrics')).body;
-    if (!setsCounted.test(metrics)) await new Promise((r) => setTimeout(r, 100));
+    if (!scraped(metrics)) await new Promise((r) => setTimeout(r, 100));
   }
   expect(metrics).toMatch(/cpflow_image_sets_total\{[^}]*engine="builtin"[^}]*\} [1-9]/);
   expect(metrics).toMatch(/cpflow_engine_seconds_bucket\{[^}]*engine="builtin"/);
   expect(metrics).toMatch(/cpflow_bytes_total\{[^}]*direction="download"[^}]*\} [1-9]/);
-  expect(metrics).toMatch(/temporal_activity_execution_latency/);
-
+  expect(metrics).toMatch(latencyRecorded);
 
   // The pod is deleted: SIGTERM to PID 1 (tini), which passes it to node.
   const signalled = Date.now();
