@@ -36,16 +36,28 @@ import { loadProfilesForReport } from './reduce/profiles-inputs';
 
 const PAGE = 500;
 
+/** A set's tables, each opened from S3 when the merge reads it. */
+function tablesOf(uris: string[]): ImageSetResult['tables'] {
+  return uris.map((uri) => ({
+    name: path.posix.basename(uri),
+    open: async () => {
+      const { bucket, key } = parseS3Uri(uri);
+      return getStream(bucket, key);
+    },
+  }));
+}
+
+/**
+ * The tables of a set merged from its summary, listed only if the report samples the set. Built out
+ * here, not inline in setResults: a closure there would keep its whole page (500 parsed summaries)
+ * alive for as long as the report's sample holds the set, about every page at 100,000 sets.
+ */
+function sampleTablesOf(pool: Db, imageSetId: number): () => Promise<ImageSetResult['tables']> {
+  return async () => tablesOf((await tableUrisBySet(pool, [imageSetId])).get(imageSetId) ?? []);
+}
+
 async function* setResults(pool: Db, experimentId: number, stage: string, onSet: () => void): AsyncGenerator<ImageSetResult> {
   let page: ImageSetRow[] = [];
-  const tablesOf = (uris: string[]): ImageSetResult['tables'] =>
-    uris.map((uri) => ({
-      name: path.posix.basename(uri),
-      open: async () => {
-        const { bucket, key } = parseS3Uri(uri);
-        return getStream(bucket, key);
-      },
-    }));
   const emit = async function* (rows: ImageSetRow[]): AsyncGenerator<ImageSetResult> {
     // Done sets measured by the analysis activity are merged from their summaries (MariaDB); only the
     // others' tables are listed and read from S3.
@@ -69,7 +81,7 @@ async function* setResults(pool: Db, experimentId: number, stage: string, onSet:
         metadata: row.metadata,
         error: isDone ? undefined : (row.error ?? `not analysed (status ${row.status})`),
         tables: isDone && !summary ? tablesOf(tables.get(row.id) ?? []) : [],
-        ...(summary ? { summary, sampleTables: async () => tablesOf((await tableUrisBySet(pool, [row.id])).get(row.id) ?? []) } : {}),
+        ...(summary ? { summary, sampleTables: sampleTablesOf(pool, row.id) } : {}),
       };
     }
   };
