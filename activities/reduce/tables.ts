@@ -3,7 +3,7 @@
  * header name: real files have 100+ columns, Image.csv is alphabetical (ImageNumber is not first),
  * and other engines may order columns differently.
  */
-import { parse, CsvError } from 'csv-parse';
+import { CsvError, forEachCsvRecord as forEachRecord } from '../../core/csv';
 
 export { CsvError };
 
@@ -23,52 +23,24 @@ export function finiteNumber(cell: string | undefined): number | undefined {
 /**
  * Calls `onHeader` once with the header row, then `onRow` for every data row, parsing the stream
  * incrementally (one record in memory at a time). Resolves with the number of data rows.
- * Parse errors surface as csv-parse's `CsvError`; stream errors (e.g. S3) as themselves.
+ * Parse errors surface as CsvError; stream errors (e.g. S3) as themselves.
  */
-export function forEachCsvRecord(
+export async function forEachCsvRecord(
   source: NodeJS.ReadableStream,
   onHeader: (header: string[]) => void,
   onRow: (row: string[]) => void,
 ): Promise<number> {
-  // Plain 'data' events rather than pipeline() + for-await: per-table stream set-up dominated the
-  // cost for small tables (thousands of sets per experiment), and this path needs neither.
-  return new Promise<number>((resolve, reject) => {
-    const parser = parse({ bom: true, skip_empty_lines: true });
-    let header: string[] | undefined;
-    let rows = 0;
-    let settled = false;
-    const fail = (error: unknown) => {
-      if (settled) return;
-      settled = true;
-      source.unpipe(parser);
-      parser.destroy();
-      if ('destroy' in source && typeof source.destroy === 'function') source.destroy();
-      reject(error);
-    };
-    source.on('error', fail);
-    parser.on('error', fail);
-    parser.on('data', (record: string[]) => {
-      if (settled) return;
-      try {
-        if (header === undefined) {
-          header = record;
-          onHeader(header);
-        } else {
-          rows += 1;
-          onRow(record);
-        }
-      } catch (error) {
-        fail(error);
-      }
-    });
-    parser.on('end', () => {
-      if (settled) return;
-      settled = true;
-      if (header === undefined) onHeader([]);
-      resolve(rows);
-    });
-    source.pipe(parser);
+  let sawHeader = false;
+  const rows = await forEachRecord(source, (record, index) => {
+    if (index === 0) {
+      sawHeader = true;
+      onHeader(record);
+    } else {
+      onRow(record);
+    }
   });
+  if (!sawHeader) onHeader([]);
+  return rows;
 }
 
 export interface ImageTableSummary {

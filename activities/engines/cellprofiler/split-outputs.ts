@@ -5,8 +5,8 @@ import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { finished } from 'node:stream/promises';
-import { parse } from 'csv-parse';
 import { stringify, type Stringifier } from 'csv-stringify';
+import { forEachCsvRecord } from '../../../core/csv';
 import { settingValue, type Pipeline } from '../../../core/pipeline/cppipe';
 import { spreadsheetFilePrefix } from '../../../core/pipeline/validate';
 import { pathToFileURL } from 'node:url';
@@ -209,12 +209,11 @@ async function assignImageRows(
   const claimedFiles = new Map<string, Set<number>>();
   const rowsPerSet = sets.map(() => 0);
 
-  const parser = fs.createReadStream(imageTablePath).pipe(parse({ delimiter, relax_quotes: true }));
-  let header: string[] | undefined;
-  for await (const record of parser as AsyncIterable<string[]>) {
-    if (!header) {
+  let header: string[] = [];
+  await forEachCsvRecord(fs.createReadStream(imageTablePath), (record, index) => {
+    if (index === 0) {
       header = record;
-      continue;
+      return;
     }
     const row = new Map(header.map((column, i) => [column, record[i] ?? '']));
     const imageNumber = row.get('ImageNumber');
@@ -254,7 +253,7 @@ async function assignImageRows(
         }
       }
     }
-  }
+  }, { delimiter });
   const missing = sets.filter((_, i) => rowsPerSet[i] === 0);
   if (missing.length > 0) {
     throw new ImageSetInputError(
@@ -298,51 +297,60 @@ async function splitTable(
     stringifier.pipe(file);
     return { stringifier, file };
   });
-  const write = async (index: number, record: string[]) => {
+  // Writes a record; a promise only when that writer's buffer is full (parsing pauses for it, which
+  // costs papaparse a re-parse of the rest of its chunk, so not for every record).
+  const drains: Promise<unknown>[] = [];
+  const write = (index: number, record: string[]): void => {
     const { stringifier } = writers[index];
-    if (!stringifier.write(record)) await once(stringifier, 'drain');
+    if (!stringifier.write(record)) drains.push(once(stringifier, 'drain'));
+  };
+  const drained = (): Promise<void> | undefined => {
+    if (drains.length === 0) return undefined;
+    const waiting = Promise.all(drains.splice(0)).then(() => undefined);
+    return waiting;
   };
 
-  const parser = fs.createReadStream(source).pipe(parse({ delimiter, relax_quotes: true }));
   let header: string[] | undefined;
   let numberColumns: number[] = [];
   let routeColumn = -1;
-  try {
-    for await (const record of parser as AsyncIterable<string[]>) {
-      if (!header) {
-        header = record;
-        const plain = header.indexOf('ImageNumber');
-        const first = header.indexOf('First Image Number');
-        const second = header.indexOf('Second Image Number');
-        const parents = header.flatMap((column, i) => (/ParentImageNumber/.test(column) ? [i] : []));
-        if (plain >= 0) {
-          routeColumn = plain;
-          numberColumns = [plain, ...parents];
-        } else if (first >= 0) {
-          routeColumn = first;
-          numberColumns = second >= 0 ? [first, second] : [first];
-        }
-        for (let i = 0; i < writers.length; i++) await write(i, header);
-        continue;
+  const route = (record: string[]): Promise<void> | undefined => {
+    if (!header) {
+      header = record;
+      const plain = header.indexOf('ImageNumber');
+      const first = header.indexOf('First Image Number');
+      const second = header.indexOf('Second Image Number');
+      const parents = header.flatMap((column, i) => (/ParentImageNumber/.test(column) ? [i] : []));
+      if (plain >= 0) {
+        routeColumn = plain;
+        numberColumns = [plain, ...parents];
+      } else if (first >= 0) {
+        routeColumn = first;
+        numberColumns = second >= 0 ? [first, second] : [first];
       }
-      if (routeColumn < 0) {
-        for (let i = 0; i < writers.length; i++) await write(i, record);
-        continue;
-      }
-      const assignment = assignments.get(record[routeColumn]);
-      if (!assignment) throw new Error(`${path.basename(source)}: row for unknown ImageNumber ${record[routeColumn]}`);
-      const renumbered = [...record];
-      for (const column of numberColumns) {
-        const other = assignments.get(record[column]);
-        // Numbers restarting at 1 per set (no global numbers) cannot point across sets; keep such a
-        // number rather than invent one.
-        if (other && (other.setIndex === assignment.setIndex || globalNumbers)) renumbered[column] = String(other.localNumber);
-      }
-      if (locate && header) {
-        for (let i = 0; i < header.length; i++) renumbered[i] = locate(header[i] ?? '', renumbered[i] ?? '', assignment.setIndex);
-      }
-      await write(assignment.setIndex, renumbered);
+      for (let i = 0; i < writers.length; i++) write(i, header);
+      return drained();
     }
+    if (routeColumn < 0) {
+      for (let i = 0; i < writers.length; i++) write(i, record);
+      return drained();
+    }
+    const assignment = assignments.get(record[routeColumn]);
+    if (!assignment) throw new Error(`${path.basename(source)}: row for unknown ImageNumber ${record[routeColumn]}`);
+    const renumbered = [...record];
+    for (const column of numberColumns) {
+      const other = assignments.get(record[column]);
+      // Numbers restarting at 1 per set (no global numbers) cannot point across sets; keep such a
+      // number rather than invent one.
+      if (other && (other.setIndex === assignment.setIndex || globalNumbers)) renumbered[column] = String(other.localNumber);
+    }
+    if (locate && header) {
+      for (let i = 0; i < header.length; i++) renumbered[i] = locate(header[i] ?? '', renumbered[i] ?? '', assignment.setIndex);
+    }
+    write(assignment.setIndex, renumbered);
+    return drained();
+  };
+  try {
+    await forEachCsvRecord(fs.createReadStream(source), route, { delimiter });
   } finally {
     for (const { stringifier } of writers) stringifier.end();
     await Promise.all(writers.map(({ file }) => finished(file)));
