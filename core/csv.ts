@@ -137,3 +137,41 @@ function parseRecords(
     });
   });
 }
+
+export interface CsvTextOptions {
+  /** Trim spaces around every field (hand-written files such as platemaps). */
+  trim?: boolean;
+  /** Accept rows with another number of fields than the header (callers that check it themselves). */
+  relaxColumnCount?: boolean;
+}
+
+/**
+ * A whole CSV text (a platemap, a LoadData CSV, a table already in memory) as records, header first,
+ * with the same strictness as forEachCsvRecord: malformed quotes and, unless relaxed, rows with another
+ * number of fields than the header are a CsvError. A leading byte order mark is removed.
+ */
+export function parseCsvText(text: string, options: CsvTextOptions = {}): string[][] {
+  const body = text.startsWith('\ufeff') ? text.slice(1) : text;
+  const lineBreak = body.indexOf('\n');
+  const result = Papa.parse<string[]>(body, {
+    delimiter: ',',
+    newline: lineBreak > 0 && body[lineBreak - 1] === '\r' ? '\r\n' : '\n',
+    skipEmptyLines: true,
+    ...(options.trim ? { transform: (value: string) => value.trim() } : {}),
+  });
+  const problem = result.errors[0];
+  if (problem) throw new CsvError(`record ${(problem.row ?? 0) + 1}: ${problem.message}`);
+  const records = result.data;
+  if (!options.relaxColumnCount) {
+    const fields = records[0]?.length ?? 0;
+    const odd = records.findIndex((r) => r.length !== fields);
+    if (odd > 0) throw new CsvError(`record ${odd + 1}: ${records[odd]?.length} fields, the header has ${fields}`);
+  }
+  return records;
+}
+
+/** A whole CSV text as one object per row, keyed by the header's column names. */
+export function parseCsvObjects(text: string): Array<Record<string, string>> {
+  const [header = [], ...rows] = parseCsvText(text);
+  return rows.map((row) => Object.fromEntries(header.map((column, i) => [column, row[i] ?? ''])));
+}

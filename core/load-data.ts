@@ -15,7 +15,7 @@
  * copies (activities/engines/cellprofiler/load-data.ts). Pure: no I/O here.
  */
 import path from 'node:path';
-import { parse } from 'csv-parse/sync';
+import { parseCsvText } from './csv';
 import { safeKeySegment } from './model/stages';
 
 export class LoadDataError extends Error {
@@ -58,7 +58,7 @@ const FILE_COLUMN = /^(Objects)?(FileName|PathName|URL)_(.+)$/;
 export function parseLoadDataCsv(text: string, source: string, opts: { folderRoot?: string } = {}): LoadDataTable {
   let records: string[][];
   try {
-    records = parse(text.startsWith('\uFEFF') ? text.slice(1) : text, { skip_empty_lines: true, relax_column_count: false }) as string[][];
+    records = parseCsvText(text);
   } catch (err) {
     throw new LoadDataError(source, `not a readable CSV (${(err as Error).message})`);
   }

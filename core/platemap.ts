@@ -8,7 +8,7 @@
  * Wells are compared as written: pycytominer joins `well_position` to the images' `Metadata_Well`
  * as strings, so `A1` does not match `A01`.
  */
-import { parse } from 'csv-parse/sync';
+import { parseCsvText } from './csv';
 import { UsageError } from './errors';
 import { DEFAULTS, PLATEMAP_COLUMN, type Controls } from './model';
 
@@ -46,7 +46,7 @@ const listed = (items: string[], max = 5): string => `${items.slice(0, max).join
 export function parsePlatemap(text: string, fileName: string): Platemap {
   let records: string[][];
   try {
-    records = parse(text, { bom: true, skip_empty_lines: true, trim: true }) as string[][];
+    records = parseCsvText(text, { trim: true });
   } catch (err) {
     fail(fileName, `not a readable CSV (${err instanceof Error ? err.message : String(err)})`);
   }

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Presets, SingleBar } from 'cli-progress';
-import { parse } from 'csv-parse/sync';
+import { parseCsvObjects } from '../core/csv';
 import { ensureStackUp } from '../deploy/local/services';
 import { ensureWorkflowBundle } from '../workers/workflow-bundle';
 import { demoPlatemap, printProfiles, startProfilesInstall } from './demo-profiles';
@@ -118,7 +118,7 @@ async function main(): Promise<void> {
     }
     let matches = 0;
     if (local['summary.csv']) {
-      const rows = parse(fs.readFileSync(local['summary.csv']!, 'utf8'), { columns: true }) as Array<Record<string, string>>;
+      const rows = parseCsvObjects(fs.readFileSync(local['summary.csv']!, 'utf8'));
       for (const set of truth.sets) {
         const row = rows.find((r) => r.ImageSet_Key === set.key);
         if (row && Number(row.Count_Nuclei) === set.nucleusCount) matches++;

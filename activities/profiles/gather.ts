@@ -21,7 +21,7 @@ import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { CsvError, parse } from 'csv-parse/sync';
+import { CsvError, parseCsvText } from '../../core/csv';
 import { stringify } from 'csv-stringify/sync';
 
 export interface GatherSet {
@@ -114,7 +114,7 @@ function parseTable(name: string, bytes: Buffer): ParsedTable & { records: numbe
   // One line ending in the concatenated file (Python's csv module, hence CellProfiler, writes CRLF).
   if (text.includes('\r\n')) text = text.replace(/\r\n/g, '\n');
   const end = endOfFirstRecord(text);
-  const header = (parse(text.slice(0, end), { relax_column_count: true }) as string[][])[0] ?? [];
+  const header = parseCsvText(text.slice(0, end), { relaxColumnCount: true })[0] ?? [];
   let body = text.slice(end);
   if (body !== '' && !body.endsWith('\n')) body += '\n';
   return { name, header, body, records: checkedRecords(name, body, header.length) };
@@ -199,7 +199,7 @@ export async function gatherTables(
           if (!header.includes(c)) stats.droppedColumns[c] = (stats.droppedColumns[c] ?? 0) + 1;
         }
         const index = new Map(table.header.map((c, i) => [c, i]));
-        const records = table.body === '' ? [] : (parse(table.body, { relax_column_count: true }) as string[][]);
+        const records = table.body === '' ? [] : parseCsvText(table.body, { relaxColumnCount: true });
         const mapped = records.map((record) =>
           header.map((c) => {
             const at = index.get(c);

@@ -15,11 +15,11 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parse } from 'csv-parse/sync';
 import { z } from 'zod';
 import { cellProfilerEnvironment, environmentKey } from '../../activities/engines/cellprofiler/environment';
 import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
 import { probeCellProfilerVersion } from '../../core/cellprofiler';
+import { parseCsvObjects } from '../../core/csv';
 import { PipelineRunError, type EngineEnvironment, type EngineImageSet } from '../../activities/engines/types';
 
 export const MODULE_COVERAGE_DIR = path.resolve(__dirname, '..', '..', 'test', 'fixtures', 'module-coverage');
@@ -49,7 +49,7 @@ const resultSchema = z.object({
 export type ModuleCoverageResult = z.infer<typeof resultSchema>;
 
 type Row = Record<string, string>;
-const readTable = (file: string): Row[] => parse(fs.readFileSync(file), { columns: true }) as Row[];
+const readTable = (file: string): Row[] => parseCsvObjects(fs.readFileSync(file, 'utf8'));
 
 /** Module names of the pipeline, in order (from the saved file). */
 export function pipelineModules(pipelineFile = MODULE_COVERAGE_PIPELINE): string[] {

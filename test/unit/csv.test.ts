@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream';
-import { CsvError, forEachCsvRecord } from '../../core/csv';
+import { CsvError, forEachCsvRecord, parseCsvObjects, parseCsvText } from '../../core/csv';
 
 /** A stream of `text` in chunks of `size` bytes, so records, quotes and characters straddle chunks. */
 function chunked(text: string, size: number): Readable {
@@ -63,5 +63,18 @@ describe('forEachCsvRecord', () => {
     await expect(forEachCsvRecord(chunked('a\n1\n', 2), (_, i) => { if (i === 1) throw new Error('boom'); })).rejects.toThrow('boom');
     const broken = new Readable({ read() { this.destroy(new Error('S3 went away')); } });
     await expect(forEachCsvRecord(broken, () => undefined)).rejects.toThrow('S3 went away');
+  });
+});
+
+describe('parseCsvText', () => {
+  it('reads a whole text with the same rules, trimming when asked', () => {
+    expect(parseCsvText('\ufeffWell, dose \r\nA01,"1,5"\r\n\r\n', { trim: true })).toEqual([['Well', 'dose'], ['A01', '1,5']]);
+    expect(parseCsvObjects('a,b\n1,2\n3,4\n')).toEqual([{ a: '1', b: '2' }, { a: '3', b: '4' }]);
+  });
+
+  it('refuses malformed quotes and odd rows unless told to accept them', () => {
+    expect(() => parseCsvText('a,b\n1,"2\n')).toThrow(CsvError);
+    expect(() => parseCsvText('a,b\n1,2\n3\n')).toThrow(/record 3: 1 fields, the header has 2/);
+    expect(parseCsvText('a,b\n1,2\n3\n', { relaxColumnCount: true })).toEqual([['a', 'b'], ['1', '2'], ['3']]);
   });
 });
