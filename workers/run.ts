@@ -5,6 +5,7 @@ import {
 } from '@temporalio/interceptors-opentelemetry';
 import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { analysisActivities, controlActivities, reduceActivities } from '../activities';
+import { prepareEngines } from '../activities/engines';
 import { configuredCellProfiler } from '../core/cellprofiler';
 import { ConfigError, temporalConfig, validateSettings, workerConfig } from '../core/config';
 import { closeDb, db } from '../core/db';
@@ -129,7 +130,12 @@ export async function runPools(pools: PoolName[]): Promise<void> {
   try {
     // The analysis pool may poll two queues (one per engine): one Worker each.
     const options = pools.flatMap((p) => workerOptions(p));
-    const workers = await Promise.all(options.map((o) => Worker.create({ connection, ...o })));
+    // An analysis worker probes its engines meanwhile, so no image set waits for that.
+    const [workers, engines] = await Promise.all([
+      Promise.all(options.map((o) => Worker.create({ connection, ...o }))),
+      pools.includes('cellprofiler') ? prepareEngines() : undefined,
+    ]);
+    if (engines) console.log(`cpflow worker: ${engines}`);
     if (metricsPort && pools.includes('workflow')) stopBacklog = pollQueueBacklog(connection, settings.namespace, (line) => console.warn(`cpflow worker: ${line}`));
     const running = Promise.all(workers.map((w) => w.run()));
     // Ready while every pool polls; not ready from the moment a shutdown begins.

@@ -3,7 +3,7 @@ import { configuredCellProfiler, configuredPlugins } from '../../core/cellprofil
 import type { EngineName, EngineOptions } from '../../core/model';
 import type { Engine } from './types';
 import { createBuiltinEngine } from './builtin';
-import { createCellProfilerEngine } from './cellprofiler';
+import { createCellProfilerEngine, probeCellProfilerIdentity } from './cellprofiler';
 import { createNoopEngine } from './noop';
 
 export * from './types';
@@ -55,5 +55,21 @@ function createEngine(selection: EngineSelection): Engine {
       }
       return createCellProfilerEngine({ executable, pluginsDir: configuredPlugins() });
     }
+  }
+}
+
+/**
+ * What an analysis worker learns about its engines before it polls: CellProfiler's identity probe
+ * (version and environment, a CellProfiler start) is paid here, not by the first image set. Returns a
+ * line for the log; a failed probe is reported and left for the activities to retry.
+ */
+export async function prepareEngines(): Promise<string | undefined> {
+  const executable = configuredCellProfiler();
+  if (!executable || workerConfig().CPFLOW_ENGINE_OVERRIDE === 'noop') return undefined;
+  try {
+    const identity = await probeCellProfilerIdentity(executable);
+    return `CellProfiler ${identity.version} ready`;
+  } catch (err) {
+    return `could not probe CellProfiler at ${executable} (${err instanceof Error ? err.message : String(err)}); image sets will try again`;
   }
 }

@@ -116,20 +116,32 @@ function warmPoolFor(opts: CellProfilerEngineOptions): WarmPool | undefined {
   return pool;
 }
 
-export function createCellProfilerEngine(opts: CellProfilerEngineOptions): Engine {
-  let basePromise: Promise<EngineIdentity> | undefined;
-  const identity = async (): Promise<EngineIdentity> => {
-    // The environment (Python, package set) goes into provenance and the skip-if-done check.
-    basePromise ??= probeCellProfilerVersion(opts.executable).then(async (version) => ({
-      name: 'cellprofiler',
+/** Identity probes of this process, by executable: each costs a CellProfiler start (a second or two). */
+const probes = new Map<string, Promise<EngineIdentity>>();
+
+/**
+ * CellProfiler's version and environment (Python, package set), which go into provenance and the
+ * skip-if-done check; probed once per executable and process. The worker calls it when it starts
+ * (prepareEngines), so the first image set does not wait for it. A failed probe (e.g. a venv being
+ * installed) is not kept: the next call tries again.
+ */
+export function probeCellProfilerIdentity(executable: string): Promise<EngineIdentity> {
+  let probe = probes.get(executable);
+  if (!probe) {
+    probe = probeCellProfilerVersion(executable).then(async (version) => ({
+      name: 'cellprofiler' as const,
       version,
-      environment: await cellProfilerEnvironment(opts.executable, version),
+      environment: await cellProfilerEnvironment(executable, version),
     }));
-    // A failed probe (e.g. a venv being installed) is not cached: the next call tries again.
-    basePromise.catch(() => {
-      basePromise = undefined;
-    });
-    const base = await basePromise;
+    probes.set(executable, probe);
+    probe.catch(() => probes.delete(executable));
+  }
+  return probe;
+}
+
+export function createCellProfilerEngine(opts: CellProfilerEngineOptions): Engine {
+  const identity = async (): Promise<EngineIdentity> => {
+    const base = await probeCellProfilerIdentity(opts.executable);
     // Hashed on every call (a few small files): a plugin edited on a running worker is noticed.
     return opts.pluginsDir ? { ...base, plugins: await pluginFiles(opts.pluginsDir) } : base;
   };
