@@ -55,8 +55,32 @@ export function startProcess(
   return manageProcess(child, entry, `${path.basename(entry, '.ts')}${args[0] ? `-${args[0]}` : ''}`, opts);
 }
 
+/**
+ * Every child process started through this harness in this jest worker and not yet seen to exit.
+ * A beforeAll that fails half-way (`[workers, watcher] = await Promise.all(...)` when the workers do
+ * not start) never hands the other process to its afterAll; left running, such a starter polls the
+ * shared database and starts the next suites' experiments (it broke runtime-command.test.ts once).
+ * The set lives on `process`, which a worker's test files share (each file gets fresh modules), so
+ * each file kills what earlier files left behind, and the worker kills the rest when it exits.
+ */
+const leftover = (() => {
+  const holder = process as NodeJS.Process & { cpflowTestChildren?: Set<ChildProcess> };
+  if (!holder.cpflowTestChildren) {
+    const children = new Set<ChildProcess>();
+    holder.cpflowTestChildren = children;
+    process.once('exit', () => {
+      for (const child of children) child.kill('SIGKILL');
+    });
+  }
+  return holder.cpflowTestChildren;
+})();
+for (const child of leftover) child.kill('SIGKILL');
+leftover.clear();
+
 /** Output capture, waitFor and stop for any child process (also one started some other way than startProcess). */
 export function manageProcess(child: ChildProcess, entry: string, logName: string, opts: { logDir?: string } = {}): ManagedProcess {
+  leftover.add(child);
+  child.once('exit', () => leftover.delete(child));
   // Optionally also to a file, to read after a failed run (the in-memory copy is trimmed).
   const log = opts.logDir ? fs.createWriteStream(path.join(opts.logDir, `${logName}-${child.pid ?? 'nopid'}.log`)) : undefined;
   let out = '';
