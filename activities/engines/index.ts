@@ -3,7 +3,7 @@ import { configuredCellProfiler, configuredPlugins } from '../../core/cellprofil
 import type { EngineName, EngineOptions } from '../../core/model';
 import type { Engine } from './types';
 import { createBuiltinEngine } from './builtin';
-import { createCellProfilerEngine, probeCellProfilerIdentity } from './cellprofiler';
+import { createCellProfilerEngine, prestartWarmCellProfilers, probeCellProfilerIdentity } from './cellprofiler';
 import { createNoopEngine } from './noop';
 
 export * from './types';
@@ -59,16 +59,21 @@ function createEngine(selection: EngineSelection): Engine {
 }
 
 /**
- * What an analysis worker learns about its engines before it polls: CellProfiler's identity probe
- * (version and environment, a CellProfiler start) is paid here, not by the first image set. Returns a
+ * What an analysis worker does for its engines before it polls: CellProfiler's identity probe
+ * (version and environment, a CellProfiler start) and the warm processes' start-up are paid here, not
+ * by the first image sets. Returns a
  * line for the log; a failed probe is reported and left for the activities to retry.
  */
 export async function prepareEngines(): Promise<string | undefined> {
   const executable = configuredCellProfiler();
   if (!executable || workerConfig().CPFLOW_ENGINE_OVERRIDE === 'noop') return undefined;
   try {
-    const identity = await probeCellProfilerIdentity(executable);
-    return `CellProfiler ${identity.version} ready`;
+    // The warm processes start meanwhile: a slot's first image set does not wait for them either.
+    const [identity, warm] = await Promise.all([
+      probeCellProfilerIdentity(executable),
+      prestartWarmCellProfilers({ executable, pluginsDir: configuredPlugins() }),
+    ]);
+    return `CellProfiler ${identity.version} ready${warm > 0 ? ` (${warm} warm process${warm === 1 ? '' : 'es'})` : ''}`;
   } catch (err) {
     return `could not probe CellProfiler at ${executable} (${err instanceof Error ? err.message : String(err)}); image sets will try again`;
   }

@@ -16,7 +16,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { createCellProfilerEngine } from '../../activities/engines/cellprofiler';
-import { WarmPool } from '../../activities/engines/cellprofiler/warm';
+import { UNBOUND, WarmPool } from '../../activities/engines/cellprofiler/warm';
 import { ImageSetInputError, PipelineRunError, type EngineGrouping, type EngineImageSet, type EngineRunResult } from '../../activities/engines/types';
 import { pythonBeside } from '../../core/cellprofiler';
 import { moduleCoverageSets, MODULE_COVERAGE_PIPELINE } from '../../deploy/local/module-coverage';
@@ -141,6 +141,25 @@ describe('warm CellProfiler against the CLI', () => {
     const nuclei = readTable(path.join(second.outDir, 'EH-D04', 'Image.csv'))[0]?.Count_Nuclei;
     expect(Number(nuclei)).toBeGreaterThan(280);
     console.log(`ExampleHuman, 2 sets: CLI ${cli.seconds.toFixed(1)} s, warm ${first.seconds.toFixed(1)} s (incl. start-up), then ${second.seconds.toFixed(1)} s; ${values} values equal`);
+  });
+
+  maybe('processes prestarted by a starting worker take the first pipeline asked of them, with identical outputs', async () => {
+    const prestarted = new WarmPool({ python: python as string, maxRssBytes: 4 * 1024 ** 3 }, 2);
+    try {
+      expect(await prestarted.prestart()).toBe(2);
+      const pids = prestarted.idleProcesses().map((p) => p.pid);
+      expect(prestarted.idleProcesses().every((p) => p.key === UNBOUND)).toBe(true);
+      const sets = [exampleSet('EH-D05', 'D05', 9)];
+      const cli = await run('cli', EXAMPLE_PIPELINE, sets);
+      const warm = await run('warm', EXAMPLE_PIPELINE, sets, { pool: prestarted });
+      expect(expectSameOutputs(warm, cli)).toBeGreaterThan(500);
+      // No process was started for the request: one of the two took the pipeline, the other is still free.
+      expect(prestarted.size).toBe(2);
+      expect(prestarted.idleProcesses().map((p) => p.pid).sort()).toEqual([...pids].sort());
+      expect(prestarted.idleProcesses().map((p) => p.key === UNBOUND).sort()).toEqual([false, true]);
+    } finally {
+      prestarted.close();
+    }
   });
 
   maybe('module-coverage pipeline (30 modules): identical tables and saved files', async () => {

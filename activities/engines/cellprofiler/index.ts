@@ -139,6 +139,15 @@ export function probeCellProfilerIdentity(executable: string): Promise<EngineIde
   return probe;
 }
 
+/**
+ * Starts this worker's warm CellProfilers before any request (one per engine slot) and resolves with
+ * how many are ready; 0 when warm processes are off or cannot be used (no venv python beside it).
+ */
+export async function prestartWarmCellProfilers(opts: CellProfilerEngineOptions): Promise<number> {
+  const pool = warmPoolFor(opts);
+  return pool ? pool.prestart() : 0;
+}
+
 export function createCellProfilerEngine(opts: CellProfilerEngineOptions): Engine {
   const identity = async (): Promise<EngineIdentity> => {
     const base = await probeCellProfilerIdentity(opts.executable);

@@ -9,7 +9,8 @@
  * files, the done file) into the request's folders, and its log lines go through the same parser
  * (CellProfilerLog) and the same failure classification.
  *
- * Life cycle: started on the first request for its pipeline; kept while idle for
+ * Life cycle: started when the worker starts (prestart: bound to the first pipeline asked of it) or
+ * on the first request for its pipeline; kept while idle for
  * CELLPROFILER_WARM_IDLE_SECONDS; replaced when a request needs another pipeline or other plugins
  * and no other process is free, when it crashed or was killed, after an uncaught exception, and when
  * its resident memory after a run exceeds CPFLOW_CELLPROFILER_WARM_MAX_RSS_MIB. Cancellation and the
@@ -58,6 +59,12 @@ interface Pending {
   settle: () => void;
 }
 
+/**
+ * The key of a process a worker started before any request (WarmPool.prestart): the first request,
+ * of whatever pipeline, takes it and binds it to its own key.
+ */
+export const UNBOUND = '(not bound to a pipeline yet)';
+
 /** One warm CellProfiler process. */
 export class WarmCellProfiler {
   private readonly child: ChildProcessWithoutNullStreams;
@@ -73,12 +80,17 @@ export class WarmCellProfiler {
   runs = 0;
   idleTimer: NodeJS.Timeout | undefined;
 
+  /** Without a pipeline (prestarted), the server imports CellProfiler but no pipeline's modules yet. */
   constructor(
-    readonly key: string,
+    public key: string,
     settings: WarmSettings,
-    pipelinePath: string,
+    pipelinePath: string | undefined,
   ) {
-    const args = [WARM_SERVER_SCRIPT, '--pipeline', pipelinePath, ...(settings.pluginsDir ? ['--plugins-directory', settings.pluginsDir] : [])];
+    const args = [
+      WARM_SERVER_SCRIPT,
+      ...(pipelinePath ? ['--pipeline', pipelinePath] : []),
+      ...(settings.pluginsDir ? ['--plugins-directory', settings.pluginsDir] : []),
+    ];
     // -u: unbuffered, so every log line arrives as CellProfiler writes it. Own process group (detached).
     this.child = spawn(settings.python, ['-u', ...args], { detached: true, stdio: ['pipe', 'pipe', 'pipe'], env: headlessEnv() });
     live.add(this);
@@ -240,10 +252,30 @@ export class WarmPool {
     return [...this.busy];
   }
 
+  /**
+   * Starts processes up to the capacity before any request (a worker starting), bound to no pipeline
+   * yet, and resolves when they are ready: then no image set waits for CellProfiler's start-up, the
+   * ~1.5 s a first request would otherwise pay on each slot. One that fails to start is left dead;
+   * requests start their own as before.
+   */
+  async prestart(): Promise<number> {
+    const started: WarmCellProfiler[] = [];
+    while (this.idle.length + this.busy.size < this.capacity) {
+      const p = new WarmCellProfiler(UNBOUND, this.settings, undefined);
+      started.push(p);
+      this.park(p);
+    }
+    const ready = await Promise.all(started.map((p) => p.ready.then(() => true, () => false)));
+    return ready.filter(Boolean).length;
+  }
+
   acquire(key: string, pipelinePath: string): WarmCellProfiler {
-    const index = this.idle.findIndex((p) => p.key === key && p.alive);
+    let index = this.idle.findIndex((p) => p.key === key && p.alive);
+    // Else a prestarted one, which becomes this pipeline's (the request loads it, as every request does).
+    if (index < 0) index = this.idle.findIndex((p) => p.key === UNBOUND && p.alive);
     const found = index >= 0 ? this.idle.splice(index, 1)[0] : undefined;
     if (found?.idleTimer) clearTimeout(found.idleTimer);
+    if (found) found.key = key;
     if (!found && this.idle.length > 0 && this.idle.length + this.busy.size >= this.capacity) {
       // Full: the idle process of another pipeline (or other plugins) makes room.
       this.idle.shift()?.kill();
@@ -263,6 +295,11 @@ export class WarmPool {
       p.kill();
       return;
     }
+    this.park(p);
+  }
+
+  /** Idle in the pool, stopped after CELLPROFILER_WARM_IDLE_SECONDS unless a request takes it. */
+  private park(p: WarmCellProfiler): void {
     p.idleTimer = setTimeout(() => {
       const i = this.idle.indexOf(p);
       if (i >= 0) this.idle.splice(i, 1);
