@@ -80,7 +80,8 @@ def warm_up_arguments(argv):
 
 
 def warm_up(cli, pipeline_path, plugins):
-    """Imports every module class the pipeline names (and the plugins), as the first run would.
+    """Imports every module class the pipeline names (and the plugins), as the first run would; a
+    prestarted process without a pipeline imports every module class CellProfiler has.
 
     Nothing of this load is kept: each request loads the pipeline again, as the CLI does, so its
     load messages (a module that cannot be loaded) are part of every request's output. A failure
@@ -104,6 +105,10 @@ def warm_up(cli, pipeline_path, plugins):
             Pipeline().load(pipeline_path)
         except Exception:
             traceback.print_exc()
+    else:
+        # Prestarted before any pipeline is known: import every module class now (the package's import
+        # fills CellProfiler's module registry), as a pipeline's first load would.
+        import cellprofiler_core.modules  # noqa: F401
 
 
 def run_request(cli, args):
