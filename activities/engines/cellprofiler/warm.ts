@@ -264,8 +264,20 @@ export class WarmPool {
       const p = new WarmCellProfiler(UNBOUND, this.settings, undefined);
       started.push(p);
       this.park(p);
+      // Parked processes do not keep Node alive; one being awaited here must, or a worker with nothing
+      // else pending yet would exit quietly in the middle of its start.
+      p.hold(true);
     }
-    const ready = await Promise.all(started.map((p) => p.ready.then(() => true, () => false)));
+    const ready = await Promise.all(
+      started.map((p) =>
+        p.ready.then(
+          () => true,
+          () => false,
+        ),
+      ),
+    );
+    // Still idle (no request took it meanwhile): no longer holding Node alive.
+    for (const p of started) if (this.idle.includes(p)) p.hold(false);
     return ready.filter(Boolean).length;
   }
 
