@@ -304,11 +304,7 @@ async function splitTable(
     const { stringifier } = writers[index];
     if (!stringifier.write(record)) drains.push(once(stringifier, 'drain'));
   };
-  const drained = (): Promise<void> | undefined => {
-    if (drains.length === 0) return undefined;
-    const waiting = Promise.all(drains.splice(0)).then(() => undefined);
-    return waiting;
-  };
+  const drained = (): Promise<void> | undefined => (drains.length === 0 ? undefined : Promise.all(drains.splice(0)).then(() => undefined));
 
   let header: string[] | undefined;
   let numberColumns: number[] = [];
