@@ -277,6 +277,12 @@ export async function* listObjects(
   } while (token);
 }
 
+/** The first key under a prefix, or undefined when nothing is stored there (one listing of one key). */
+export async function firstKeyUnder(bucket: string, prefix: string, client = s3()): Promise<string | undefined> {
+  const res = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, MaxKeys: 1 }));
+  return res.Contents?.[0]?.Key;
+}
+
 export function isNotFound(err: unknown): boolean {
   if (err instanceof NoSuchKey || err instanceof NotFound) return true;
   return err instanceof S3ServiceException && (err.$metadata.httpStatusCode === 404 || err.name === 'NoSuchKey');

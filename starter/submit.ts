@@ -29,7 +29,7 @@ import {
   validateExperimentName,
   validateProjectName,
 } from '../core/naming';
-import { deletePrefix, ensureBucket, layout, putBytes, putFile, s3Uri } from '../core/s3';
+import { deletePrefix, ensureBucket, firstKeyUnder, layout, putBytes, putFile, s3Uri } from '../core/s3';
 import { firstFew } from './local-files';
 import { checkAppendedWells, describePlatemap, preparePlatemap, storePlatemap, type PlatemapRequest } from './platemap';
 import { checkWithCellProfiler } from './submit-check';
@@ -307,6 +307,21 @@ async function submitChecked(opts: SubmitOptions): Promise<SubmitResult> {
   }
   const { experimentId, replacedExperimentId, release } = reserved.reservation;
   const folder = layout.experimentInputs(experimentId);
+  const leftover = await leftoverUnder(bucket, experimentId, opts.folder !== undefined).catch(async (err: unknown) => {
+    await abandonExperiment(pool, experimentId).catch(() => undefined);
+    await release();
+    throw err;
+  });
+  if (leftover !== undefined) {
+    // Not ours to overwrite or delete: keep the objects, give the id up, say what happened.
+    await abandonExperiment(pool, experimentId).catch(() => undefined);
+    await release();
+    throw new SubmitError(
+      `bucket ${bucket} already holds s3://${bucket}/${leftover}, written for an experiment ${experimentId} that this database does not ` +
+        `know (was the database reset, or restored from an older backup?); cpflow never overwrites it. Restore the database ` +
+        `that registered it, or move those objects out of ${layout.experimentRoot(experimentId)} and ${layout.experimentInputs(experimentId)}`,
+    );
+  }
   try {
     if (replacedExperimentId !== undefined) await deletePrefix(bucket, layout.experimentInputs(replacedExperimentId)).catch(() => undefined);
     const rows = await uploadAndDescribe(staged, bucket, folder, opts);
@@ -328,6 +343,16 @@ async function submitChecked(opts: SubmitOptions): Promise<SubmitResult> {
   } finally {
     await release();
   }
+}
+
+/**
+ * An object already stored where the new experiment will write (its results root, or its inputs folder
+ * when it uploads): left by an experiment of the same id in a database that was since reset.
+ */
+async function leftoverUnder(bucket: string, experimentId: number, uploads: boolean): Promise<string | undefined> {
+  const underResults = await firstKeyUnder(bucket, layout.experimentRoot(experimentId));
+  if (underResults !== undefined || !uploads) return underResults;
+  return firstKeyUnder(bucket, layout.experimentInputs(experimentId));
 }
 
 function similarNameMessage(project: string, existing: string): string {

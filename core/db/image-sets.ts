@@ -1,3 +1,4 @@
+import { z } from 'zod';
 import type { ImageSetOutcome, ImageSetStatus } from '../model/domain';
 import { DEFAULTS } from '../model';
 import { inTransaction, type Conn, type Db } from './pool';
@@ -263,6 +264,15 @@ async function statusTally(conn: Conn, experimentId: number, ids?: number[]): Pr
     ids ? [experimentId, ids] : [experimentId],
   );
   return { done: Number(rows[0]?.done ?? 0), failed: Number(rows[0]?.failed ?? 0) };
+}
+
+/**
+ * Sets recorded as done from an earlier run's outputs (skip-if-done by provenance) rather than
+ * analysed by this one: the benchmark refuses figures that include any.
+ */
+export async function skippedSetCount(pool: Db, experimentId: number): Promise<number> {
+  const rows = await pool.query<unknown[]>('SELECT COUNT(*) AS n FROM image_set WHERE experiment_id = ? AND skipped = 1', [experimentId]);
+  return z.object({ n: z.coerce.number().int() }).parse(rows[0]).n;
 }
 
 export async function imageSetCounts(pool: Db, experimentId: number): Promise<Record<ImageSetStatus, number> & { total: number }> {

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import type { Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { optionalTsToMs } from '@temporalio/common/lib/time';
-import { claimSubmittedExperiment, db, getExperiment, imageSetCounts } from '../../core/db';
+import { claimSubmittedExperiment, db, getExperiment, imageSetCounts, skippedSetCount } from '../../core/db';
 import { isTerminal, type DispatchOptions } from '../../core/model';
 import { temporalConfig } from '../../core/config';
 import { startExperimentWorkflow } from '../../starter/experiment-workflows';
@@ -67,7 +67,13 @@ export interface ChunkLatency {
 export async function runExperiment(
   client: Client,
   experimentId: number,
-  opts: { timeoutMs: number; label: string; log: (line: string) => void },
+  opts: {
+    timeoutMs: number;
+    label: string;
+    log: (line: string) => void;
+    /** A kill drill expects sets that the killed worker finished to be skipped on their retry. */
+    allowSkipped?: boolean;
+  },
 ): Promise<ExperimentTiming> {
   const pool = await db();
   const workflowId = workflowIdFor(experimentId);
@@ -106,6 +112,13 @@ export async function runExperiment(
   }
   const finished = await getExperiment(pool, experimentId);
   if (!finished) throw new Error(`experiment ${experimentId} vanished`);
+  // A set skipped by its provenance was never analysed: a figure that counts it measures nothing.
+  const skipped = opts.allowSkipped ? 0 : await skippedSetCount(pool, experimentId);
+  if (skipped > 0) {
+    throw new Error(
+      `${opts.label}: ${skipped} of experiment ${experimentId}'s sets were skipped as already done (outputs left in the bench bucket by an earlier run?); its figures would not measure analysis`,
+    );
+  }
   // The final sync lands just before the workflow closes; wait for the close so histories are complete.
   await client.workflow.getHandle(workflowId).result().catch(() => undefined);
 

@@ -250,7 +250,7 @@ async function cpflowDrill(client: Client, o: SideBySideOptions, log: (line: str
   try {
     const reg = await registerNoopExperiment(`drill-cpflow-${Date.now()}`, o.drillSets, { window: o.window });
     const t0 = Date.now();
-    const running = runExperiment(client, reg.experimentId, { timeoutMs: 1_800_000, label: 'cpflow kill drill', log });
+    const running = runExperiment(client, reg.experimentId, { timeoutMs: 1_800_000, label: 'cpflow kill drill', log, allowSkipped: true });
     const killedAtDone = await waitForDone(reg.experimentId, Math.floor(o.drillSets * 0.3), 600_000);
     const pid = workers.kill('cellprofiler');
     log(`  (vii) cpflow drill: kill -9 of the analysis worker (pid ${pid}) at ${killedAtDone}/${o.drillSets} done; it is restarted as a crashed pod would be`);

@@ -6,7 +6,7 @@ import { db, findProject, getExperiment } from '../../core/db';
 import { GROUPING_PRESETS } from '../../core/grouping';
 import { isTerminal } from '../../core/model';
 import { bucketForProject } from '../../core/naming';
-import { getBytes, listObjects, parseS3Uri, putBytes, s3 } from '../../core/s3';
+import { ensureBucket, firstKeyUnder, getBytes, listObjects, parseS3Uri, putBytes, s3 } from '../../core/s3';
 import { submit } from '../../starter/submit';
 import { generateSyntheticPlate } from '../fixtures/synthetic-plate';
 import { requireStack, runCli, startWatcher, startWorkers, tempDir, teardown, uniqueName, waitForExperiment, type ManagedProcess } from '../support/harness';
@@ -166,6 +166,37 @@ describe('projects never share a bucket or an input prefix', () => {
       `cpflow: --s3-prefix s3://${made.bucket}/inputs/${made.experimentId}/: bucket ${made.bucket} belongs to project ${owner}; projects never share inputs`,
     );
     expect(await findProject(await db(), intruder)).toBeUndefined();
+  });
+});
+
+describe('a database reset never costs an older experiment its objects', () => {
+  it('refuses to write where an experiment of the same id left objects, keeps them, and registers nothing', async () => {
+    const project = uniqueName('reset');
+    const bucket = bucketForProject(project);
+    await ensureBucket(bucket);
+    // After a reset, ids start again below ones whose objects are still in the bucket. Plant results
+    // for every id the next submit can get (other test files submit meanwhile: a wide margin).
+    const [ids] = await (await db()).query<Array<{ maxId: number | bigint | null; next: number | bigint | null }>>(
+      `SELECT (SELECT MAX(id) FROM experiment) AS maxId,
+              (SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'experiment') AS next`,
+    );
+    const from = Number(ids?.maxId ?? 0) + 1;
+    const to = Math.max(from, Number(ids?.next ?? 0)) + 100;
+    for (let id = from; id <= to; id++) await putBytes(bucket, `cpflow/${id}/results/summary.csv`, `experiment ${id} of the old database\n`, 'text/csv');
+
+    const r = await runCli(['submit', '--project', project, '--name', 'after-reset', '--folder', await plate({ cols: 1 }), '--grouping', 'synthetic', '--engine', 'builtin']);
+    expect(r.code).toBe(2);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    const named = /already holds s3:\/\/([^/]+)\/cpflow\/(\d+)\/results\/summary\.csv, written for an experiment (\d+) that this database does not know/.exec(lines[0] ?? '');
+    expect(named).not.toBeNull();
+    expect(named?.[1]).toBe(bucket);
+    expect(named?.[2]).toBe(named?.[3]);
+    const refusedId = Number(named?.[2]);
+    expect((await getBytes(bucket, `cpflow/${refusedId}/results/summary.csv`)).toString()).toBe(`experiment ${refusedId} of the old database\n`);
+    expect(await getExperiment(await db(), refusedId)).toBeUndefined();
+    expect(await rowCount('SELECT COUNT(*) AS n FROM experiment e JOIN project p ON p.id = e.project_id WHERE p.name = ?', [project])).toBe(0);
+    expect(await firstKeyUnder(bucket, 'inputs/')).toBeUndefined();
   });
 });
 
