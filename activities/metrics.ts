@@ -41,6 +41,7 @@ function bytesMoved(direction: 'download' | 'upload', bytes: number): void {
 function timedEngine(engine: Engine, name: string): Engine {
   return {
     identity: () => engine.identity(),
+    independentSets: engine.independentSets,
     run: async (request) => {
       const started = performance.now();
       try {
