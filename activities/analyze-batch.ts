@@ -135,101 +135,6 @@ export async function runBatch(deps: AnalysisDeps, batch: BatchRun): Promise<Ima
   }
 }
 
-/** Sets of a streamed batch that did not end done: each with its own error; `done` holds the others. */
-export class SetFailures extends Error {
-  constructor(
-    readonly done: ImageSetOutcome[],
-    readonly failed: Array<{ set: ManifestSet; error: unknown }>,
-  ) {
-    super(`${failed.length} of ${done.length + failed.length} image sets failed: ${failed.map((f) => f.set.key).slice(0, 5).join(', ')}`);
-    this.name = 'SetFailures';
-  }
-}
-
-/**
- * A batch of an engine whose sets are independent (Engine.independentSets: builtin, noop). Each set
- * flows on its own through download → engine slot → upload, up to TRANSFER_CONCURRENCY sets of the
- * batch at once: the batch's sets spread over every free engine slot of the worker (one batch no
- * longer holds one slot while another slot idles at the end of a run), the first set computes while
- * the rest download, and each set uploads while the next ones compute. Every set ends with its own
- * outcome or error; failures come back together as SetFailures, for the caller to judge set by set.
- */
-export async function runStreamed(deps: AnalysisDeps, batch: BatchRun): Promise<ImageSetOutcome[]> {
-  const { manifest, sets, engine, identity } = batch;
-  const ctx = Context.current();
-  const workRoot = await fs.promises.mkdtemp(path.join(deps.workDir(), `cpflow-${manifest.experimentId}-`));
-  const startedAt = new Date().toISOString();
-  let finished = 0;
-  let lastDetail = `downloading ${sets.length} image sets`;
-  const beat = setInterval(() => ctx.heartbeat({ detail: lastDetail }), DEFAULTS.ANALYSIS_HEARTBEAT_EVERY_MS);
-  try {
-    ctx.heartbeat({ detail: lastDetail });
-    let pipelinePath: string | undefined;
-    if (manifest.pipelineUri) {
-      const { bucket, key } = parseS3Uri(manifest.pipelineUri);
-      pipelinePath = path.join(workRoot, 'pipeline.cppipe');
-      await deps.store.downloadToFile(bucket, key, pipelinePath);
-    }
-    const settled = await settleInOrder(sets, DEFAULTS.TRANSFER_CONCURRENCY, async (set) => {
-      // One folder per set (its id: keys are unique, ids are short), removed as soon as it is uploaded.
-      const setRoot = path.join(workRoot, String(set.id));
-      const [inputDir, outDir, tmpDir] = ['in', 'out', 'tmp'].map((d) => path.join(setRoot, d)) as [string, string, string];
-      try {
-        await Promise.all([outDir, tmpDir].map((d) => fs.promises.mkdir(d, { recursive: true })));
-        const downloaded = await downloadSet(deps, set, inputDir);
-        const release = deps.engineSlots ? await deps.engineSlots().acquire(ctx.cancellationSignal) : () => undefined;
-        const engineStarted = Date.now();
-        let result: EngineRunResult;
-        try {
-          lastDetail = `running ${identity.name} on ${set.key} (${finished} of ${sets.length} image sets done)`;
-          result = await engine.run({
-            imageSets: [
-              {
-                key: set.key,
-                metadata: set.metadata,
-                files: downloaded.files,
-                imageNumber: set.id,
-                outputUri: s3Uri(manifest.bucket, layout.setPrefix(manifest.experimentId, set.key, manifest.stage)),
-              },
-            ],
-            pipelinePath,
-            outDir,
-            tmpDir,
-            signal: ctx.cancellationSignal,
-            timeoutMs: manifest.dispatch.engineTimeoutSeconds * 1000,
-            onProgress: (detail) => {
-              lastDetail = detail;
-            },
-          });
-        } finally {
-          release();
-        }
-        const engineSeconds = (Date.now() - engineStarted) / 1000;
-        const files = result.sets.find((r) => r.key === set.key)?.files;
-        if (!files) throw new Error(`engine ${identity.name} returned no output for image set ${set.key}`);
-        const uploaded = await uploadSet(deps, batch, set, path.join(outDir, set.key), files, {
-          inputs: downloaded.inputs,
-          startedAt,
-          warnings: result.warnings ?? [],
-          engineSeconds,
-        });
-        finished += 1;
-        return uploaded.outcome;
-      } finally {
-        await fs.promises.rm(setRoot, { recursive: true, force: true });
-      }
-    });
-    const done: ImageSetOutcome[] = [];
-    const failed: Array<{ set: ManifestSet; error: unknown }> = [];
-    settled.forEach((s, i) => (s.status === 'fulfilled' ? done.push(s.value) : failed.push({ set: sets[i] as ManifestSet, error: s.reason })));
-    if (failed.length > 0) throw new SetFailures(done, failed);
-    return done;
-  } finally {
-    clearInterval(beat);
-    await fs.promises.rm(workRoot, { recursive: true, force: true });
-  }
-}
-
 async function downloadSet(
   deps: AnalysisDeps,
   set: ManifestSet,
@@ -415,21 +320,20 @@ async function summaryOfLocalTables(set: ManifestSet, localDir: string, names: s
   return summaryOf(measured);
 }
 
-/** `fn` over `items`, at most `concurrency` at once: every call's settled result, in input order. */
-async function settleInOrder<T, R>(items: T[], concurrency: number, fn: (item: T) => Promise<R>): Promise<PromiseSettledResult<R>[]> {
-  if (items.length <= concurrency) return Promise.allSettled(items.map(fn));
-  return (await Readable.from(items)
-    .map((item: T) => Promise.allSettled([fn(item)]).then(([r]) => r), { concurrency: Math.max(1, concurrency) })
-    .toArray()) as PromiseSettledResult<R>[];
-}
-
 /**
  * `fn` over `items`, at most `concurrency` at once, results in input order. Unlike Promise.all it
  * waits for every call to settle before throwing the first error (in input order), so no transfer
  * is still writing into the scratch folder when the caller removes it.
  */
 async function allSettledInOrder<T, R>(items: T[], concurrency: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const settled = await settleInOrder(items, concurrency, fn);
+  let settled: PromiseSettledResult<R>[];
+  if (items.length <= concurrency) {
+    settled = await Promise.allSettled(items.map(fn));
+  } else {
+    settled = (await Readable.from(items)
+      .map((item: T) => Promise.allSettled([fn(item)]).then(([r]) => r), { concurrency: Math.max(1, concurrency) })
+      .toArray()) as PromiseSettledResult<R>[];
+  }
   const values: R[] = [];
   for (const s of settled) {
     if (s.status === 'rejected') throw s.reason;

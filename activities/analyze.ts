@@ -4,7 +4,7 @@ import { workerConfig } from '../core/config';
 import { isInfrastructureError } from '../core/errors';
 import type { AnalysisActivities, AnalyzeInput, ImageSetOutcome } from '../core/model';
 import { layout, s3Store, s3Uri, type ObjectStore } from '../core/s3';
-import { runBatch, runStreamed, SetFailures, kindOf } from './analyze-batch';
+import { runBatch, kindOf } from './analyze-batch';
 import { engineSlots, type EngineSlots } from './engine-slots';
 import { engineFor, EngineUnavailableError, ImageSetInputError, type Engine, type EngineIdentity, type EngineSelection } from './engines';
 import { createManifestReader, type ChunkManifest, type ManifestReader, type ManifestSet } from './manifest';
@@ -85,24 +85,12 @@ async function analyzeImageSets(deps: AnalysisDeps, input: AnalyzeInput): Promis
   const final = (err: unknown): boolean => err instanceof ImageSetInputError || lastAttempt;
   const asError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));
   try {
-    // An engine without start-up to amortise runs a batch set by set across the worker's slots.
-    const streamed = engine.independentSets === true && toRun.length > 1;
-    outcomes.push(...(await (streamed ? runStreamed(deps, { manifest, sets: toRun, engine, identity, attempt }) : run(toRun))));
+    outcomes.push(...(await run(toRun)));
   } catch (err) {
     // Outages retry without an attempt limit (S3 or the database away fails nothing); a cancelled
     // activity stops.
     if (isInfrastructureError(err) || Context.current().cancellationSignal.aborted) throw err;
-    if (err instanceof SetFailures) {
-      // Every set already ran alone: judge each failure as the one-by-one rerun below would.
-      outcomes.push(...err.done);
-      let retry: unknown;
-      for (const { set, error } of err.failed) {
-        if (isInfrastructureError(error) || Context.current().cancellationSignal.aborted) throw error;
-        if (final(error)) outcomes.push(failedOutcome(manifest, set, attempt, asError(error)));
-        else retry ??= error;
-      }
-      if (retry !== undefined) throw retry;
-    } else if (toRun.length > 1) {
+    if (toRun.length > 1) {
       // One bad set must not fail its batch neighbours: rerun them one by one to find it. Outputs no
       // single set's row names are attributed the same way: alone, every file is the set's own. An
       // engine failure (a crash, a time-out) is narrowed down the same way, so only the sets that

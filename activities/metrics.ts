@@ -41,7 +41,6 @@ function bytesMoved(direction: 'download' | 'upload', bytes: number): void {
 function timedEngine(engine: Engine, name: string): Engine {
   return {
     identity: () => engine.identity(),
-    independentSets: engine.independentSets,
     run: async (request) => {
       const started = performance.now();
       try {

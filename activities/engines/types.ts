@@ -145,11 +145,4 @@ export class PipelineRunError extends ImageSetInputError {
 export interface Engine {
   identity(): Promise<EngineIdentity>;
   run(input: EngineRunInput): Promise<EngineRunResult>;
-  /**
-   * Each image set is analysed on its own, with no start-up to amortise and nothing shared between
-   * sets (builtin, noop). A batch then runs one set per call, each in an engine slot of its own, so its
-   * sets spread over every free slot and their transfers overlap the others' computing. Unset: one
-   * call per batch (CellProfiler, whose invocation is what batching amortises).
-   */
-  readonly independentSets?: boolean;
 }

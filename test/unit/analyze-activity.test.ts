@@ -57,8 +57,6 @@ class MemoryStore implements ObjectStore {
 
 /** An engine that reads each set's files: "BAD" content is an input error; `failWith` makes every run throw. */
 class ScriptedEngine implements Engine {
-  /** As the builtin engine: a batch runs set by set across the slots (runStreamed). */
-  independentSets = false;
   runs: string[][] = [];
   failWith: Error | undefined;
   /** A set that crashes the engine (exit 139) whenever it is in the run. */
@@ -202,39 +200,6 @@ describe('analyzeImageSets in MockActivityEnvironment', () => {
       [102, 'failed', false, 3],
     ]);
     expect(last.find((o) => o.imageSetId === 102)?.error).toMatch(/exit 139/);
-  });
-
-  it('streams a batch of an engine with independent sets: one call per set, a bad set fails alone, nothing reruns', async () => {
-    const { engine, analyze, marker } = setup(['ok-1', 'BAD', 'ok-3']);
-    engine.independentSets = true;
-    const outcomes = await analyze();
-    expect(engine.runs.map((r) => r.join('+')).sort()).toEqual(['S1', 'S2', 'S3']);
-    expect(outcomes.map((o) => [o.imageSetId, o.status, o.skipped ?? false])).toEqual([
-      [101, 'done', false],
-      [103, 'done', false],
-      [102, 'failed', false],
-    ]);
-    expect(outcomes.find((o) => o.imageSetId === 102)?.error).toContain('image set S2: cannot decode S2_DNA.tif');
-    expect([marker('S1'), marker('S2'), marker('S3')].map((m) => m !== undefined)).toEqual([true, false, true]);
-    for (const o of outcomes.filter((x) => x.status === 'done')) expect(o.engineSeconds).toBeGreaterThanOrEqual(0);
-  });
-
-  it('retries only the set that crashes a streamed batch, and fails it on the last attempt', async () => {
-    const { engine, analyze, marker } = setup(['ok-1', 'ok-2', 'ok-3'], 2);
-    engine.independentSets = true;
-    engine.crashOn = 'S2';
-    const first = await analyze(1).catch((e: unknown) => e);
-    expect(first).not.toBeInstanceOf(ApplicationFailure);
-    expect((first as Error).message).toMatch(/exit 139/);
-    expect(engine.runs.map((r) => r.join('+')).sort()).toEqual(['S1', 'S2', 'S3']);
-    expect([marker('S1'), marker('S2'), marker('S3')].map((m) => m !== undefined)).toEqual([true, false, true]);
-    const last = await analyze(2);
-    expect(engine.runs.slice(3)).toEqual([['S2']]);
-    expect(last.map((o) => [o.imageSetId, o.status, o.skipped ?? false, o.attempts])).toEqual([
-      [101, 'done', true, 2],
-      [103, 'done', true, 2],
-      [102, 'failed', false, 2],
-    ]);
   });
 
   it('reports engine seconds per analysed set and the batch size on every outcome', async () => {

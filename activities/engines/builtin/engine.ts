@@ -31,7 +31,6 @@ export function createBuiltinEngine(options: BuiltinEngineOptions = {}): Engine 
   const identity: EngineIdentity = { name: BUILTIN_ENGINE_NAME, version: BUILTIN_ENGINE_VERSION };
   return {
     identity: async () => identity,
-    independentSets: true,
     run: async (input: EngineRunInput): Promise<EngineRunResult> => {
       const deadline = input.timeoutMs !== undefined ? Date.now() + input.timeoutMs : undefined;
       const fromPipeline = input.pipelinePath ? builtinOptionsFromPipeline(await readPipeline(input.pipelinePath)) : {};
