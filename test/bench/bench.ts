@@ -22,7 +22,7 @@ import { BENCH_DATABASE, BENCH_NAMESPACE, ensureBenchDatabase, ensureBenchNamesp
 import { cacheDir } from '../../deploy/local/services';
 import { BENCH_PROJECT, cachedPlate, plateFor, registerNoopExperiment, setCount } from './fixtures';
 import { profilesBench } from './profiles';
-import { cpuDelta, cpuSnapshot, REPO_ROOT, lockStack, scratchDir, startTsProcess } from './processes';
+import { machineBusySeconds, REPO_ROOT, lockStack, scratchDir, startTsProcess, waitForQuiet } from './processes';
 import { EXAMPLE_HUMAN } from '../support/fixtures';
 
 /**
@@ -146,7 +146,11 @@ interface OverheadResult {
   ratio: number;
   pools: PoolReport[];
   cpu: Array<{ name: string; cpuSeconds: number }>;
-  localCpu: Array<{ name: string; cpuSeconds: number }>;
+  /**
+   * Busy CPU-seconds of the whole machine during each run (/proc/stat): on a saturated machine the wall
+   * ratio follows the ratio of these. (The local process's own CPU cannot be read by pid once it has exited.)
+   */
+  machineCpuSeconds: { local: number; cpflow: number };
   workerRestarts: string[];
 }
 
@@ -161,10 +165,10 @@ async function overhead(client: Client, o: BenchOptions): Promise<OverheadResult
 
   log(`(i) analyze-local: ${sets} sets, -j ${o.jobs} …`);
   const localOut = scratchDir('local');
-  const beforeLocal = cpuSnapshot();
+  const busyBeforeLocal = machineBusySeconds();
   const local = startTsProcess('analyze-local', 'starter/cli.ts', ['analyze-local', folder, '--grouping', 'synthetic', '-j', String(o.jobs), '--out', localOut, '--json'], {});
   const code = await local.exited;
-  const localCpu = cpuDelta(beforeLocal, cpuSnapshot(), new Map([[local.pid, 'analyze-local (node)']]));
+  const localMachineCpu = machineBusySeconds() - busyBeforeLocal;
   fs.rmSync(localOut, { recursive: true, force: true });
   if (code !== 0) throw new Error(`analyze-local exited ${code}:\n${local.output().slice(-2000)}`);
   const localResult = analyzeLocalOutput.parse(JSON.parse(local.output().slice(local.output().indexOf('{'))));
@@ -180,9 +184,13 @@ async function overhead(client: Client, o: BenchOptions): Promise<OverheadResult
     engine: 'builtin',
   });
   const slots = String(o.jobs);
-  const run = await withWorkers(client, { cellprofiler: { CPFLOW_ANALYZE_SLOTS: slots } }, () =>
-    runExperiment(client, submitted.experimentId, { timeoutMs: 3_600_000, label: 'overhead', log }),
-  );
+  let cpflowMachineCpu = 0;
+  const run = await withWorkers(client, { cellprofiler: { CPFLOW_ANALYZE_SLOTS: slots } }, async () => {
+    const busyBefore = machineBusySeconds();
+    const timing = await runExperiment(client, submitted.experimentId, { timeoutMs: 3_600_000, label: 'overhead', log });
+    cpflowMachineCpu = machineBusySeconds() - busyBefore;
+    return timing;
+  });
   log(`  cpflow: ${secs(run.result.wallSeconds)} (analysis ${secs(run.result.analysisSeconds)}, reduce ${secs(run.result.reduceSeconds)})`);
   return {
     sets,
@@ -194,7 +202,7 @@ async function overhead(client: Client, o: BenchOptions): Promise<OverheadResult
     ratio: run.result.wallSeconds / localResult.seconds,
     pools: run.pools,
     cpu: run.cpu,
-    localCpu,
+    machineCpuSeconds: { local: Math.round(localMachineCpu * 10) / 10, cpflow: Math.round(cpflowMachineCpu * 10) / 10 },
     workerRestarts: run.restarts,
   };
 }
@@ -433,6 +441,10 @@ async function main(): Promise<void> {
     fs.writeFileSync(file, JSON.stringify(report, null, 2));
   };
   const section = async (name: Section, work: () => Promise<void>): Promise<void> => {
+    // Each section starts on a quiet machine: the services' clean-up after the previous one is not its cost.
+    const quiet = await waitForQuiet();
+    log(`(${name}) machine ${quiet.quiet ? 'quiet' : 'still busy'} after ${secs(quiet.waitedSeconds)} (${quiet.busyCores.toFixed(2)} cores busy)`);
+    if (!quiet.quiet) notes.push(`(${name}) started on a busy machine: ${quiet.busyCores.toFixed(2)} cores busy after waiting ${secs(quiet.waitedSeconds)}`);
     await work();
     save('running');
     log(`  section ${name} done; results so far in ${file}`);
@@ -447,7 +459,10 @@ async function main(): Promise<void> {
         { section: 'i', metric: 'overhead ratio', value: r.ratio.toFixed(3), goal: `≤ ${GOALS.overheadRatio}`, met: r.ratio <= GOALS.overheadRatio },
         ...rssRows('i', r.pools),
       );
-      notes.push(`(i) CPU during the cpflow run (${secs(r.cpflow.wallSeconds)} wall, ${os.cpus().length} cores): ${topCpu(r.cpu, r.cpflow.wallSeconds)}`);
+      notes.push(
+        `(i) CPU-seconds of the whole machine: analyze-local ${r.machineCpuSeconds.local}, cpflow ${r.machineCpuSeconds.cpflow} (ratio ${(r.machineCpuSeconds.cpflow / r.machineCpuSeconds.local).toFixed(2)})`,
+        `(i) CPU during the cpflow run (${secs(r.cpflow.wallSeconds)} wall, ${os.cpus().length} cores): ${topCpu(r.cpu, r.cpflow.wallSeconds)}`,
+      );
     });
     if (only.has('ii')) await section('ii', async () => {
       const r = await noopRun(client, 'dispatch', o.dispatchSets, o.dispatchBatch, o);

@@ -200,3 +200,29 @@ export function ownCpu(before: CpuSnapshot, after: CpuSnapshot, named: Map<numbe
   const other = all.filter((g) => !names.has(g.name)).reduce((sum, g) => sum + g.cpuSeconds, 0);
   return other > 0 ? [...own, { name: 'other processes on this host', cpuSeconds: Math.round(other * 10) / 10 }] : own;
 }
+
+/** Busy CPU-seconds of the whole machine since boot (every core), from /proc/stat. */
+export function machineBusySeconds(): number {
+  const fields = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]?.trim().split(/\s+/).slice(1, 9).map(Number) ?? [];
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = fields;
+  return (user + nice + system + irq + softirq + steal) / 100; // USER_HZ
+}
+
+/**
+ * Wait until the machine is quiet before a measurement. After a large run the services keep working
+ * for minutes (MinIO's scanner and deferred deletes, MariaDB's purge, Temporal's clean-up), and that
+ * CPU would land on whichever side of a ratio runs next. Quiet: fewer than `busyCores` cores busy over
+ * a 3 s window. Gives up after `maxSeconds` and says so (the figure is then taken on a busy machine).
+ */
+export async function waitForQuiet(opts: { busyCores?: number; maxSeconds?: number } = {}): Promise<{ waitedSeconds: number; busyCores: number; quiet: boolean }> {
+  const threshold = opts.busyCores ?? 0.15;
+  const started = Date.now();
+  for (;;) {
+    const before = machineBusySeconds();
+    await new Promise((r) => setTimeout(r, 3_000));
+    const busyCores = (machineBusySeconds() - before) / 3;
+    const waitedSeconds = (Date.now() - started) / 1000;
+    if (busyCores < threshold) return { waitedSeconds, busyCores, quiet: true };
+    if (waitedSeconds >= (opts.maxSeconds ?? 300)) return { waitedSeconds, busyCores, quiet: false };
+  }
+}
