@@ -54,8 +54,7 @@ export async function forEachCsvRecord(
     destroy(source);
     throw error;
   }
-  const lineBreak = head.indexOf('\n');
-  const newline = lineBreak > 0 && head[lineBreak - 1] === '\r' ? '\r\n' : '\n';
+  const newline = lineEndingOf(head);
   const rest = Readable.from(
     (async function* () {
       yield head;
@@ -69,6 +68,17 @@ export async function forEachCsvRecord(
   } finally {
     destroy(source);
   }
+}
+
+/** The line ending of the first line ('\n' when the text has none yet): papaparse is told, never left to guess. */
+function lineEndingOf(text: string): '\r\n' | '\n' {
+  const lineBreak = text.indexOf('\n');
+  return lineBreak > 0 && text[lineBreak - 1] === '\r' ? '\r\n' : '\n';
+}
+
+/** A record (0-based index, the header being 0) with another number of fields than the header. */
+function fieldCountError(index: number, fields: number, headerFields: number): CsvError {
+  return new CsvError(`record ${index + 1}: ${fields} fields, the header has ${headerFields}`);
 }
 
 function destroy(stream: NodeJS.ReadableStream): void {
@@ -109,7 +119,7 @@ function parseRecords(
           if (record[0]?.startsWith('\ufeff')) record[0] = record[0].slice(1);
           fields = record.length;
         } else if (record.length !== fields) {
-          return fail(new CsvError(`record ${index + 1}: ${record.length} fields, the header has ${fields}`));
+          return fail(fieldCountError(index, record.length, fields));
         }
         let pending: void | Promise<void>;
         try {
@@ -152,10 +162,9 @@ export interface CsvTextOptions {
  */
 export function parseCsvText(text: string, options: CsvTextOptions = {}): string[][] {
   const body = text.startsWith('\ufeff') ? text.slice(1) : text;
-  const lineBreak = body.indexOf('\n');
   const result = Papa.parse<string[]>(body, {
     delimiter: ',',
-    newline: lineBreak > 0 && body[lineBreak - 1] === '\r' ? '\r\n' : '\n',
+    newline: lineEndingOf(body),
     skipEmptyLines: true,
     ...(options.trim ? { transform: (value: string) => value.trim() } : {}),
   });
@@ -165,7 +174,7 @@ export function parseCsvText(text: string, options: CsvTextOptions = {}): string
   if (!options.relaxColumnCount) {
     const fields = records[0]?.length ?? 0;
     const odd = records.findIndex((r) => r.length !== fields);
-    if (odd > 0) throw new CsvError(`record ${odd + 1}: ${records[odd]?.length} fields, the header has ${fields}`);
+    if (odd > 0) throw fieldCountError(odd, records[odd]?.length ?? 0, fields);
   }
   return records;
 }
