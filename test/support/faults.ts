@@ -5,7 +5,7 @@ import type { Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { db, getExperiment, imageSetCounts, type ExperimentRow } from '../../core/db';
 import { GROUPING_PRESETS } from '../../core/grouping';
-import { layout, listObjects } from '../../core/s3';
+import { getBytes, layout, listObjects } from '../../core/s3';
 import { submit } from '../../starter/submit';
 import { generateSyntheticPlate, type SyntheticSet } from '../fixtures/synthetic-plate';
 import { workflowIdFor } from '../../core/model/names';
@@ -146,6 +146,20 @@ export async function provenanceMarkers(bucket: string, experimentId: number): P
     if (o.key.endsWith('/provenance.json')) out.set(o.key, o.etag);
   }
   return out;
+}
+
+/**
+ * Keys of the provenance.json records whose set finished after `instant` (their `finishedAt`, stamped
+ * by the worker before it writes the record). A record the worker sent just before it was killed can
+ * land in S3 a moment later; it still finished before the kill.
+ */
+export async function provenanceFinishedAfter(bucket: string, experimentId: number, instant: number): Promise<string[]> {
+  const late: string[] = [];
+  for (const key of (await provenanceMarkers(bucket, experimentId)).keys()) {
+    const { finishedAt } = JSON.parse((await getBytes(bucket, key)).toString('utf8')) as { finishedAt: string };
+    if (Date.parse(finishedAt) > instant) late.push(`${key} (finished ${finishedAt})`);
+  }
+  return late;
 }
 
 /** How many sets are done as S3 sees it (true also while MariaDB is down). */
