@@ -5,6 +5,7 @@ import {
   getExternalWorkflowHandle,
   isCancellation,
   log,
+  patched,
   setCurrentDetails,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -170,15 +171,34 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
 async function runAdaptive(count: number, window: number, nextSize: () => number, work: (indices: number[]) => Promise<void>): Promise<void> {
   const running = new Set<Promise<void>>();
   let next = 0;
-  while (next < count) {
-    if (running.size >= window) await Promise.race(running);
-    const size = Math.min(nextSize(), count - next);
-    const indices = Array.from({ length: size }, (_, j) => next + j);
-    next += size;
-    const p: Promise<void> = work(indices).finally(() => running.delete(p));
-    running.add(p);
+  try {
+    while (next < count) {
+      if (running.size >= window) await Promise.race(running);
+      const size = Math.min(nextSize(), count - next);
+      const indices = Array.from({ length: size }, (_, j) => next + j);
+      next += size;
+      const p: Promise<void> = work(indices).finally(() => running.delete(p));
+      running.add(p);
+    }
+    await Promise.all(running);
+  } catch (err) {
+    await settleRest(running);
+    throw err;
   }
-  await Promise.all(running);
+}
+
+/** Marks histories whose cancelled chunks wait for every activity's cancellation (see settleRest). */
+const ALL_CANCELLATIONS_CONFIRMED = 'chunk-waits-for-every-cancelled-activity';
+
+/**
+ * A unit rethrows only its cancellation, and the others in the window are being cancelled with it.
+ * Each of their promises settles once its activity confirmed the cancellation
+ * (WAIT_CANCELLATION_COMPLETED: its engine was stopped). Without this wait the chunk, and then the
+ * experiment, was recorded as cancelled as soon as the first activity confirmed, while the others'
+ * engines could still be running. Histories recorded before the wait replay without it.
+ */
+async function settleRest(running: Set<Promise<void>>): Promise<void> {
+  if (patched(ALL_CANCELLATIONS_CONFIRMED)) await Promise.allSettled([...running]);
 }
 
 /** Positions 0…count-1 cut into consecutive batches of `size`. */
@@ -198,10 +218,15 @@ function groupsOf(sets: ChunkIndexEntry[]): number[][] {
 /** Run `work` over `items` with at most `limit` in flight (workflow-side: promises, no I/O). */
 async function runWindowed<T>(items: T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
   const running = new Set<Promise<void>>();
-  for (const item of items) {
-    while (running.size >= limit) await Promise.race(running);
-    const p: Promise<void> = work(item).finally(() => running.delete(p));
-    running.add(p);
+  try {
+    for (const item of items) {
+      while (running.size >= limit) await Promise.race(running);
+      const p: Promise<void> = work(item).finally(() => running.delete(p));
+      running.add(p);
+    }
+    await Promise.all(running);
+  } catch (err) {
+    await settleRest(running);
+    throw err;
   }
-  await Promise.all(running);
 }

@@ -48,6 +48,12 @@ export class FakeLab {
   statuses: string[] = [];
   reduced = 0;
   cancelledActivities = 0;
+  /**
+   * How long each cancelled activity takes to stop, by the order in which they see their cancellation
+   * (an engine that takes a while to die); unset: at once.
+   */
+  stopDelaysMs: number[] = [];
+  private cancellationsSeen = 0;
   /** `ok` / `fail`: the experiment has a platemap and its profiles step succeeds / fails on bad input. */
   profiles: 'none' | 'ok' | 'fail' = 'none';
   /** Order of the profiles and reduce calls, and what reduce was told. */
@@ -180,7 +186,9 @@ export class FakeLab {
             const ctx = Context.current();
             // Cancellation reaches an activity through its heartbeats, as it does for the real engine.
             const beat = setInterval(() => ctx.heartbeat(), 200);
-            await Promise.race([ctx.sleep(delay), ctx.cancelled]).finally(() => clearInterval(beat)).catch((err) => {
+            await Promise.race([ctx.sleep(delay), ctx.cancelled]).finally(() => clearInterval(beat)).catch(async (err) => {
+              const stopMs = lab.stopDelaysMs[lab.cancellationsSeen++] ?? 0;
+              if (stopMs > 0) await new Promise((r) => setTimeout(r, stopMs));
               lab.cancelledActivities++;
               throw err;
             });
