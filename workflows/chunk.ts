@@ -168,37 +168,51 @@ export async function ImageSetChunkWorkflow(input: ChunkWorkflowInput): Promise<
  * Positions 0…count-1 in consecutive batches whose size `nextSize` decides as each one starts, with
  * at most `window` batches in flight. Workflow-side: promises, no I/O.
  */
-async function runAdaptive(count: number, window: number, nextSize: () => number, work: (indices: number[]) => Promise<void>): Promise<void> {
-  const running = new Set<Promise<void>>();
+function runAdaptive(count: number, window: number, nextSize: () => number, work: (indices: number[]) => Promise<void>): Promise<void> {
   let next = 0;
+  return runInWindow(window, () => {
+    if (next >= count) return undefined;
+    const size = Math.min(nextSize(), count - next);
+    const indices = Array.from({ length: size }, (_, j) => next + j);
+    next += size;
+    return indices;
+  }, work);
+}
+
+/** Run `work` over `items` with at most `limit` in flight (workflow-side: promises, no I/O). */
+function runWindowed<T>(items: T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  return runInWindow(limit, () => items[next++], work);
+}
+
+/** Marks histories whose cancelled chunks wait for every activity's cancellation (see runInWindow). */
+const ALL_CANCELLATIONS_CONFIRMED = 'chunk-waits-for-every-cancelled-activity';
+
+/**
+ * The window both runners share: `work` over the units `nextUnit` gives (undefined: none left), at most
+ * `limit` in flight. The next unit is taken only once there is room, so an adaptive batch is sized by
+ * what finished before it. A unit rethrows only its cancellation; the others in the window are being
+ * cancelled with it, and their promises settle once each activity has confirmed the cancellation
+ * (WAIT_CANCELLATION_COMPLETED: its engine was stopped). The window waits for all of them before it
+ * rethrows. Without that wait the chunk, and then the experiment, was recorded as cancelled at the
+ * first confirmation while other engines could still be running. Histories recorded before the wait
+ * replay without it (the patch marker).
+ */
+async function runInWindow<T>(limit: number, nextUnit: () => T | undefined, work: (unit: T) => Promise<void>): Promise<void> {
+  const running = new Set<Promise<void>>();
   try {
-    while (next < count) {
-      if (running.size >= window) await Promise.race(running);
-      const size = Math.min(nextSize(), count - next);
-      const indices = Array.from({ length: size }, (_, j) => next + j);
-      next += size;
-      const p: Promise<void> = work(indices).finally(() => running.delete(p));
+    for (;;) {
+      if (running.size >= limit) await Promise.race(running);
+      const unit = nextUnit();
+      if (unit === undefined) break;
+      const p: Promise<void> = work(unit).finally(() => running.delete(p));
       running.add(p);
     }
     await Promise.all(running);
   } catch (err) {
-    await settleRest(running);
+    if (patched(ALL_CANCELLATIONS_CONFIRMED)) await Promise.allSettled([...running]);
     throw err;
   }
-}
-
-/** Marks histories whose cancelled chunks wait for every activity's cancellation (see settleRest). */
-const ALL_CANCELLATIONS_CONFIRMED = 'chunk-waits-for-every-cancelled-activity';
-
-/**
- * A unit rethrows only its cancellation, and the others in the window are being cancelled with it.
- * Each of their promises settles once its activity confirmed the cancellation
- * (WAIT_CANCELLATION_COMPLETED: its engine was stopped). Without this wait the chunk, and then the
- * experiment, was recorded as cancelled as soon as the first activity confirmed, while the others'
- * engines could still be running. Histories recorded before the wait replay without it.
- */
-async function settleRest(running: Set<Promise<void>>): Promise<void> {
-  if (patched(ALL_CANCELLATIONS_CONFIRMED)) await Promise.allSettled([...running]);
 }
 
 /** Positions 0…count-1 cut into consecutive batches of `size`. */
@@ -213,20 +227,4 @@ function groupsOf(sets: ChunkIndexEntry[]): number[][] {
   const byGroup = new Map<string, number[]>();
   sets.forEach((s, i) => byGroup.set(s.group, [...(byGroup.get(s.group) ?? []), i]));
   return [...byGroup.values()];
-}
-
-/** Run `work` over `items` with at most `limit` in flight (workflow-side: promises, no I/O). */
-async function runWindowed<T>(items: T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
-  const running = new Set<Promise<void>>();
-  try {
-    for (const item of items) {
-      while (running.size >= limit) await Promise.race(running);
-      const p: Promise<void> = work(item).finally(() => running.delete(p));
-      running.add(p);
-    }
-    await Promise.all(running);
-  } catch (err) {
-    await settleRest(running);
-    throw err;
-  }
 }
