@@ -307,20 +307,23 @@ async function submitChecked(opts: SubmitOptions): Promise<SubmitResult> {
   }
   const { experimentId, replacedExperimentId, release } = reserved.reservation;
   const folder = layout.experimentInputs(experimentId);
-  const leftover = await leftoverUnder(bucket, experimentId, opts.folder !== undefined).catch(async (err: unknown) => {
+  // Objects already where this experiment will write are not ours to overwrite or delete: give the
+  // id up (nothing uploaded yet, so no folder to remove) and say what happened.
+  const refusal = await leftoverUnder(bucket, experimentId, opts.folder !== undefined).then(
+    (leftover) =>
+      leftover === undefined
+        ? undefined
+        : new SubmitError(
+            `bucket ${bucket} already holds s3://${bucket}/${leftover}, written for an experiment ${experimentId} that this database does not ` +
+              `know (was the database reset, or restored from an older backup?); cpflow never overwrites it. Restore the database ` +
+              `that registered it, or move those objects out of ${layout.experimentRoot(experimentId)} and ${layout.experimentInputs(experimentId)}`,
+          ),
+    (err: unknown) => err,
+  );
+  if (refusal !== undefined) {
     await abandonExperiment(pool, experimentId).catch(() => undefined);
     await release();
-    throw err;
-  });
-  if (leftover !== undefined) {
-    // Not ours to overwrite or delete: keep the objects, give the id up, say what happened.
-    await abandonExperiment(pool, experimentId).catch(() => undefined);
-    await release();
-    throw new SubmitError(
-      `bucket ${bucket} already holds s3://${bucket}/${leftover}, written for an experiment ${experimentId} that this database does not ` +
-        `know (was the database reset, or restored from an older backup?); cpflow never overwrites it. Restore the database ` +
-        `that registered it, or move those objects out of ${layout.experimentRoot(experimentId)} and ${layout.experimentInputs(experimentId)}`,
-    );
+    throw refusal;
   }
   try {
     if (replacedExperimentId !== undefined) await deletePrefix(bucket, layout.experimentInputs(replacedExperimentId)).catch(() => undefined);

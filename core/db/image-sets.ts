@@ -1,4 +1,3 @@
-import { z } from 'zod';
 import type { ImageSetOutcome, ImageSetStatus } from '../model/domain';
 import { DEFAULTS } from '../model';
 import { inTransaction, type Conn, type Db } from './pool';
@@ -7,6 +6,7 @@ import {
   affectedSchema,
   imageFileRowSchema,
   imageSetRowSchema,
+  countRowSchema,
   statusCountRowSchema,
   type ImageFileRow,
   type ImageSetRow,
@@ -272,7 +272,7 @@ async function statusTally(conn: Conn, experimentId: number, ids?: number[]): Pr
  */
 export async function skippedSetCount(pool: Db, experimentId: number): Promise<number> {
   const rows = await pool.query<unknown[]>('SELECT COUNT(*) AS n FROM image_set WHERE experiment_id = ? AND skipped = 1', [experimentId]);
-  return z.object({ n: z.coerce.number().int() }).parse(rows[0]).n;
+  return countRowSchema.parse(rows[0]).n;
 }
 
 export async function imageSetCounts(pool: Db, experimentId: number): Promise<Record<ImageSetStatus, number> & { total: number }> {

@@ -95,7 +95,9 @@ export const resultFileRowSchema = z.object({
 });
 export type ResultFileRow = z.infer<typeof resultFileRowSchema>;
 
-export const statusCountRowSchema = z.object({ status: z.enum(IMAGE_SET_STATUSES), n: z.coerce.number().int() });
+/** A `COUNT(*) AS n` row. */
+export const countRowSchema = z.object({ n: z.coerce.number().int() });
+export const statusCountRowSchema = countRowSchema.extend({ status: z.enum(IMAGE_SET_STATUSES) });
 export const stageStatusCountRowSchema = statusCountRowSchema.extend({ stage: z.string() });
 export const groupStatusCountRowSchema = statusCountRowSchema.extend({ group_key: z.string() });
 export const idRowSchema = z.object({ id: z.number().int() });

@@ -6,6 +6,7 @@ import { temporal } from '@temporalio/proto';
 import { db, getExperiment, imageSetCounts, type ExperimentRow } from '../../core/db';
 import { GROUPING_PRESETS } from '../../core/grouping';
 import { getBytes, layout, listObjects } from '../../core/s3';
+import { provenanceSchema } from '../../activities/provenance';
 import { submit } from '../../starter/submit';
 import { generateSyntheticPlate, type SyntheticSet } from '../fixtures/synthetic-plate';
 import { workflowIdFor } from '../../core/model/names';
@@ -156,7 +157,7 @@ export async function provenanceMarkers(bucket: string, experimentId: number): P
 export async function provenanceFinishedAfter(bucket: string, experimentId: number, instant: number): Promise<string[]> {
   const late: string[] = [];
   for (const key of (await provenanceMarkers(bucket, experimentId)).keys()) {
-    const { finishedAt } = JSON.parse((await getBytes(bucket, key)).toString('utf8')) as { finishedAt: string };
+    const { finishedAt } = provenanceSchema.parse(JSON.parse((await getBytes(bucket, key)).toString('utf8')));
     if (Date.parse(finishedAt) > instant) late.push(`${key} (finished ${finishedAt})`);
   }
   return late;
